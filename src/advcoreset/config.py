@@ -1,0 +1,329 @@
+"""One typed configuration for a run: loadable from YAML, overridable with ``key=value``, validated.
+
+Every knob of a run lives here, grouped by the part of the method it drives. ``Config.validate`` runs
+before any training and names the offending field (``attack.eps must be >= 0, got -1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range. The message names the field."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"
+    """Dataset: fashion-mnist, mnist, cifar10, cifar100, svhn, imagefolder, digits."""
+    root: str | None = None
+    """Folder with the dataset's standard files; None = the dataset's default location."""
+    train_subset: int | None = None
+    """Use only the first N training images (after a seeded, class-stratified shuffle); None = all."""
+    val_size: int = 0
+    """Images held out of training for per-epoch robust validation (best checkpoint). 0 = none."""
+    test_subset: int | None = 2000
+    """Evaluate on the first N test images (fixed); None = all."""
+    augment: str = "auto"
+    """none, crop, crop_flip or auto (crop_flip for natural images, crop for digits/clothes)."""
+    crop_padding: int = 2
+
+
+@dataclass
+class ModelConfig:
+    name: str = "small_cnn"
+    """Registered model name (see ``advcoreset.models.available_models()``)."""
+    width: int = 32
+    """Base channel width for the small CNN (32 gives 32-64-128)."""
+
+
+@dataclass
+class AttackConfig:
+    norm: str = "linf"
+    """linf or l2. Distances are in [0, 1] pixel units."""
+    eps: float = 0.1
+    alpha: float = 0.025
+    """Step size (per step, same units as eps)."""
+    steps: int = 7
+    random_start: bool = True
+    restarts: int = 1
+
+
+@dataclass
+class PATConfig:
+    bound: float = 0.5
+    """LPIPS bound of the perceptual threat model."""
+    steps: int = 10
+    """Fast-LPA steps during training."""
+    lpips: str = "self"
+    """self (the model's own normalised activations) or a path to local AlexNet weights."""
+    lambda_init: float = 1.0
+    lambda_growth: float = 10.0
+    """Fast-LPA: the Lagrange multiplier grows geometrically from lambda_init to lambda_growth*init."""
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "pgd"
+    """standard, pgd, trades, fast (FGSM-RS), pat."""
+    beta: float = 6.0
+    """TRADES trade-off (applied once)."""
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    pat: PATConfig = field(default_factory=PATConfig)
+
+
+@dataclass
+class SelectionConfig:
+    method: str = "full"
+    """full, random, random_fixed, craig, gradmatch."""
+    fraction: float = 0.3
+    """Coreset size as a fraction of each class, in (0, 1]."""
+    batchwise: bool = False
+    """Select whole fixed mini-batches (gradients averaged per batch) instead of single examples."""
+    selection_batch_size: int = 32
+    """Mini-batch size for batch-wise selection."""
+    warm_epochs: int = 1
+    """Epochs of full-data training (with the training objective) before the first selection."""
+    interval: int = 2
+    """Re-select every R training epochs after the warm start."""
+    grad_features: str = "last_layer"
+    """logits (dL/dz only) or last_layer ([dL/dz, dL/dW] of the final linear layer)."""
+    attack_steps: int | None = None
+    """Steps of the selection attack; None = the training attack's."""
+    lam: float = 0.5
+    """GradMatch ridge regulariser."""
+    tol: float = 1e-3
+    """GradMatch stops when the relative residual falls below tol."""
+    max_class_size: int = 20000
+    """CRAIG: classes larger than this use partitioned greedy instead of the exact O(n^2) one."""
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.1
+    """Peak learning rate (one-cycle) or initial one (step, cosine)."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "onecycle"
+    """onecycle, step, cosine or constant. Counts only the epochs (and steps) that train."""
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    """Step schedule: fractions of the run at which the LR drops by ``gamma``."""
+    gamma: float = 0.1
+    pct_start: float = 0.3
+    """One-cycle: fraction of steps spent warming up."""
+    grad_clip: float | None = None
+
+
+@dataclass
+class EvalConfig:
+    pgd_steps: int = 20
+    pgd_alpha: float | None = None
+    """PGD step for evaluation; None = eps / 10 (l_inf) or eps / 4 (l_2)."""
+    pgd_restarts: int = 1
+    every: int = 1
+    """Evaluate on the test subset every N epochs (0 = only at the end)."""
+    val_pgd_steps: int = 10
+    autoattack: bool = False
+    """Run standard AutoAttack at the end of training (slow on CPU)."""
+    autoattack_n: int = 500
+    batch_size: int = 500
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:N."""
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    channels_last: bool = True
+    """channels_last memory format on CUDA (ignored on CPU)."""
+    threads: int | None = None
+    """torch CPU threads; None = torch's default."""
+    out_dir: str = "runs/default"
+    progress: str = "auto"
+    """auto (bars on a terminal, a line per epoch otherwise), bar, line, none."""
+    tensorboard: bool = False
+
+    # ------------------------------------------------------------------ I/O
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return _build(cls, d, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Config:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        return cls.from_dict(raw)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def with_overrides(self, overrides: list[str]) -> Config:
+        """Apply ``section.key=value`` strings (value parsed as YAML) and return a new config."""
+        d = self.to_dict()
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value (e.g. objective.attack.eps=0.1)")
+            key, value = item.split("=", 1)
+            node = d
+            parts = key.strip().split(".")
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(f"unknown config field {key!r}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise ConfigError(f"unknown config field {key!r}")
+            node[parts[-1]] = yaml.safe_load(value)
+        return Config.from_dict(d)
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> Config:
+        """Raise ``ConfigError`` naming the first bad field; return self when all is well."""
+        from advcoreset.models import available_models
+        from advcoreset.objectives import available_objectives
+        from advcoreset.selection import available_selectors
+
+        a = self.objective.attack
+        _check(a.norm in ("linf", "l2"), "objective.attack.norm", a.norm, "must be linf or l2")
+        _check(a.eps >= 0 and math.isfinite(a.eps), "objective.attack.eps", a.eps, "must be >= 0")
+        _check(a.alpha > 0, "objective.attack.alpha", a.alpha, "must be > 0")
+        _check(a.steps >= 1, "objective.attack.steps", a.steps, "must be >= 1")
+        _check(a.restarts >= 1, "objective.attack.restarts", a.restarts, "must be >= 1")
+        if a.norm == "linf":
+            _check(a.eps <= 1, "objective.attack.eps", a.eps, "must be <= 1 for linf (pixels are in [0, 1])")
+        _check(self.objective.beta >= 0, "objective.beta", self.objective.beta, "must be >= 0")
+        _check(self.objective.pat.bound > 0, "objective.pat.bound", self.objective.pat.bound, "must be > 0")
+        names = available_objectives()
+        _check(self.objective.name in names, "objective.name", self.objective.name, f"must be one of {names}")
+        names = available_models()
+        _check(self.model.name in names, "model.name", self.model.name, f"must be one of {names}")
+        _check(self.model.width >= 1, "model.width", self.model.width, "must be >= 1")
+        s = self.selection
+        names = available_selectors()
+        _check(s.method in names, "selection.method", s.method, f"must be one of {names}")
+        _check(0 < s.fraction <= 1, "selection.fraction", s.fraction, "must be in (0, 1]")
+        _check(s.warm_epochs >= 0, "selection.warm_epochs", s.warm_epochs, "must be >= 0")
+        _check(s.interval >= 1, "selection.interval", s.interval, "must be >= 1")
+        _check(s.grad_features in ("logits", "last_layer"), "selection.grad_features", s.grad_features,
+               "must be logits or last_layer")
+        _check(s.lam >= 0, "selection.lam", s.lam, "must be >= 0")
+        _check(s.selection_batch_size >= 1, "selection.selection_batch_size", s.selection_batch_size,
+               "must be >= 1")
+        if s.attack_steps is not None:
+            _check(s.attack_steps >= 0, "selection.attack_steps", s.attack_steps, "must be >= 0")
+        o = self.optim
+        _check(o.epochs >= 1, "optim.epochs", o.epochs, "must be >= 1")
+        _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1")
+        _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+        _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+        _check(o.schedule in ("onecycle", "step", "cosine", "constant"), "optim.schedule", o.schedule,
+               "must be onecycle, step, cosine or constant")
+        _check(all(0 < m < 1 for m in o.milestones), "optim.milestones", o.milestones,
+               "must be fractions in (0, 1)")
+        _check(0 < o.pct_start < 1, "optim.pct_start", o.pct_start, "must be in (0, 1)")
+        d = self.data
+        _check(d.augment in ("auto", "none", "crop", "crop_flip"), "data.augment", d.augment,
+               "must be auto, none, crop or crop_flip")
+        _check(d.val_size >= 0, "data.val_size", d.val_size, "must be >= 0")
+        if d.train_subset is not None:
+            _check(d.train_subset >= 1, "data.train_subset", d.train_subset, "must be >= 1 or null")
+        if d.test_subset is not None:
+            _check(d.test_subset >= 1, "data.test_subset", d.test_subset, "must be >= 1 or null")
+        e = self.eval
+        _check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "must be >= 1")
+        _check(e.pgd_restarts >= 1, "eval.pgd_restarts", e.pgd_restarts, "must be >= 1")
+        _check(e.every >= 0, "eval.every", e.every, "must be >= 0")
+        _check(self.progress in ("auto", "bar", "line", "none"), "progress", self.progress,
+               "must be auto, bar, line or none")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+               self.device, "must be auto, cpu, cuda or cuda:N")
+        return self
+
+
+def _check(ok: bool, name: str, value: Any, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} {msg}, got {value!r}")
+
+
+def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {d!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {sorted(prefix + u for u in unknown)}; "
+                          f"known in this section: {sorted(known)}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], d[f.name], prefix + f.name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, v: Any, name: str) -> Any:
+    if is_dataclass(tp):
+        return _build(tp, v, name + ".")
+    origin, args = get_origin(tp), get_args(tp)
+    if args and type(None) in args:  # Optional[X]
+        if v is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], v, name)
+    if origin is list:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {v!r}")
+        return [_coerce(args[0], x, name) for x in v]
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{name} must be true or false, got {v!r}")
+        return v
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{name} must be an integer, got {v!r}")
+        return v
+    if tp is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {v!r}")
+        return float(v)
+    if tp is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{name} must be a string, got {v!r}")
+        return v
+    return v
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated."""
+    cfg = Config.from_yaml(path) if path else Config()
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    return cfg.validate()

@@ -1,0 +1,61 @@
+"""Training objectives behind one interface (see ``base.Objective``), built by name from a config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from advcoreset.config import ObjectiveConfig
+from advcoreset.objectives.base import Objective, ObjectiveOutput, eval_mode, weighted_mean
+from advcoreset.objectives.lp import PGDAT, TRADES, FastAT, Standard
+from advcoreset.registry import Registry
+
+OBJECTIVES: Registry[Objective] = Registry("objective")
+
+
+@OBJECTIVES.register("standard")
+def _standard(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
+    return Standard()
+
+
+@OBJECTIVES.register("pgd")
+def _pgd(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
+    a = cfg.attack
+    return PGDAT(a.eps, a.alpha, a.steps if steps is None else steps, a.norm, a.random_start)
+
+
+@OBJECTIVES.register("trades")
+def _trades(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
+    a = cfg.attack
+    return TRADES(a.eps, a.alpha, a.steps if steps is None else steps, a.norm, cfg.beta)
+
+
+@OBJECTIVES.register("fast")
+def _fast(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
+    # Fast-AT's step is 1.25 eps by definition; attack.alpha is the multi-step attacks' step.
+    return FastAT(cfg.attack.eps, None, cfg.attack.norm)
+
+
+def _register_optional() -> None:
+    try:
+        from advcoreset.objectives import pat
+    except ImportError:  # pragma: no cover
+        return
+    OBJECTIVES.register("pat")(pat.build)
+
+
+_register_optional()
+
+
+def available_objectives() -> list[str]:
+    return OBJECTIVES.names()
+
+
+def build_objective(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
+    """The objective a config names; ``steps`` overrides the attack's steps (e.g. a cheaper selection
+    attack)."""
+    fn: Callable[..., Objective] = OBJECTIVES.get(cfg.name)
+    return fn(cfg, steps)
+
+
+__all__ = ["Objective", "ObjectiveOutput", "build_objective", "available_objectives", "eval_mode",
+           "weighted_mean", "OBJECTIVES", "PGDAT", "TRADES", "FastAT", "Standard"]

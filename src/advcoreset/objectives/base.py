@@ -1,0 +1,94 @@
+"""The one objective interface: (model, x, y, weights) -> weighted loss and the adversarial inputs.
+
+An objective is three small pieces, so training and coreset selection share them with no special case:
+
+- ``attack(model, x, y)``: the inputs the loss is evaluated at (identity for standard training).
+  Runs in the BatchNorm mode the objective's paper prescribes and restores the caller's mode.
+- ``points(x, x_adv)``: which inputs the loss reads logits of (PGD-AT: ``[x_adv]``; TRADES: ``[x, x_adv]``).
+- ``loss_from_logits(logits, y)``: the per-example loss (B,) from the logits at those points.
+
+``__call__`` composes them for training. Selection (``advcoreset.selection.gradients``) calls the same
+three with the backbone detached, to get per-example last-layer gradients in closed form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: Tensor
+    """Scalar: sum_i w_i l_i / norm (norm = sum_i w_i unless the caller gives one)."""
+    per_example: Tensor
+    """(B,) per-example losses, detached."""
+    logits: Tensor
+    """(B, C) logits at the last point (the adversarial input, or the clean one), detached."""
+    x_adv: Tensor
+    """(B, C, H, W) the adversarial input the loss was evaluated at (== x for standard)."""
+
+
+def weighted_mean(per_example: Tensor, weights: Tensor | None, norm: Tensor | float | None = None) -> Tensor:
+    """sum_i w_i l_i / norm, with norm = sum_i w_i by default; uniform weights give exactly the mean.
+
+    Batch-wise coresets give every member of a batch the same weight, which a per-batch sum-of-weights
+    normaliser cancels; the trainer therefore passes ``norm = B * mean weight of the epoch`` so weights
+    matter across batches.
+    """
+    if weights is None:
+        return per_example.mean()
+    weights = weights.to(per_example.dtype)
+    if norm is None:
+        norm = weights.sum()
+    return (weights * per_example).sum() / norm
+
+
+class Objective(nn.Module):
+    """Base class; subclasses set ``name`` and override ``attack`` / ``points`` / ``loss_from_logits``."""
+
+    name: str = "objective"
+
+    def attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """x: (B, C, H, W) in [0, 1], y: (B,) -> x_adv (B, C, H, W), detached. Default: no attack."""
+        return x
+
+    def points(self, x: Tensor, x_adv: Tensor) -> list[Tensor]:
+        """The inputs whose logits ``loss_from_logits`` reads, in order."""
+        return [x_adv]
+
+    def loss_from_logits(self, logits: list[Tensor], y: Tensor) -> Tensor:
+        """logits: one (B, C) tensor per point; y: (B,) -> per-example loss (B,)."""
+        return nn.functional.cross_entropy(logits[-1], y, reduction="none")
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, weights: Tensor | None = None,
+                norm: Tensor | float | None = None) -> ObjectiveOutput:
+        x_adv = self.attack(model, x, y)
+        pts = self.points(x, x_adv)
+        # One forward over all points keeps BatchNorm statistics joint, as the reference TRADES does not;
+        # either is defensible, and a single batched pass is faster.
+        logits = model(torch.cat(pts)) if len(pts) > 1 else model(pts[0])
+        parts = list(logits.split(x.shape[0]))
+        per = self.loss_from_logits(parts, y)
+        return ObjectiveOutput(weighted_mean(per, weights, norm), per.detach(), parts[-1].detach(), x_adv)
+
+
+class eval_mode:
+    """Context manager: put ``model`` in eval mode (BatchNorm frozen) and restore its mode after.
+
+    Attacks run in eval mode so crafting perturbations does not update BatchNorm running statistics;
+    training then resumes in the mode the caller had (the official TRADES code forgets this).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.was_training = model.training
+
+    def __enter__(self) -> nn.Module:
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was_training)
