@@ -34,14 +34,17 @@ class DataConfig:
     augment: str = "auto"
     """none, crop, crop_flip or auto (crop_flip for natural images, crop for digits/clothes)."""
     crop_padding: int = 2
+    image_size: int | None = None
+    """imagefolder only: resize every image to this square size (None: all images must share a size)."""
 
 
 @dataclass
 class ModelConfig:
     name: str = "small_cnn"
     """Registered model name (see ``advcoreset.models.available_models()``)."""
-    width: int = 32
-    """Base channel width for the small CNN (32 gives 32-64-128)."""
+    width: int | None = None
+    """Width knob: small CNNs' base channels (default 32 -> 32-64), ResNets' base width (64),
+    WideResNets' widen factor (10). None = the architecture's default."""
 
 
 @dataclass
@@ -136,6 +139,9 @@ class EvalConfig:
     autoattack: bool = False
     """Run standard AutoAttack at the end of training (slow on CPU)."""
     autoattack_n: int = 500
+    autoattack_version: str = "standard"
+    """standard (APGD-CE, APGD-T, FAB-T, Square at RobustBench budgets) or fast (APGD-CE + APGD-T only,
+    labelled as such in every result)."""
     batch_size: int = 500
 
 
@@ -224,7 +230,8 @@ class Config:
         _check(self.objective.name in names, "objective.name", self.objective.name, f"must be one of {names}")
         names = available_models()
         _check(self.model.name in names, "model.name", self.model.name, f"must be one of {names}")
-        _check(self.model.width >= 1, "model.width", self.model.width, "must be >= 1")
+        if self.model.width is not None:
+            _check(self.model.width >= 1, "model.width", self.model.width, "must be >= 1 or null")
         s = self.selection
         names = available_selectors()
         _check(s.method in names, "selection.method", s.method, f"must be one of {names}")
@@ -260,6 +267,8 @@ class Config:
         _check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "must be >= 1")
         _check(e.pgd_restarts >= 1, "eval.pgd_restarts", e.pgd_restarts, "must be >= 1")
         _check(e.every >= 0, "eval.every", e.every, "must be >= 0")
+        _check(e.autoattack_version in ("standard", "fast"), "eval.autoattack_version", e.autoattack_version,
+               "must be standard or fast")
         _check(self.progress in ("auto", "bar", "line", "none"), "progress", self.progress,
                "must be auto, bar, line or none")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",

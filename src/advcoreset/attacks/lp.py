@@ -64,8 +64,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float, ste
     Args:
         x: (B, C, H, W) clean inputs in [0, 1]; y: (B,) labels.
         eps: radius; alpha: step size (l_inf: sign step; l_2: normalised-gradient step).
-        restarts: independent random starts; for each example the first one that misclassifies is kept,
-            otherwise the one with the highest loss.
+        restarts: independent random starts; for each example a misclassifying restart is preferred, and
+            among restarts that are alike in that respect, the one with the highest loss.
         early_stop: stop updating examples that are already misclassified (evaluation: it keeps the
             first found adversarial point and saves no work on correct ones).
 

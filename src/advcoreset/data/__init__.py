@@ -1,0 +1,8 @@
+"""Datasets as uint8 image tensors + labels, and device-resident weighted batching."""
+
+from advcoreset.data.datasets import DataError, ImageArrays, dataset_stats, default_augment, load_dataset
+from advcoreset.data.loader import Batch, iterate_batches, random_crop_flip, to_float
+from advcoreset.data.splits import DataSplits, prepare_data, stratified_order
+
+__all__ = ["Batch", "DataError", "DataSplits", "ImageArrays", "dataset_stats", "default_augment",
+           "iterate_batches", "load_dataset", "prepare_data", "random_crop_flip", "stratified_order", "to_float"]

@@ -63,16 +63,21 @@ class Objective(nn.Module):
         """logits: one (B, C) tensor per point; y: (B,) -> per-example loss (B,)."""
         return nn.functional.cross_entropy(logits[-1], y, reduction="none")
 
-    def forward(self, model: nn.Module, x: Tensor, y: Tensor, weights: Tensor | None = None,
+    def loss_at(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, weights: Tensor | None = None,
                 norm: Tensor | float | None = None) -> ObjectiveOutput:
-        x_adv = self.attack(model, x, y)
+        """The weighted loss at ``points(x, x_adv)`` in the model's current mode (training: train mode)."""
         pts = self.points(x, x_adv)
-        # One forward over all points keeps BatchNorm statistics joint, as the reference TRADES does not;
-        # either is defensible, and a single batched pass is faster.
+        # One forward over all points (TRADES: clean and adversarial together) is faster than two; BatchNorm
+        # then sees both in one batch, where the reference TRADES code runs two separate passes.
         logits = model(torch.cat(pts)) if len(pts) > 1 else model(pts[0])
         parts = list(logits.split(x.shape[0]))
         per = self.loss_from_logits(parts, y)
         return ObjectiveOutput(weighted_mean(per, weights, norm), per.detach(), parts[-1].detach(), x_adv)
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, weights: Tensor | None = None,
+                norm: Tensor | float | None = None) -> ObjectiveOutput:
+        """x: (B, C, H, W) in [0, 1], y: (B,), weights: (B,) or None -> ObjectiveOutput."""
+        return self.loss_at(model, x, self.attack(model, x, y), y, weights, norm)
 
 
 class eval_mode:

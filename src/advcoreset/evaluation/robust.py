@@ -1,0 +1,187 @@
+"""Clean and PGD accuracy, and the one ``evaluate`` call that reports them (plus AutoAttack on request).
+
+Images are (N, C, H, W), either uint8 in [0, 255] (converted to float / 255 per batch on the device) or
+float in [0, 1]; labels are (N,) int64. eps and step sizes are in [0, 1] pixel units. Every function runs
+the model in eval mode and restores the caller's mode; none touches the parameters' gradients.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from advcoreset.attacks import pgd
+from advcoreset.objectives.base import eval_mode
+
+if TYPE_CHECKING:
+    from advcoreset.evaluation.autoattack import AutoAttackBudgets
+
+_NORMS = ("linf", "l2")
+
+
+def model_device(model: nn.Module, device: torch.device | str | None = None) -> torch.device:
+    """``device`` if given, else the device of the model's first parameter or buffer (CPU if none)."""
+    if device is not None:
+        return torch.device(device)
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def to_unit(images: Tensor, device: torch.device) -> Tensor:
+    """(B, C, H, W) uint8 or float in [0, 1] -> float on ``device`` in [0, 1] (uint8 divided by 255)."""
+    if images.dtype == torch.uint8:
+        return images.to(device).float().div_(255.0)
+    if not images.is_floating_point():
+        raise TypeError(f"images must be uint8 or floating point in [0, 1], got dtype {images.dtype}")
+    x = images.to(device)
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"float images must lie in [0, 1] (got range [{float(x.min()):.4g}, "
+                         f"{float(x.max()):.4g}]); pass uint8 images or divide by 255")
+    return x
+
+
+def _check_inputs(images: Tensor, labels: Tensor, batch_size: int) -> None:
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must be (N,) = ({images.shape[0]},), got shape {tuple(labels.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("cannot evaluate on an empty set of images")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def check_perturbation(x_adv: Tensor, x: Tensor, *, eps: float, norm: str, attack: str,
+                       tol: float = 1e-5) -> None:
+    """Raise if any adversarial example leaves the eps-ball (+ ``tol``) around x or the [0, 1] box.
+
+    x_adv, x: (B, C, H, W). An attack that steps outside its budget would report a robust accuracy that
+    is silently too low; better to stop.
+    """
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"{attack} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise RuntimeError(f"{attack} returned non-finite adversarial examples")
+    lo, hi = float(x_adv.min()), float(x_adv.max())
+    if lo < 0.0 or hi > 1.0:
+        raise RuntimeError(f"{attack} returned pixels outside [0, 1] (range [{lo:.6g}, {hi:.6g}])")
+    d = (x_adv.detach().double() - x.detach().double()).flatten(1)
+    dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    worst = float(dist.max()) if dist.numel() else 0.0
+    if worst > eps + tol:
+        bad = int((dist > eps + tol).sum())
+        raise RuntimeError(f"{attack} returned {bad} example(s) outside the {norm} ball: max distance "
+                           f"{worst:.6g} > eps {eps:.6g} (+{tol:g})")
+
+
+def default_pgd_alpha(eps: float, norm: str) -> float:
+    """The evaluation PGD step when none is given: eps / 10 (l_inf) or eps / 4 (l_2)."""
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    return eps / 10 if norm == "linf" else eps / 4
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    return model(x).argmax(1)
+
+
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 500,
+             device: torch.device | str | None = None) -> float:
+    """Clean top-1 accuracy in [0, 1].
+
+    images: (N, C, H, W) uint8 or float in [0, 1]; labels: (N,). Eval mode, no gradients."""
+    _check_inputs(images, labels, batch_size)
+    dev = model_device(model, device)
+    correct = 0
+    with eval_mode(model):
+        for xb, yb in zip(images.split(batch_size), labels.split(batch_size), strict=True):
+            correct += int((_predict(model, to_unit(xb, dev)) == yb.to(dev)).sum())
+    return correct / images.shape[0]
+
+
+def pgd_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, alpha: float,
+                    steps: int, norm: str = "linf", restarts: int = 1, batch_size: int = 500,
+                    device: torch.device | str | None = None) -> Tensor:
+    """(N,) bool on the CPU: True where the example is classified correctly clean and under every restart.
+
+    Each restart runs ``advcoreset.attacks.pgd`` (random start, early stop) only on the examples still
+    robust, so an example counts as robust only if no restart fooled it, and no work is spent on examples
+    already lost. Adversarial examples are checked to lie in the eps-ball and in [0, 1].
+    """
+    _check_inputs(images, labels, batch_size)
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if eps < 0 or steps < 0 or restarts < 1:
+        raise ValueError(f"need eps >= 0, steps >= 0, restarts >= 1; got {eps}, {steps}, {restarts}")
+    dev = model_device(model, device)
+    robust = torch.zeros(images.shape[0], dtype=torch.bool)
+    with eval_mode(model), torch.enable_grad():
+        for start in range(0, images.shape[0], batch_size):
+            x = to_unit(images[start:start + batch_size], dev)
+            y = labels[start:start + batch_size].to(dev)
+            ok = _predict(model, x) == y
+            for _ in range(restarts if eps > 0 and steps > 0 else 0):
+                idx = ok.nonzero().flatten()
+                if idx.numel() == 0:
+                    break
+                x_adv = pgd(model, x[idx], y[idx], eps=eps, alpha=alpha, steps=steps, norm=norm,
+                            random_start=True, restarts=1, early_stop=True)
+                check_perturbation(x_adv, x[idx], eps=eps, norm=norm, attack="PGD")
+                ok[idx] = _predict(model, x_adv) == y[idx]
+            robust[start:start + batch_size] = ok.cpu()
+    return robust
+
+
+def pgd_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, alpha: float, steps: int,
+                 norm: str = "linf", restarts: int = 1, batch_size: int = 500,
+                 device: torch.device | str | None = None) -> float:
+    """Robust accuracy in [0, 1] under PGD-``steps`` with ``restarts`` random restarts (an example is
+    robust only if correct under all of them). See ``pgd_robust_mask`` for the arguments."""
+    mask = pgd_robust_mask(model, images, labels, eps=eps, alpha=alpha, steps=steps, norm=norm,
+                           restarts=restarts, batch_size=batch_size, device=device)
+    return float(mask.float().mean())
+
+
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps: float, pgd_steps: int,
+             pgd_alpha: float | None, pgd_restarts: int = 1, autoattack: bool = False,
+             aa_n: int | None = None, aa_version: str = "standard", aa_seed: int = 0,
+             aa_budgets: AutoAttackBudgets | None = None, batch_size: int = 500,
+             device: torch.device | str | None = None) -> dict[str, Any]:
+    """Clean accuracy, PGD accuracy and (optionally) AutoAttack accuracy, as a JSON-serialisable dict.
+
+    Args:
+        images: (N, C, H, W) uint8 or float in [0, 1]; labels: (N,).
+        norm: "linf" or "l2"; eps: radius in [0, 1] pixel units.
+        pgd_alpha: PGD step; None -> ``default_pgd_alpha`` (eps / 10 for l_inf, eps / 4 for l_2).
+        autoattack: also run AutoAttack (``advcoreset.evaluation.autoattack``) on the first ``aa_n``
+            examples (all if None); ``aa_version`` "standard" (RobustBench budgets) or "fast";
+            ``aa_budgets`` overrides the budgets (tests only: the result then says they are not standard).
+
+    Returns:
+        {"n", "norm", "eps", "clean_acc", f"pgd{pgd_steps}_acc", "pgd": {steps, alpha, restarts}} and, with
+        AutoAttack, the keys of ``autoattack_accuracy``'s result ("autoattack_acc", "autoattack").
+    """
+    alpha = default_pgd_alpha(eps, norm) if pgd_alpha is None else float(pgd_alpha)
+    out: dict[str, Any] = {
+        "n": int(images.shape[0]),
+        "norm": norm,
+        "eps": float(eps),
+        "clean_acc": accuracy(model, images, labels, batch_size=batch_size, device=device),
+    }
+    out[f"pgd{pgd_steps}_acc"] = pgd_accuracy(model, images, labels, eps=eps, alpha=alpha, steps=pgd_steps,
+                                              norm=norm, restarts=pgd_restarts, batch_size=batch_size,
+                                              device=device)
+    out["pgd"] = {"steps": int(pgd_steps), "alpha": alpha, "restarts": int(pgd_restarts),
+                  "random_start": True, "loss": "ce"}
+    if autoattack:
+        from advcoreset.evaluation.autoattack import autoattack_accuracy
+
+        n = images.shape[0] if aa_n is None else min(int(aa_n), images.shape[0])
+        out.update(autoattack_accuracy(model, images[:n], labels[:n], norm=norm, eps=eps, version=aa_version,
+                                       budgets=aa_budgets, seed=aa_seed, batch_size=batch_size,
+                                       device=device))
+    return out

@@ -1,0 +1,77 @@
+"""``advcoreset eval RUN``: rebuild a run's model from its saved config and evaluate a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advcoreset.config import Config
+from advcoreset.data import prepare_data
+from advcoreset.models import create_model
+from advcoreset.training.checkpoint import load_checkpoint
+
+
+def load_run_model(run: str | Path, checkpoint: str = "last.pt",
+                   device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
+    """The model of run folder ``run`` with the weights of ``checkpoint`` (read with weights_only=True)."""
+    run = Path(run)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: {run} is not an advcoreset run folder")
+    cfg = Config.from_yaml(cfg_path)
+    ckpt = load_checkpoint(run / checkpoint, device)
+    state = ckpt["model"]
+    c = state["mean"].shape[1]
+    num_classes = state["head.weight"].shape[0]
+    size = _input_size(cfg, c)
+    mean, std = state["mean"].flatten().tolist(), state["std"].flatten().tolist()
+    model = create_model(cfg.model.name, c, num_classes, size, mean, std,
+                         **({} if cfg.model.width is None else {"width": cfg.model.width}))
+    model.load_state_dict(state)
+    return model.to(device).eval(), cfg
+
+
+def _input_size(cfg: Config, channels: int) -> int:
+    sizes = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "svhn": 32, "digits": 8}
+    if cfg.data.name in sizes:
+        return sizes[cfg.data.name]
+    return prepare_data(cfg.data, cfg.seed).train.shape[1]
+
+
+def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None = None,
+                 pgd_steps: int | None = None, restarts: int | None = None, autoattack: bool = False,
+                 aa_version: str = "standard", perceptual: bool = False,
+                 device: str | None = None) -> dict[str, Any]:
+    """Clean, PGD-k (and AutoAttack, perceptual attacks) accuracy of a run's checkpoint on its test set.
+
+    Returns a JSON-serialisable dict naming the checkpoint, the number of images and every budget used."""
+    from advcoreset.evaluation import evaluate
+    from advcoreset.training.trainer import eval_alpha, resolve_device
+
+    dev = resolve_device(device or "auto")
+    model, cfg = load_run_model(run, checkpoint, dev)
+    if n is not None:
+        cfg.data.test_subset = n
+    data = prepare_data(cfg.data, cfg.seed)
+    a, e = cfg.objective.attack, cfg.eval
+    steps = pgd_steps or e.pgd_steps
+    res: dict[str, Any] = {"run": str(run), "checkpoint": checkpoint, "n_test": int(data.test.labels.numel()),
+                           "norm": a.norm, "eps": a.eps, "pgd_steps": steps, "pgd_alpha": eval_alpha(cfg),
+                           "pgd_restarts": restarts or e.pgd_restarts}
+    res.update(evaluate(model, data.test.images, data.test.labels, norm=a.norm, eps=a.eps, pgd_steps=steps,
+                        pgd_alpha=eval_alpha(cfg), pgd_restarts=restarts or e.pgd_restarts,
+                        autoattack=autoattack, aa_n=e.autoattack_n if n is None else n,
+                        aa_version=aa_version, batch_size=e.batch_size, device=dev))
+    if perceptual or cfg.objective.name == "pat":
+        from advcoreset.attacks.perceptual import perceptual_accuracy
+
+        p = cfg.objective.pat
+        for attack in ("ppgd", "lpa"):
+            res[f"{attack}_acc"] = perceptual_accuracy(model, data.test.images, data.test.labels, attack=attack,
+                                                       bound=p.bound, steps=max(p.steps, 10),
+                                                       batch_size=e.batch_size)
+        res["perceptual_bound"] = p.bound
+    return res

@@ -1,0 +1,291 @@
+"""Selectors: per-class coresets behind the one ``Selector`` interface, built by name from a config.
+
+Every selector works class by class: class c with n_c examples gets exactly budget_c = ceil(fraction * n_c)
+of them (all of them when that is >= n_c), chosen among its own examples only. Returned indices are
+positions 0..n-1 into the ``labels`` given, sorted ascending, with weights aligned. Weights are > 0 and
+meant to be used as sum_j w_j loss_j / sum_j w_j over an epoch (the trainer's normalisation).
+
+- ``full``: every example, weight 1.
+- ``random``: a fresh uniform subset per class at every call (from the trainer's generator), weight
+  n_c / budget_c, so sum_j w_j g_j is an unbiased estimate of the class's gradient sum and the weights
+  of a class sum to n_c.
+- ``random_fixed``: the same as ``random`` but drawn once from a generator seeded with the selector's own
+  seed, hence identical at every call: the paper's (and the official code's) fixed random baseline.
+- ``craig``, ``gradmatch``: the solvers of ``craig.py`` and ``gradmatch.py`` on the class's gradients.
+
+Batch-wise selection (``batchwise=True``, CRAIG and GradMatch): the examples of a class are split, in one
+fixed random order (seeded by the selector's seed, the same at every call), into mini-batches of
+``selection_batch_size`` (the last one may be smaller); the solver runs on the batch-mean gradients
+m_b with budget ceil(fraction * n_batches) and whole batches are chosen. With B = n_c / n_batches the mean
+batch size, a batch b "counts" |b| / B batch units, so sum_i g_i = B * sum_b (|b|/B) m_b. CRAIG weighs
+its facility-location points by |b| / B; GradMatch matches the target sum_b (|b|/B) m_b. A chosen batch
+of solver weight w_b (in batch units) gives each of its members the weight w_b * B / |b|, so that
+
+    sum_{members i} w_i g_i = B * sum_b w_b m_b  ~  sum_i g_i,
+
+and, for CRAIG, the weights of a class sum to n_c exactly. (The official code gives every member its
+batch's weight and then normalises the loss per batch, which cancels the weights; ours are used as they
+are over the epoch.) ``random``, ``random_fixed`` and ``full`` always select single examples.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from advcoreset.config import SelectionConfig
+from advcoreset.registry import Registry
+from advcoreset.selection.base import Selection, Selector, approximation_error
+from advcoreset.selection.craig import craig
+from advcoreset.selection.gradmatch import gradmatch_solve
+
+SELECTORS: Registry[Selector] = Registry("selector")
+
+
+def class_budget(fraction: float, n_c: int) -> int:
+    """ceil(fraction * n_c), at least 1 and at most n_c for a non-empty class.
+
+    The product is rounded to 9 decimals first so that binary fractions do not overshoot:
+    0.3 * 10 = 3.0000000000000004 in floating point, which must give 3, not 4."""
+    if n_c <= 0:
+        return 0
+    return min(n_c, max(1, math.ceil(round(fraction * n_c, 9))))
+
+
+def _check_inputs(grads: Tensor | None, labels: Tensor, name: str, needs_grads: bool) -> None:
+    if labels.dim() != 1:
+        raise ValueError(f"{name}: labels must be (n,), got shape {tuple(labels.shape)}")
+    if needs_grads:
+        if grads is None:
+            raise ValueError(f"{name} needs per-example gradients, got grads=None")
+        if grads.dim() != 2 or grads.shape[0] != labels.shape[0]:
+            raise ValueError(f"{name}: grads must be (n, d) with n = len(labels) = {labels.shape[0]}, "
+                             f"got shape {tuple(grads.shape)}")
+        if not bool(torch.isfinite(grads).all()):
+            raise ValueError(f"{name}: the gradients contain NaN or inf (diverged model?)")
+
+
+def _class_members(labels: Tensor) -> list[tuple[int, Tensor]]:
+    """[(class, (n_c,) ascending positions)] for every class present, classes ascending."""
+    lab = labels.detach().cpu()
+    return [(int(c), torch.nonzero(lab == c).squeeze(1)) for c in torch.unique(lab).tolist()]
+
+
+def _assemble(parts: list[tuple[Tensor, Tensor]], device: torch.device, stats: dict[str, Any]) -> Selection:
+    """Concatenate per-class (positions, weights) on the CPU, sort by position, move to ``device``."""
+    if parts:
+        idx = torch.cat([p[0].cpu().long() for p in parts])
+        w = torch.cat([p[1].cpu().float() for p in parts])
+    else:
+        idx, w = torch.empty(0, dtype=torch.int64), torch.empty(0)
+    order = torch.argsort(idx)
+    return Selection(idx[order].to(device), w[order].to(device), stats)
+
+
+class FullSelector:
+    """Every example with weight 1 (plain full-data training)."""
+
+    name = "full"
+    needs_grads = False
+
+    def select(self, grads: Tensor | None, labels: Tensor, generator: torch.Generator) -> Selection:
+        _check_inputs(grads, labels, self.name, False)
+        n = labels.shape[0]
+        return Selection(torch.arange(n, device=labels.device), torch.ones(n, device=labels.device),
+                         {"method": self.name, "solver_seconds": 0.0})
+
+
+class RandomSelector:
+    """Uniform per-class subsets, weight n_c / budget_c (unbiased gradient sum).
+
+    ``fixed=False``: re-drawn at every call from the generator passed in. ``fixed=True``: drawn from a
+    generator seeded with ``seed`` at every call, so the subset never changes (the fixed random baseline)."""
+
+    needs_grads = False
+
+    def __init__(self, fraction: float, fixed: bool = False, seed: int = 0) -> None:
+        self.fraction = fraction
+        self.fixed = fixed
+        self.seed = seed
+        self.name = "random_fixed" if fixed else "random"
+
+    def select(self, grads: Tensor | None, labels: Tensor, generator: torch.Generator) -> Selection:
+        _check_inputs(grads, labels, self.name, False)
+        gen = torch.Generator().manual_seed(self.seed) if self.fixed else generator
+        parts, per_class = [], {}
+        for c, members in _class_members(labels):
+            n_c = members.numel()
+            k = class_budget(self.fraction, n_c)
+            pick = torch.randperm(n_c, generator=gen, device=gen.device)[:k].cpu()
+            parts.append((members[pick], torch.full((k,), n_c / k)))
+            per_class[str(c)] = {"size": n_c, "budget": k}
+        return _assemble(parts, labels.device, {"method": self.name, "solver_seconds": 0.0,
+                                                 "classes": per_class})
+
+
+class _SolverSelector:
+    """Per-class (optionally batch-wise) selection with a gradient-based solver; subclasses define
+    ``_solve(grads, budget, generator, unit_weights) -> (local indices, weights, extra stats)``.
+
+    ``Selection.stats["classes"][str(c)]``: ``size`` (examples), ``budget`` (units the solver may choose:
+    examples, or batches when batch-wise, then with ``n_batches``), ``selected`` (examples returned),
+    ``approx_error`` (||sum g - sum w g|| / ||sum g|| over the class's examples) and solver diagnostics
+    (GradMatch: ``residual``, ``filled``, ``steps``, ``dropped``)."""
+
+    name = "solver"
+    needs_grads = True
+
+    def __init__(self, fraction: float, batchwise: bool = False, batch_size: int = 32, seed: int = 0) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        if batch_size < 1:
+            raise ValueError(f"selection batch size must be >= 1, got {batch_size}")
+        self.fraction = fraction
+        self.batchwise = batchwise
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def _solve(self, grads: Tensor, budget: int, generator: torch.Generator,
+               unit_weights: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+    def select(self, grads: Tensor | None, labels: Tensor, generator: torch.Generator) -> Selection:
+        _check_inputs(grads, labels, self.name, True)
+        assert grads is not None
+        # The batch split is fixed across calls: its own generator, seeded by the selector's seed and
+        # consumed class by class in ascending class order.
+        batch_gen = torch.Generator().manual_seed(self.seed)
+        parts: list[tuple[Tensor, Tensor]] = []
+        per_class: dict[str, Any] = {}
+        solver_seconds = 0.0
+        for c, members in _class_members(labels):
+            n_c = members.numel()
+            g_c = grads[members.to(grads.device)]
+            t0 = time.perf_counter()
+            if self.batchwise:
+                local, w, info = self._select_batches(g_c, generator, batch_gen)
+            else:
+                k = class_budget(self.fraction, n_c)
+                local, w, solver_info = self._solve(g_c, k, generator, None)
+                info = {"budget": k, **solver_info}
+            solver_seconds += time.perf_counter() - t0
+            local = local.cpu()
+            w = w.cpu().float()
+            info = {"size": n_c, "selected": int(local.numel()), **info,
+                    "approx_error": approximation_error(g_c, local.to(g_c.device), w.to(g_c.device))}
+            per_class[str(c)] = info
+            parts.append((members[local], w))
+        stats = {"method": self.name, "batchwise": self.batchwise, "solver_seconds": solver_seconds,
+                 "classes": per_class}
+        return _assemble(parts, labels.device, stats)
+
+    def _select_batches(self, g_c: Tensor, generator: torch.Generator,
+                        batch_gen: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """Choose whole fixed mini-batches of one class; returns member positions within the class."""
+        n_c = g_c.shape[0]
+        order = torch.randperm(n_c, generator=batch_gen)
+        n_b = math.ceil(n_c / self.batch_size)
+        batch_of = torch.empty(n_c, dtype=torch.int64)
+        batch_of[order] = torch.arange(n_c) // self.batch_size
+        sizes = torch.bincount(batch_of, minlength=n_b).float()
+        dev = g_c.device
+        means = torch.zeros(n_b, g_c.shape[1], device=dev, dtype=torch.float32)
+        means.index_add_(0, batch_of.to(dev), g_c.float())
+        means /= sizes.to(dev).unsqueeze(1)
+        mean_size = n_c / n_b
+        units = sizes / mean_size  # |b| / B: how many "average batches" batch b counts for
+        k_b = class_budget(self.fraction, n_b)
+        chosen, w_b, info = self._solve(means, k_b, generator, units)
+        chosen, w_b = chosen.cpu(), w_b.cpu().double()
+        member_w = (w_b * mean_size / sizes.double()[chosen]).float()
+        # Members of the chosen batches, each with its batch's per-member weight.
+        slot = torch.full((n_b,), -1, dtype=torch.int64)
+        slot[chosen] = torch.arange(chosen.numel())
+        in_chosen = slot[batch_of] >= 0
+        local = torch.nonzero(in_chosen).squeeze(1)
+        info = {"n_batches": n_b, "budget": k_b, **info}
+        return local, member_w[slot[batch_of[local]]], info
+
+
+class CraigSelector(_SolverSelector):
+    """CRAIG (facility location, lazy greedy) per class; weights are cluster sizes."""
+
+    name = "craig"
+
+    def __init__(self, fraction: float, batchwise: bool = False, batch_size: int = 32, seed: int = 0,
+                 max_class_size: int = 20000) -> None:
+        super().__init__(fraction, batchwise, batch_size, seed)
+        self.max_class_size = max_class_size
+
+    def _solve(self, grads: Tensor, budget: int, generator: torch.Generator,
+               unit_weights: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        idx, w = craig(grads, budget, max_size=self.max_class_size, generator=generator,
+                       point_weights=None if unit_weights is None else unit_weights.to(grads.device))
+        return idx, w, {"partitioned": grads.shape[0] > self.max_class_size}
+
+
+class GradMatchSelector(_SolverSelector):
+    """GradMatch (non-negative OMP with ridge NNLS weights) per class; reports the relative residual."""
+
+    name = "gradmatch"
+
+    def __init__(self, fraction: float, batchwise: bool = False, batch_size: int = 32, seed: int = 0,
+                 lam: float = 0.5, tol: float = 1e-3) -> None:
+        super().__init__(fraction, batchwise, batch_size, seed)
+        self.lam = lam
+        self.tol = tol
+
+    def _solve(self, grads: Tensor, budget: int, generator: torch.Generator,
+               unit_weights: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        target = None
+        if unit_weights is not None:
+            target = (unit_weights.to(grads.device).unsqueeze(1) * grads.float()).sum(0)
+        if budget >= grads.shape[0]:
+            # Everything: weights that reproduce the target exactly (1 per example, |b|/B per batch).
+            w = torch.ones(grads.shape[0]) if unit_weights is None else unit_weights.float().cpu()
+            return torch.arange(grads.shape[0]), w, {"residual": 0.0, "filled": 0}
+        res = gradmatch_solve(grads, budget, lam=self.lam, tol=self.tol, generator=generator, target=target)
+        return res.indices, res.weights, {"residual": res.residual, "filled": res.n_filled, "steps": res.steps,
+                                          "dropped": res.dropped}
+
+
+@SELECTORS.register("full")
+def _full(cfg: SelectionConfig, seed: int) -> Selector:
+    return FullSelector()
+
+
+@SELECTORS.register("random")
+def _random(cfg: SelectionConfig, seed: int) -> Selector:
+    return RandomSelector(cfg.fraction, fixed=False, seed=seed)
+
+
+@SELECTORS.register("random_fixed")
+def _random_fixed(cfg: SelectionConfig, seed: int) -> Selector:
+    return RandomSelector(cfg.fraction, fixed=True, seed=seed)
+
+
+@SELECTORS.register("craig")
+def _craig(cfg: SelectionConfig, seed: int) -> Selector:
+    return CraigSelector(cfg.fraction, cfg.batchwise, cfg.selection_batch_size, seed, cfg.max_class_size)
+
+
+@SELECTORS.register("gradmatch")
+def _gradmatch(cfg: SelectionConfig, seed: int) -> Selector:
+    return GradMatchSelector(cfg.fraction, cfg.batchwise, cfg.selection_batch_size, seed, cfg.lam, cfg.tol)
+
+
+def available_selectors() -> list[str]:
+    """Registered selector names: craig, full, gradmatch, random, random_fixed."""
+    return SELECTORS.names()
+
+
+def build_selector(cfg: SelectionConfig, seed: int) -> Selector:
+    """The selector ``cfg.method`` names, configured from ``cfg`` (fraction, batchwise,
+    selection_batch_size, lam, tol, max_class_size); ``seed`` fixes batch splits and random_fixed."""
+    fn: Callable[..., Selector] = SELECTORS.get(cfg.method)
+    return fn(cfg, seed)

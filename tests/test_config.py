@@ -1,0 +1,61 @@
+"""Config: YAML round trip, overrides, and validation errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from advcoreset.config import Config, ConfigError, load_config
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = Config().validate()
+    path = tmp_path / "c.yaml"
+    cfg.save(path)
+    again = Config.from_yaml(path)
+    assert again == cfg
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(None, ["selection.method=craig", "objective.attack.eps=0.05", "data.train_subset=null",
+                             "optim.milestones=[0.3, 0.6]"])
+    assert cfg.selection.method == "craig"
+    assert cfg.objective.attack.eps == pytest.approx(0.05)
+    assert cfg.data.train_subset is None
+    assert cfg.optim.milestones == [0.3, 0.6]
+
+
+@pytest.mark.parametrize("override, field", [
+    ("objective.attack.eps=-1", "objective.attack.eps"),
+    ("model.name=resnet9000", "model.name"),
+    ("selection.fraction=0", "selection.fraction"),
+    ("selection.fraction=1.5", "selection.fraction"),
+    ("selection.method=kmeans", "selection.method"),
+    ("objective.name=foo", "objective.name"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.epochs=abc", "optim.epochs"),
+    ("objective.attack.norm=l1", "objective.attack.norm"),
+    ("data.augment=rotate", "data.augment"),
+])
+def test_bad_values_fail_naming_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_unknown_keys_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config field"):
+        load_config(None, ["selection.fractoin=0.3"])
+    p = tmp_path / "bad.yaml"
+    p.write_text("optim:\n  epochs: 2\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        load_config(f)

@@ -1,0 +1,445 @@
+"""Coreset selection (selection/craig.py, gradmatch.py, selectors.py) against brute-force references:
+naive greedy, exhaustive facility location, scipy's NNLS, hand-built clusters with known weights, exact
+per-class budgets, and index bookkeeping under permutations (the official code's CRAIG bug)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import nnls
+from torch import Tensor
+
+from advcoreset.config import Config, SelectionConfig
+from advcoreset.selection import (
+    Selection,
+    approximation_error,
+    available_selectors,
+    build_selector,
+    class_budget,
+    craig,
+    gradmatch,
+    gradmatch_solve,
+    last_layer_grads,
+)
+from advcoreset.selection.craig import (
+    assign_weights,
+    facility_location_greedy,
+    pairwise_sq_dists,
+    similarity,
+)
+from advcoreset.selection.gradmatch import PackedCholesky
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def clusters(sizes: list[int], d: int = 8, spread: float = 0.05, seed: int = 0,
+             scale: float = 10.0) -> tuple[Tensor, Tensor]:
+    """Points around len(sizes) well-separated centres, rows shuffled. Returns (x (n, d), cluster id (n,))."""
+    g = gen(seed)
+    centres = scale * torch.randn(len(sizes), d, generator=g)
+    cid = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])
+    cid = cid[torch.randperm(cid.numel(), generator=g)]
+    return centres[cid] + spread * torch.randn(cid.numel(), d, generator=g), cid
+
+
+def naive_greedy(sim: np.ndarray, k: int, u: np.ndarray | None = None) -> list[int]:
+    """Textbook greedy: every step evaluates F(S + j) - F(S) for every j from scratch (float64)."""
+    s = sim.astype(np.float64)
+    n = s.shape[0]
+    u = np.ones(n) if u is None else u
+    chosen: list[int] = []
+
+    def F(S: list[int]) -> float:
+        return float((u * s[:, S].max(1)).sum()) if S else 0.0
+
+    for _ in range(k):
+        base = F(chosen)
+        gains = [F(chosen + [j]) - base if j not in chosen else -np.inf for j in range(n)]
+        chosen.append(int(np.argmax(gains)))
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------- CRAIG
+def test_pairwise_distances_match_brute_force_across_chunks():
+    x = torch.randn(37, 6, generator=gen(1)) + 3.0
+    ref = ((x[:, None, :].double() - x[None, :, :].double()) ** 2).sum(-1).numpy()
+    for chunk in (1, 5, 37, 100):
+        d = pairwise_sq_dists(x, chunk=chunk)
+        assert d.shape == (37, 37) and d.dtype == np.float32
+        np.testing.assert_allclose(d, ref, rtol=1e-4, atol=1e-3)
+        assert np.array_equal(d, d.T) and np.all(np.diag(d) == 0) and d.min() >= 0
+    s = similarity(x)
+    np.testing.assert_allclose(s, ref.max() - ref, rtol=1e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lazy_greedy_equals_naive_greedy(seed):
+    g = gen(seed)
+    n = 40 + 5 * seed
+    x = torch.randn(n, 5, generator=g)
+    sim = similarity(x)
+    k = 5 + 2 * seed
+    assert facility_location_greedy(sim, k).tolist() == naive_greedy(sim, k)
+    u = torch.rand(n, generator=g).numpy() + 0.1
+    assert facility_location_greedy(sim, k, u).tolist() == naive_greedy(sim, k, u)
+
+
+def test_greedy_within_one_minus_one_over_e_of_exhaustive_optimum():
+    x = torch.randn(11, 3, generator=gen(3))
+    sim = similarity(x).astype(np.float64)
+    for k in (1, 2, 3, 4):
+        def F(S):
+            return sim[:, list(S)].max(1).sum()
+        opt = max(F(S) for S in itertools.combinations(range(11), k))
+        got = F(facility_location_greedy(sim.astype(np.float32), k))
+        assert got >= (1 - 1 / math.e) * opt - 1e-6
+        if k == 1:
+            assert got == pytest.approx(opt)  # one greedy step is exact
+
+
+def test_craig_picks_one_per_cluster_with_cluster_sizes_as_weights():
+    sizes = [5, 23, 12]
+    x, cid = clusters(sizes)
+    idx, w = craig(x, 3)
+    assert idx.dtype == torch.int64 and w.dtype == torch.float32
+    assert sorted(cid[idx].tolist()) == [0, 1, 2]
+    for i, wt in zip(idx.tolist(), w.tolist(), strict=True):
+        assert wt == sizes[int(cid[i])]  # the weight sits on a member of the right cluster
+    # Greedy takes the biggest cluster first (largest coverage gain).
+    assert int(cid[idx[0]]) == 1
+    assert approximation_error(x, idx, w) < 0.01
+
+
+def test_craig_exact_duplicates():
+    base = torch.randn(4, 6, generator=gen(2)) * 5
+    reps = torch.tensor([1, 6, 3, 10])
+    rid = torch.repeat_interleave(torch.arange(4), reps)
+    rid = rid[torch.randperm(rid.numel(), generator=gen(3))]
+    x = base[rid]
+    idx, w = craig(x, 4)
+    assert sorted(rid[idx].tolist()) == [0, 1, 2, 3]
+    assert [float(reps[rid[i]]) for i in idx] == w.tolist()
+    # More budget than distinct points: the extra picks are copies; each still represents itself.
+    idx, w = craig(x, 7)
+    assert idx.unique().numel() == 7 and float(w.sum()) == rid.numel() and bool((w >= 1).all())
+    assert approximation_error(x, idx, w) < 1e-5
+
+
+def test_craig_does_not_depend_on_input_order():
+    """The official code's bug: positions read in shuffled order but mapped back unshuffled."""
+    x, _ = clusters([7, 15, 30, 9], d=5, spread=1.0, seed=4)
+    n = x.shape[0]
+    idx, w = craig(x, 12)
+    for seed in range(3):
+        perm = torch.randperm(n, generator=gen(10 + seed))
+        idx_p, w_p = craig(x[perm], 12)
+        mapped = perm[idx_p]
+        assert sorted(mapped.tolist()) == sorted(idx.tolist())
+        assert dict(zip(mapped.tolist(), w_p.tolist(), strict=True)) == dict(
+            zip(idx.tolist(), w.tolist(), strict=True))
+
+
+def test_craig_weights_count_nearest_selected_points_brute_force():
+    x = torch.randn(50, 4, generator=gen(5))
+    idx, w = craig(x, 8)
+    d = torch.cdist(x.double(), x[idx].double())
+    nearest = d.argmin(1)
+    nearest[idx] = torch.arange(8)
+    assert w.tolist() == torch.bincount(nearest, minlength=8).float().tolist()
+    assert float(w.sum()) == 50
+
+
+def test_craig_edge_cases():
+    x = torch.randn(10, 3, generator=gen(6))
+    idx, w = craig(x, 0)
+    assert idx.numel() == 0 and w.numel() == 0
+    for k in (10, 15):
+        idx, w = craig(x, k)
+        assert idx.tolist() == list(range(10)) and w.tolist() == [1.0] * 10
+    idx, w = craig(torch.zeros(9, 4), 3)  # every point identical: ties to the lowest indices
+    assert idx.tolist() == [0, 1, 2] and w.tolist() == [7.0, 1.0, 1.0]
+    idx, w = craig(x[:1], 1)
+    assert idx.tolist() == [0] and w.tolist() == [1.0]
+    with pytest.raises(ValueError, match="grads must be"):
+        craig(torch.randn(5), 2)
+
+
+def test_craig_partitioned_for_large_classes():
+    x, cid = clusters([60, 100, 90], d=4, spread=0.5, seed=7)
+    idx, w = craig(x, 30, max_size=100, generator=gen(0))
+    assert idx.numel() == 30 and idx.unique().numel() == 30 and float(w.sum()) == 250
+    idx2, w2 = craig(x, 30, max_size=100, generator=gen(0))
+    assert torch.equal(idx, idx2) and torch.equal(w, w2)
+    assert approximation_error(x, idx, w) < 0.05
+
+
+def test_assign_weights_with_point_weights():
+    x = torch.tensor([[0.0], [0.1], [5.0], [5.2], [5.1]])
+    sim = similarity(x)
+    w = assign_weights(sim, np.array([2, 0]), np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert w.tolist() == [12.0, 3.0]  # aligned with the order given
+
+
+# ------------------------------------------------------------------------------------------ GradMatch
+def test_packed_cholesky_append_and_delete():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((12, 15))
+    m = a @ a.T + 0.1 * np.eye(12)
+    ch = PackedCholesky(2)
+    for i in range(12):
+        assert ch.append(m[i, :i], m[i, i])
+    np.testing.assert_allclose(ch.dense(), np.linalg.cholesky(m), atol=1e-10)
+    v = rng.standard_normal(12)
+    np.testing.assert_allclose(ch.solve(v), np.linalg.solve(m, v), rtol=1e-8)
+    keep = list(range(12))
+    for i in (4, 0, 9, 8):  # interior, first, last, ...
+        ch.delete(i)
+        keep.pop(i)
+        np.testing.assert_allclose(ch.dense(), np.linalg.cholesky(m[np.ix_(keep, keep)]), atol=1e-10)
+    assert not ch.append(m[keep[0], keep], float(m[keep[0], keep[0]]))  # an exact duplicate column
+
+
+def ridge_nnls(A: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
+    k = A.shape[1]
+    x, _ = nnls(np.vstack([A, math.sqrt(lam) * np.eye(k)]), np.concatenate([b, np.zeros(k)]),
+                maxiter=50 * k)
+    return x
+
+
+@pytest.mark.parametrize(("lam", "seed"), [(0.5, 0), (0.5, 1), (0.05, 2), (0.0, 3)])
+def test_gradmatch_weights_equal_scipy_nnls_on_the_support(lam, seed):
+    g = gen(seed)
+    x, _ = clusters([40, 30, 60, 20, 50], d=30, spread=1.5, seed=seed, scale=1.0)
+    x[:40] *= -1  # anti-correlated atoms make the NNLS drop atoms along the way
+    x = x + 0.3 * torch.randn(x.shape, generator=g)
+    res = gradmatch_solve(x, 60, lam=lam, tol=1e-9)
+    assert res.n_filled == 0 and res.indices.numel() == 60 and res.indices.unique().numel() == 60
+    A = x[res.indices].double().numpy().T
+    b = x.sum(0).double().numpy()
+    ref = ridge_nnls(A, b, lam)
+    assert ref.min() > 0  # the returned support is exactly the NNLS's positive set
+    np.testing.assert_allclose(res.weights.double().numpy(), ref, rtol=2e-5, atol=1e-6 * ref.max())
+    resid = np.linalg.norm(A @ ref - b) / np.linalg.norm(b)
+    assert res.residual == pytest.approx(resid, rel=1e-5, abs=1e-9)
+    if seed == 0:
+        assert res.dropped > 0  # the Cholesky downdate path was exercised
+
+
+def test_gradmatch_known_answer_on_orthogonal_atoms():
+    """Rows are basis vectors e_c repeated m_c times: b = sum_c m_c e_c. One atom per direction, with
+    ridge weight m_c / (1 + lam), largest multiplicity first."""
+    mult = [3, 9, 5, 1]
+    rows = torch.repeat_interleave(torch.eye(6)[:4], torch.tensor(mult), dim=0)
+    perm = torch.randperm(rows.shape[0], generator=gen(1))
+    x = rows[perm]
+    direction = x.argmax(1)
+    for lam in (0.0, 0.5):
+        idx, w = gradmatch(x, 4, lam=lam, tol=1e-9)
+        assert direction[idx].tolist() == [1, 2, 0, 3]
+        np.testing.assert_allclose(w.numpy(), [m / (1 + lam) for m in (9, 5, 3, 1)], rtol=1e-6)
+        # Ties within a direction go to the lowest index.
+        assert idx.tolist() == [int(torch.nonzero(direction == c)[0]) for c in (1, 2, 0, 3)]
+
+
+def test_gradmatch_early_stop_fills_budget_at_random_with_weight_one():
+    x = torch.repeat_interleave(torch.eye(3), torch.tensor([4, 4, 4]), dim=0)  # b reached with 3 atoms
+    res = gradmatch_solve(x, 7, lam=0.0, tol=1e-6, generator=gen(0))
+    assert res.indices.numel() == 7 and res.indices.unique().numel() == 7 and res.n_filled == 4
+    assert res.residual < 1e-6
+    assert res.weights[:3].tolist() == [4.0, 4.0, 4.0] and res.weights[3:].tolist() == [1.0] * 4
+    other = gradmatch_solve(x, 7, lam=0.0, tol=1e-6, generator=gen(5))
+    same = gradmatch_solve(x, 7, lam=0.0, tol=1e-6, generator=gen(0))
+    assert torch.equal(same.indices, res.indices)
+    assert not torch.equal(other.indices[3:], res.indices[3:])
+
+
+def test_gradmatch_degenerate_inputs():
+    idx, w = gradmatch(torch.zeros(20, 5), 6, generator=gen(0))  # nothing to match: all filled
+    assert idx.numel() == 6 and idx.unique().numel() == 6 and w.tolist() == [1.0] * 6
+    idx, w = gradmatch(torch.randn(8, 3), 8)
+    assert idx.tolist() == list(range(8)) and w.tolist() == [1.0] * 8
+    idx, w = gradmatch(torch.randn(8, 3), 0)
+    assert idx.numel() == 0
+    # Duplicates with lam = 0: a dependent atom must not break the Cholesky factor.
+    x = torch.randn(5, 4, generator=gen(2)).repeat(3, 1)
+    idx, w = gradmatch(x, 6, lam=0.0, tol=1e-12)
+    assert idx.numel() == 6 and idx.unique().numel() == 6 and bool((w > 0).all())
+    with pytest.raises(ValueError, match="lam"):
+        gradmatch(x, 2, lam=-1.0)
+
+
+# ------------------------------------------------------------------------------------------ selectors
+def sel_cfg(**kw) -> SelectionConfig:
+    return SelectionConfig(**kw)
+
+
+def structured_problem(seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Three classes, each a mixture of clusters of unequal sizes (gradients with a non-zero mean)."""
+    xs, ys = [], []
+    for c, sizes in enumerate([[80, 20, 50, 10], [120, 30], [40, 40, 15, 60, 5]]):
+        x, _ = clusters(sizes, d=12, spread=0.3, seed=seed + 10 * c, scale=1.0)
+        xs.append(x + 1.0)
+        ys.append(torch.full((x.shape[0],), c))
+    x, y = torch.cat(xs), torch.cat(ys)
+    perm = torch.randperm(y.numel(), generator=gen(seed))
+    return x[perm], y[perm]
+
+
+def per_class_error(x: Tensor, y: Tensor, sel: Selection) -> float:
+    """Worst over classes of ||sum_c g - sum_c w g|| / ||sum_c g||."""
+    errs = []
+    for c in y.unique():
+        m = y[sel.indices] == c
+        members = torch.nonzero(y == c).squeeze(1)
+        local = torch.searchsorted(members, sel.indices[m])
+        errs.append(approximation_error(x[members], local, sel.weights[m]))
+    return max(errs)
+
+
+def test_available_selectors_and_build_from_config():
+    assert available_selectors() == ["craig", "full", "gradmatch", "random", "random_fixed"]
+    s = build_selector(sel_cfg(method="gradmatch", fraction=0.2, batchwise=True, selection_batch_size=16,
+                               lam=0.1, tol=0.01), seed=3)
+    assert (s.name, s.needs_grads, s.fraction, s.batchwise, s.batch_size, s.lam, s.tol, s.seed) == (
+        "gradmatch", True, 0.2, True, 16, 0.1, 0.01, 3)
+    s = build_selector(sel_cfg(method="craig", max_class_size=77), seed=0)
+    assert s.max_class_size == 77 and s.needs_grads
+    for m in ("full", "random", "random_fixed"):
+        assert not build_selector(sel_cfg(method=m), seed=0).needs_grads
+    with pytest.raises(KeyError, match="unknown selector"):
+        build_selector(sel_cfg(method="kmeans"), seed=0)
+    Config().validate()  # the config validates method names against this registry
+
+
+@pytest.mark.parametrize("method", ["random", "random_fixed", "craig", "gradmatch"])
+def test_per_class_budgets_are_exact_and_classes_never_mix(method):
+    rng = np.random.default_rng(0)
+    for trial in range(4):
+        sizes = rng.integers(1, 40, size=rng.integers(1, 7)).tolist()
+        y = torch.cat([torch.full((s,), c) for c, s in enumerate(sizes)])
+        y = y[torch.randperm(y.numel(), generator=gen(trial))]
+        x = torch.randn(y.numel(), 4, generator=gen(trial)) + y.unsqueeze(1).float()
+        for frac in (0.1, 0.3, 0.5, 0.7, 1.0):
+            sel = build_selector(sel_cfg(method=method, fraction=frac), seed=0).select(x, y, gen(trial))
+            assert torch.equal(sel.indices, sel.indices.sort().values) and sel.indices.unique().numel() == len(
+                sel.indices)
+            assert bool((sel.weights > 0).all()) and sel.weights.dtype == torch.float32
+            for c, n_c in enumerate(sizes):
+                k = math.ceil(Fraction(str(frac)) * n_c)
+                assert class_budget(frac, n_c) == k
+                in_c = y[sel.indices] == c
+                assert int(in_c.sum()) == k, (method, frac, n_c)
+                if method != "gradmatch":  # GradMatch's weights are NNLS coefficients, not counts
+                    assert float(sel.weights[in_c].sum()) == pytest.approx(n_c, rel=1e-5)
+                if frac == 1.0:
+                    assert sel.weights[in_c].tolist() == [1.0] * n_c
+            json.dumps(sel.stats)
+
+
+def test_full_selector():
+    y = torch.tensor([2, 0, 1, 1])
+    sel = build_selector(sel_cfg(method="full"), seed=0).select(None, y, gen())
+    assert sel.indices.tolist() == [0, 1, 2, 3] and sel.weights.tolist() == [1.0] * 4
+
+
+def test_random_redraws_and_random_fixed_does_not():
+    y = torch.arange(300) % 3
+    rnd = build_selector(sel_cfg(method="random", fraction=0.2), seed=0)
+    a, b = rnd.select(None, y, gen(1)), rnd.select(None, y, gen(2))
+    assert not torch.equal(a.indices, b.indices)
+    assert a.weights.tolist() == [5.0] * 60  # n_c / k_c = 100 / 20
+    fixed = build_selector(sel_cfg(method="random_fixed", fraction=0.2), seed=0)
+    c, d = fixed.select(None, y, gen(1)), fixed.select(None, y, gen(2))
+    assert torch.equal(c.indices, d.indices)
+    other = build_selector(sel_cfg(method="random_fixed", fraction=0.2), seed=1).select(None, y, gen(1))
+    assert not torch.equal(c.indices, other.indices)
+
+
+@pytest.mark.parametrize("method", ["craig", "gradmatch"])
+def test_selector_indices_follow_a_permuted_dataset(method):
+    x, y = structured_problem(1)
+    s = build_selector(sel_cfg(method=method, fraction=0.1), seed=0)
+    ref = s.select(x, y, gen(0))
+    perm = torch.randperm(y.numel(), generator=gen(9))
+    got = s.select(x[perm], y[perm], gen(0))
+    back = perm[got.indices]
+    order = back.argsort()
+    assert torch.equal(back[order], ref.indices)
+    torch.testing.assert_close(got.weights[order], ref.weights, rtol=1e-4, atol=1e-5)
+
+
+def test_solvers_beat_random_on_structured_gradients():
+    x, y = structured_problem(2)
+    frac = 0.05
+    rand_errs = [per_class_error(x, y, build_selector(sel_cfg(method="random", fraction=frac), seed=0)
+                                 .select(None, y, gen(s))) for s in range(5)]
+    craig_err = per_class_error(x, y, build_selector(sel_cfg(method="craig", fraction=frac), 0).select(x, y, gen()))
+    gm = build_selector(sel_cfg(method="gradmatch", fraction=frac, lam=0.01), 0).select(x, y, gen())
+    gm_err = per_class_error(x, y, gm)
+    assert craig_err < min(rand_errs) and gm_err < min(rand_errs)
+    assert gm_err < 0.02 and craig_err < 0.1
+    assert gm.stats["solver_seconds"] >= 0
+    for c in ("0", "1", "2"):
+        st = gm.stats["classes"][c]
+        assert st["approx_error"] == pytest.approx(st["residual"], rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["craig", "gradmatch"])
+def test_batchwise_selects_whole_fixed_batches_and_weights_matter(method):
+    x, y = structured_problem(3)
+    cfg = sel_cfg(method=method, fraction=0.3, batchwise=True, selection_batch_size=8, lam=0.01)
+    s = build_selector(cfg, seed=4)
+    sel = s.select(x, y, gen(0))
+    assert torch.equal(s.select(x, y, gen(7)).indices, sel.indices)  # the batch split is fixed
+    uniform = torch.empty_like(sel.weights)
+    for c in y.unique():
+        m = y[sel.indices] == c
+        n_c = int((y == c).sum())
+        st = sel.stats["classes"][str(int(c))]
+        n_b = math.ceil(n_c / 8)
+        assert st["n_batches"] == n_b and st["budget"] == math.ceil(Fraction(3, 10) * n_b)
+        # Whole batches: as many members as the chosen batches hold (one short batch at most).
+        assert st["selected"] == int(m.sum()) and 8 * st["budget"] - 7 <= st["selected"] <= 8 * st["budget"]
+        uniform[m] = n_c / int(m.sum())
+        if method == "craig":
+            assert float(sel.weights[m].sum()) == pytest.approx(n_c, rel=1e-5)
+    assert sel.weights.unique().numel() > 1
+    weighted = per_class_error(x, y, sel)
+    flat = per_class_error(x, y, Selection(sel.indices, uniform))
+    assert weighted < flat
+    if method == "gradmatch":
+        assert weighted < 0.5 * flat
+
+
+def test_batchwise_member_weights_represent_batch_weights_exactly():
+    """sum_members w_i g_i must equal B * sum_b w_b m_b: with one class of 20 examples in batches of 8
+    (sizes 8, 8, 4) and fraction 1, every example is kept with weight 1 (batch weights |b| / B)."""
+    x = torch.randn(20, 3, generator=gen(0))
+    y = torch.zeros(20, dtype=torch.int64)
+    for method in ("craig", "gradmatch"):
+        sel = build_selector(sel_cfg(method=method, fraction=1.0, batchwise=True, selection_batch_size=8),
+                             0).select(x, y, gen())
+        assert sel.indices.tolist() == list(range(20))
+        torch.testing.assert_close(sel.weights, torch.ones(20))
+
+
+def test_selector_input_errors():
+    y = torch.zeros(10, dtype=torch.int64)
+    with pytest.raises(ValueError, match="needs per-example gradients"):
+        build_selector(sel_cfg(method="craig"), 0).select(None, y, gen())
+    with pytest.raises(ValueError, match="grads must be"):
+        build_selector(sel_cfg(method="gradmatch"), 0).select(torch.randn(9, 3), y, gen())
+    with pytest.raises(ValueError, match="NaN"):
+        build_selector(sel_cfg(method="craig"), 0).select(torch.full((10, 3), float("nan")), y, gen())
+
+
+def test_exports():
+    assert callable(last_layer_grads)

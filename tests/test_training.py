@@ -1,0 +1,113 @@
+"""End-to-end training on scikit-learn's digits: resume equals uninterrupted, logs, errors, coresets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from advcoreset.config import Config, load_config
+from advcoreset.training import Trainer, TrainingError, train
+from advcoreset.training.checkpoint import load_checkpoint
+
+
+def tiny(tmp_path, *overrides: str) -> Config:
+    return load_config(None, [
+        "data.name=digits", "data.test_subset=200", "data.augment=crop", "data.crop_padding=1",
+        "model.width=16", "objective.attack.eps=0.1", "objective.attack.alpha=0.04",
+        "objective.attack.steps=2",
+        "optim.epochs=3", "optim.batch_size=64", "optim.lr=0.2", "eval.pgd_steps=3", "eval.val_pgd_steps=2",
+        "eval.every=1", "progress=none", "threads=1", f"out_dir={tmp_path / 'run'}", *overrides])
+
+
+def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+@pytest.mark.parametrize("selection", ["full", "craig"])
+def test_resume_equals_uninterrupted(tmp_path, selection):
+    extra = [f"selection.method={selection}", "selection.warm_epochs=1", "selection.interval=1",
+             "selection.fraction=0.5"]
+    a = Trainer(tiny(tmp_path / "a", *extra))
+    ra = a.run()
+    b = Trainer(tiny(tmp_path / "b", *extra))
+    assert b.run(stop_after=2) == {"stopped_after": 2}
+    # a new process would rebuild everything from the config: do the same here
+    c = Trainer(tiny(tmp_path / "b", *extra))
+    rc = c.run(resume=True)
+    for wa, wc in zip(_weights(a.model), _weights(c.model), strict=True):
+        assert torch.equal(wa, wc)
+    assert ra["test_clean_acc"] == rc["test_clean_acc"]
+    lines = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3]
+
+
+def test_run_writes_logs_checkpoint_and_learns(tmp_path):
+    cfg = tiny(tmp_path, "optim.epochs=4", "data.val_size=100")
+    res = train(cfg)
+    out = tmp_path / "run"
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert len(epochs) == 4 and recs[-1]["kind"] == "final"
+    for key in ("time_attack", "time_update", "time_epoch_wall", "train_loss", "lr", "n_train"):
+        assert key in epochs[0]
+    assert epochs[0]["n_train"] == 1397 - 100
+    assert "val_pgd2_acc" in epochs[0] and (out / "best.pt").exists()
+    assert res["test_clean_acc"] > 0.5  # digits is easy: chance is 0.1
+    assert res["test_pgd3_acc"] <= res["test_clean_acc"]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 4 and Config.from_yaml(out / "config.yaml") == cfg
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(cfg)  # never overwrite a finished run silently
+
+
+def test_nan_loss_is_reported_and_checkpoint_kept(tmp_path):
+    cfg = tiny(tmp_path, "optim.epochs=3")
+    t = Trainer(cfg)
+    t.run(stop_after=1)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    t2 = Trainer(cfg)
+    with torch.no_grad():
+        for p in t2.model.parameters():
+            p.fill_(float("nan"))
+    t2.state.epoch = 1
+    with pytest.raises(TrainingError, match="loss became nan"):
+        t2.train_epoch(torch.arange(128), torch.ones(128))
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_coreset_training_logs_selection(tmp_path):
+    cfg = tiny(tmp_path, "selection.method=gradmatch", "selection.fraction=0.3", "selection.warm_epochs=1",
+               "selection.interval=1", "optim.epochs=3", "eval.every=0")
+    train(cfg)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    sels = [r for r in recs if r["kind"] == "selection"]
+    assert [r["epoch"] for r in sels] == [2, 3]
+    labels = Trainer(cfg).labels
+    per_class = torch.bincount(labels).tolist()
+    expected = [-(-3 * n // 10) for n in per_class]  # ceil(0.3 n_c)
+    assert sels[0]["class_histogram"] == expected
+    assert 0 <= sels[0]["grad_error"] < 1
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert epochs[0]["phase"] == "warm" and epochs[1]["phase"] == "coreset"
+    assert epochs[1]["n_train"] == sum(expected)
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    Trainer(tiny(tmp_path)).run(stop_after=1)
+    with pytest.raises(TrainingError, match="different settings"):
+        Trainer(tiny(tmp_path, "optim.lr=0.3")).run(resume=True)
+
+
+def test_uniform_coreset_weights_give_the_full_data_update(tmp_path):
+    """Training one epoch on all indices with weight 3 equals training with weight 1 (normalised)."""
+    cfg = tiny(tmp_path, "objective.name=standard", "data.augment=none")
+    ws = []
+    for w in (1.0, 3.0):
+        t = Trainer(cfg)
+        n = t.labels.numel()
+        t.train_epoch(torch.arange(n), torch.full((n,), w))
+        ws.append(_weights(t.model))
+    for a, b in zip(*ws, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
