@@ -29,9 +29,9 @@ from advcoreset.selection.gradients import last_layer_grads
 BOUND = 0.3  # self-bound LPIPS of this tiny digits CNN: l_inf-0.1 PGD perturbations measure ~0.2
 
 
-def _tiny_cnn(seed: int = 0) -> ImageClassifier:
+def _tiny_cnn(seed: int = 0, width: int = 8, hidden: int = 32) -> ImageClassifier:
     torch.manual_seed(seed)
-    return create_model("small_cnn", in_channels=1, num_classes=10, input_size=8, width=8, hidden=32)
+    return create_model("small_cnn", in_channels=1, num_classes=10, input_size=8, width=width, hidden=hidden)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +45,10 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trained(digits: tuple[torch.Tensor, torch.Tensor]) -> ImageClassifier:
-    """A small CNN trained on 1,500 digits for a few seconds (~95% clean accuracy on the rest)."""
+    """A small CNN trained on 1,500 digits for a few seconds (93% clean accuracy on the next 120)."""
     x, y = digits[0][:1500], digits[1][:1500]
-    model = _tiny_cnn()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model = _tiny_cnn(width=16, hidden=64)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(6):
         perm = torch.randperm(len(x), generator=g)
@@ -171,7 +171,7 @@ def test_evaluation_attacks_end_within_bound_and_lower_accuracy(attack, trained:
     with torch.no_grad():
         clean = (trained(x).argmax(1) == y).float().mean().item()
         adv = (trained(x_adv).argmax(1) == y).float().mean().item()
-    assert clean > 0.85
+    assert clean > 0.9
     assert adv < clean - 0.3
     assert all(p.grad is None for p in trained.parameters())
 
@@ -249,7 +249,7 @@ def test_last_layer_grads_for_pat_match_autograd(trained: ImageClassifier, held_
     for i in range(12):
         loss = F.cross_entropy(trained(x_adv[i:i + 1]), y[i:i + 1])
         gw, gb = torch.autograd.grad(loss, [trained.head.weight, trained.head.bias])
-        torch.testing.assert_close(g[i], torch.cat([gb, gw.flatten()]), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(g[i], torch.cat([gb, gw.flatten()]), rtol=1e-4, atol=1e-5)
 
 
 def test_build_overrides_steps_and_rejects_bad_bound() -> None:

@@ -129,22 +129,22 @@ def project_lpips(lpips: LPIPS, x: Tensor, x_adv: Tensor, bound: float, *, e_x: 
     x = x.detach()
     e_x = _embed(lpips, x) if e_x is None else e_x
     cur = x_adv.detach()
+    d = lpips.distance(_embed(lpips, cur), e_x)
     for _ in range(newton_steps):
+        outside = d > bound
+        if not bool(outside.any()):
+            return cur
         cur.requires_grad_(True)
         with torch.enable_grad():
-            d = lpips.distance(lpips.embed(cur), e_x)
-            outside = d > bound
-            if not bool(outside.any()):
-                break
-            (g,) = torch.autograd.grad(d.sum(), cur)
+            (g,) = torch.autograd.grad(lpips.distance(lpips.embed(cur), e_x).sum(), cur)
         with torch.no_grad():
             r = (d - aim * bound).clamp_min(0) * outside
             step = r / g.flatten(1).pow(2).sum(1).clamp_min(1e-12)
-            cur = (cur - _view(step, cur) * g).clamp(0, 1)
-    cur = cur.detach()
-    with torch.no_grad():
-        outside = lpips.distance(_embed(lpips, cur), e_x) > bound
-        if bool(outside.any()):
+            cur = (cur.detach() - _view(step, cur) * g).clamp(0, 1)
+            d = lpips.distance(_embed(lpips, cur), e_x)
+    outside = d > bound
+    if bool(outside.any()):
+        with torch.no_grad():
             lo = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
             hi = torch.ones_like(lo)
             for _ in range(bisection_steps):
@@ -274,7 +274,8 @@ def perceptual_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, att
     An example counts as correct only if the model is right on both x and x_adv (x itself lies in the
     ball). ``lpips`` defaults to the model's own self-bound LPIPS. The model's mode is restored.
 
-    images: (N, C, H, W) in [0, 1] (any device; batches move to the model's); labels: (N,).
+    images: (N, C, H, W) float in [0, 1] or uint8 in 0..255 (any device; batches move to the model's);
+    labels: (N,). Extra keyword arguments go to the attack (e.g. ``search_steps`` for LPA).
     """
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {sorted(ATTACKS)}, got {attack!r}")
@@ -291,6 +292,7 @@ def perceptual_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, att
     try:
         for i in range(0, images.shape[0], batch_size):
             xb = images[i:i + batch_size].to(device)
+            xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb
             yb = labels[i:i + batch_size].to(device)
             x_adv = fn(model, xb, yb, dist, bound=bound, steps=steps, **attack_kwargs)
             with torch.no_grad():

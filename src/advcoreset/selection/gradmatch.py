@@ -9,7 +9,10 @@ b = sum_i g_i. Starting from an empty support S:
    negative atom and re-solve"); atoms whose coefficient reaches 0 leave the support (they may be
    picked again later).
 
-If it stops before the budget, the rest is filled at random (``generator``) with weight 1. The returned
+If it stops before the budget, the rest is filled at random (``generator``) with weight 1, as in the
+reference code; the solver's weights are then rescaled by the one alpha >= 0 that minimises
+||alpha A_S x + sum_fill g - b|| (without it the fill biases the weighted sum by about (m/n) b: on
+Fashion-MNIST at fraction 0.5 the relative error went from ~0.4 to below random's). Without a fill the
 weights on the solver's atoms equal the ridge NNLS solution on the returned support.
 
 The NNLS is Lawson-Hanson's active-set method on the Gram form H = A_S^T A_S + lam I, q = A_S^T b,
@@ -94,10 +97,10 @@ class PackedCholesky:
             raise IndexError(f"row {i} out of range for a {p} x {p} factor")
         m = p - 1 - i
         if m > 0:
+            # Rows i+1..p-1 as a dense (m, p) block: the packed segment fills its lower triangle in order.
+            below = np.arange(p)[None, :] <= np.arange(i + 1, p)[:, None]
             rows = np.zeros((m, p))
-            for r in range(m):
-                a = i + 1 + r
-                rows[r, : a + 1] = self.buf[a * (a + 1) // 2: (a + 1) * (a + 2) // 2]
+            rows[below] = self.buf[(i + 1) * (i + 2) // 2: p * (p + 1) // 2]
             x = rows[:, i].copy()
             # Upper factor U = L33^T, so the update walks rows (contiguous) rather than columns.
             U = np.ascontiguousarray(rows[:, i + 1:].T)
@@ -109,11 +112,10 @@ class PackedCholesky:
                 if k + 1 < m:
                     U[k, k + 1:] = (U[k, k + 1:] + s * x[k + 1:]) / c
                     x[k + 1:] = c * x[k + 1:] - s * U[k, k + 1:]
-            for r in range(m):
-                a = i + r  # new row number
-                off = a * (a + 1) // 2
-                self.buf[off: off + i] = rows[r, :i]
-                self.buf[off + i: off + a + 1] = U[: r + 1, r]
+            rows[:, i: p - 1] = U.T
+            # New rows i..p-2: the first p-1 columns, lower triangle, packed in order after row i-1.
+            below = np.arange(p - 1)[None, :] <= np.arange(i, p - 1)[:, None]
+            self.buf[i * (i + 1) // 2: (p - 1) * p // 2] = rows[:, : p - 1][below]
         self.p = p - 1
 
 
@@ -178,7 +180,9 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
     b = G.sum(0) if target is None else target.detach().float().to(dev)
     if b.shape != (d,):
         raise ValueError(f"target must have shape ({d},), got {tuple(b.shape)}")
-    b64 = b.double().cpu().numpy()
+    # Float64 work runs in torch on the CPU: numpy's own BLAS threads fight torch's for the cores (a 20x
+    # slowdown measured on 2 cores), so only the tiny packed triangular solves go through scipy.
+    b64 = b.double().cpu()
     bb = float(b64 @ b64)
     if not math.isfinite(bb):
         raise ValueError("gradmatch: the target has non-finite entries (NaN/inf in the gradients?)")
@@ -193,8 +197,13 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
     P: list[int] = []                          # support, in Cholesky order
     in_P = np.zeros(n, dtype=bool)
     blocked = np.zeros(n, dtype=bool)          # numerically dependent atoms; never retried
-    rows64 = np.empty((k, d), dtype=np.float64)  # a_j of the support, float64 for the Gram
-    rows32 = torch.empty((k, d), dtype=torch.float32, device=dev)
+    # The support's gradients live in fixed slots (a leaving atom frees its slot, the next one reuses it),
+    # so nothing moves when an atom leaves; ``slot[pos]`` is the slot of the atom at Cholesky position pos.
+    rows64 = torch.zeros((k, d), dtype=torch.float64)  # float64 for the Gram
+    rows32 = torch.zeros((k, d), dtype=torch.float32, device=dev)  # for the residual on the device
+    slot: list[int] = []
+    free: list[int] = []
+    used = 0
     qP = np.empty(0)
     xP = np.empty(0)
     chol = PackedCholesky(k)
@@ -207,7 +216,9 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
         if p:
             # At the NNLS optimum on P, (Q + lam I) x = q, so ||r||^2 = b.b - x.q - lam x.x exactly.
             rel = math.sqrt(max(bb - float(xP @ qP) - lam * float(xP @ xP), 0.0)) / bnorm
-            r = b - torch.from_numpy(xP).float().to(dev) @ rows32[:p]
+            x_slots = np.zeros(used)
+            x_slots[slot] = xP
+            r = b - torch.from_numpy(x_slots).float().to(dev) @ rows32[:used]
         else:
             rel, r = 1.0, b
         if rel < tol:
@@ -219,15 +230,21 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
             break
         j = int(np.argmax(np.where(ok, c, -np.inf)))  # lowest index among ties
         steps += 1
-        a = G[j].double().cpu().numpy()
-        if not chol.append(rows64[:p] @ a, float(a @ a) + lam):
+        a = G[j].double().cpu()
+        h = (rows64[:used] @ a).numpy()[slot] if p else np.empty(0)
+        if not chol.append(h, float(a @ a) + lam):
             blocked[j] = True
             continue
         P.append(j)
         in_P[j] = True
-        rows64[p] = a
-        rows32[p] = G[j]
-        qP = np.append(qP, a @ b64)
+        if free:
+            s_new = free.pop()
+        else:
+            s_new, used = used, used + 1
+        slot.append(s_new)
+        rows64[s_new] = a
+        rows32[s_new] = G[j]
+        qP = np.append(qP, float(a @ b64))
         xP = np.append(xP, 0.0)
         # Lawson-Hanson inner loop: move from x towards the unconstrained optimum z on P until a
         # coefficient hits 0; that atom leaves; repeat until z > 0.
@@ -247,9 +264,7 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
                 if atom == j and alpha == 0.0:
                     blocked[atom] = True  # re-entering at once would cycle
                 chol.delete(pos)
-                m = len(P)
-                rows64[pos:m] = rows64[pos + 1: m + 1]
-                rows32[pos:m] = rows32[pos + 1: m + 1].clone()
+                free.append(slot.pop(pos))
                 dropped += 1
             keep = np.ones(xP.size, dtype=bool)
             keep[sorted(leave)] = False
@@ -265,6 +280,15 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
     n_fill = k - p
     if n_fill > 0:
         extra = _fill(n, idx, n_fill, generator)
+        if p:
+            # The fill (weight 1, as the reference) adds sum_f g_f on top of a support that already matches b:
+            # rescale the support's weights by the alpha >= 0 that best matches b given that sum, so the
+            # coreset's weighted gradient stays an approximation of b rather than b + (m/n) b.
+            fill_sum = G[torch.from_numpy(extra).to(dev)].double().sum(0).cpu()
+            approx = (torch.from_numpy(w) @ G[torch.from_numpy(idx).to(dev)].double().cpu())
+            denom = float(approx @ approx)
+            alpha = max(float(approx @ (b64 - fill_sum)) / denom, 0.0) if denom > 0 else 1.0
+            w = w * alpha
         idx = np.concatenate([idx, extra])
         w = np.concatenate([w, np.ones(extra.size)])
         n_fill = int(extra.size)
