@@ -59,3 +59,17 @@ def test_shipped_configs_validate():
     assert files
     for f in files:
         load_config(f)
+
+
+def test_selection_attack_defaults_to_a_longer_step_when_shortened():
+    from advcoreset.objectives import build_selection_objective
+
+    cfg = load_config(None, ["objective.attack.eps=0.1", "objective.attack.alpha=0.025", "objective.attack.steps=7"])
+    same = build_selection_objective(cfg.objective, cfg.selection)
+    assert (same.steps, same.alpha) == (7, 0.025)
+    cfg = load_config(None, ["objective.attack.eps=0.1", "selection.attack_steps=2"])
+    short = build_selection_objective(cfg.objective, cfg.selection)
+    assert short.steps == 2 and short.alpha == pytest.approx(0.125)
+    assert cfg.objective.attack.steps == 7  # the training objective is untouched
+    cfg = load_config(None, ["selection.attack_steps=2", "selection.attack_alpha=0.05"])
+    assert build_selection_objective(cfg.objective, cfg.selection).alpha == pytest.approx(0.05)

@@ -70,7 +70,8 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     for key in ("name", "base", "objectives", "methods", "seeds"):
         if key not in spec:
             raise ConfigError(f"benchmark spec {path} lacks {key!r}")
-    unknown = [m for m in spec["methods"] if m not in METHODS]
+    methods = list(spec["methods"]) + [m for e in spec["objectives"].values() for m in e.get("methods", [])]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"benchmark spec {path}: unknown methods {unknown}; known: {sorted(METHODS)}")
     return spec
@@ -80,9 +81,12 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
     """Every (objective, method, fraction, seed) run of the spec, each with its full config."""
     runs = []
     threads = spec.get("threads")
-    for obj_name, obj in spec["objectives"].items():
-        for method in spec["methods"]:
-            fracs: list[float | None] = [None] if method == "full" else list(spec.get("fractions", [0.3]))
+    for obj_name, entry in spec["objectives"].items():
+        # an entry is a config mapping, optionally with its own "methods" / "fractions" lists
+        obj = {k: v for k, v in entry.items() if k not in ("methods", "fractions")}
+        for method in entry.get("methods", spec["methods"]):
+            fracs: list[float | None] = (
+                [None] if method == "full" else list(entry.get("fractions", spec.get("fractions", [0.3]))))
             for frac in fracs:
                 for seed in spec["seeds"]:
                     sel = dict(METHODS[method])
@@ -144,6 +148,7 @@ def _read_run(run: Run) -> dict[str, Any] | None:
         "objective": run.objective, "method": run.method, "fraction": run.fraction, "seed": run.seed,
         "clean": res.get("test_clean_acc"), "pgd": res.get(pgd_key) if pgd_key else None, "pgd_key": pgd_key,
         "autoattack": res.get("test_autoattack_acc"),
+        "ppgd": res.get("test_ppgd_acc"), "lpa": res.get("test_lpa_acc"),
         "time": res.get("time_train_total"),
         "selection_time": times.get("selection_attack", 0.0) + times.get("selection_solver", 0.0),
         "grad_error": statistics.fmean([s["grad_error"] for s in sels if s.get("grad_error") is not None])
@@ -167,7 +172,7 @@ def aggregate(runs: list[Run], spec: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for (obj, method, frac), rs in groups.items():
         row: dict[str, Any] = {"objective": obj, "method": method, "fraction": frac, "seeds": len(rs)}
-        for key in ("clean", "pgd", "autoattack", "time", "selection_time", "grad_error"):
+        for key in ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error"):
             row[key], row[key + "_std"] = _stat([r[key] for r in rs])
         rows.append(row)
     full_time = {r["objective"]: r["time"] for r in rows if r["method"] == "full"}
@@ -194,20 +199,25 @@ def _fmt(m: float | None, s: float | None, pct: bool = True) -> str:
 def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
     pgd = (table.get("pgd_key") or "pgd").replace("test_", "").replace("_acc", "").upper()
     ref = table.get("reference")
+    perceptual = any(r.get("ppgd") is not None for r in table["rows"])
+    extra_head = " PPGD % | LPA % |" if perceptual else ""
     lines = [f"# Benchmark `{table['name']}`", "", spec.get("description", "").strip(), "",
-             f"| objective | method | fraction | clean % | {pgd} % | AutoAttack % | train time s | "
+             f"| objective | method | fraction | clean % | {pgd} % | AutoAttack % |{extra_head} train time s | "
              f"selection s | speed-up | grad error | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if perceptual else "")]
     for r in table["rows"]:
         sp = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
         if ref and r["objective"] != ref and r["method"] == "full" and r.get("speedup_vs_reference"):
             sp += f" ({r['speedup_vs_reference']:.2f}x vs {ref})"
         ge = f"{r['grad_error']:.3f}" if r.get("grad_error") is not None else "-"
         frac = "-" if r["fraction"] is None else f"{r['fraction']:g}"
-        lines.append(f"| {r['objective']} | {r['method']} | {frac} | {_fmt(r['clean'], r['clean_std'])} | "
-                     f"{_fmt(r['pgd'], r['pgd_std'])} | {_fmt(r['autoattack'], r['autoattack_std'])} | "
-                     f"{_fmt(r['time'], r['time_std'], pct=False)} | {_fmt(r['selection_time'], None, pct=False)} | "
-                     f"{sp} | {ge} | {r['seeds']} |")
+        cells = [r["objective"], r["method"], frac, _fmt(r["clean"], r["clean_std"]), _fmt(r["pgd"], r["pgd_std"]),
+                 _fmt(r["autoattack"], r["autoattack_std"])]
+        if perceptual:
+            cells += [_fmt(r["ppgd"], r["ppgd_std"]), _fmt(r["lpa"], r["lpa_std"])]
+        cells += [_fmt(r["time"], r["time_std"], pct=False), _fmt(r["selection_time"], None, pct=False), sp, ge,
+                  str(r["seeds"])]
+        lines.append("| " + " | ".join(cells) + " |")
     aa = table.get("autoattack")
     if aa:
         budget_keys = ("iterations", "restarts", "n_targets", "queries")

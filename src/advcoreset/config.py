@@ -99,7 +99,10 @@ class SelectionConfig:
     grad_features: str = "last_layer"
     """logits (dL/dz only) or last_layer ([dL/dz, dL/dW] of the final linear layer)."""
     attack_steps: int | None = None
-    """Steps of the selection attack; None = the training attack's."""
+    """Steps of the selection attack; None = the training attack's. Fewer steps make selection cheaper."""
+    attack_alpha: float | None = None
+    """Step of the selection attack; None = the training step, or 2.5 eps / attack_steps when attack_steps
+    is set (Madry et al.'s rule, so a short attack still reaches the boundary of the ball)."""
     lam: float = 0.5
     """GradMatch ridge regulariser."""
     tol: float = 1e-3
@@ -245,6 +248,8 @@ class Config:
                "must be >= 1")
         if s.attack_steps is not None:
             _check(s.attack_steps >= 0, "selection.attack_steps", s.attack_steps, "must be >= 0")
+        if s.attack_alpha is not None:
+            _check(s.attack_alpha > 0, "selection.attack_alpha", s.attack_alpha, "must be > 0")
         o = self.optim
         _check(o.epochs >= 1, "optim.epochs", o.epochs, "must be >= 1")
         _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1")
@@ -320,6 +325,11 @@ def _coerce(tp: Any, v: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be an integer, got {v!r}")
         return v
     if tp is float:
+        if isinstance(v, str):  # YAML 1.1 reads 2e-4 (no dot) as a string
+            try:
+                return float(v)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {v!r}") from None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{name} must be a number, got {v!r}")
         return float(v)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 from advcoreset.models.base import ImageClassifier
 from advcoreset.models.cnn import small_cnn, trades_cnn
+from advcoreset.models.resnet import ARCHITECTURES
 from advcoreset.registry import Registry
 
 MODELS: Registry[ImageClassifier] = Registry("model")
@@ -13,17 +14,8 @@ MODELS.register("small_cnn")(small_cnn)
 MODELS.register("trades_cnn")(trades_cnn)
 
 
-def _register_optional() -> None:
-    # Architectures for GPUs live in their own module; registered when present.
-    try:
-        from advcoreset.models import resnet
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return
-    for name, fn in resnet.ARCHITECTURES.items():
-        MODELS.register(name)(fn)
-
-
-_register_optional()
+for _name, _fn in ARCHITECTURES.items():
+    MODELS.register(_name)(_fn)
 
 
 def available_models() -> list[str]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
-from advcoreset.config import ObjectiveConfig
+from advcoreset.config import ObjectiveConfig, SelectionConfig
 from advcoreset.objectives.base import Objective, ObjectiveOutput, eval_mode, weighted_mean
 from advcoreset.objectives.lp import PGDAT, TRADES, FastAT, Standard
 from advcoreset.registry import Registry
@@ -35,15 +36,9 @@ def _fast(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
     return FastAT(cfg.attack.eps, None, cfg.attack.norm)
 
 
-def _register_optional() -> None:
-    try:
-        from advcoreset.objectives import pat
-    except ImportError:  # pragma: no cover
-        return
-    OBJECTIVES.register("pat")(pat.build)
+from advcoreset.objectives import pat  # noqa: E402 - pat imports this package's base module
 
-
-_register_optional()
+OBJECTIVES.register("pat")(pat.build)
 
 
 def available_objectives() -> list[str]:
@@ -57,5 +52,19 @@ def build_objective(cfg: ObjectiveConfig, steps: int | None = None) -> Objective
     return fn(cfg, steps)
 
 
-__all__ = ["Objective", "ObjectiveOutput", "build_objective", "available_objectives", "eval_mode",
-           "weighted_mean", "OBJECTIVES", "PGDAT", "TRADES", "FastAT", "Standard"]
+def build_selection_objective(cfg: ObjectiveConfig, sel: SelectionConfig) -> Objective:
+    """The objective whose adversarial points selection reads gradients at: the training objective, with
+    ``selection.attack_steps`` / ``attack_alpha`` when set (default step 2.5 eps / steps)."""
+    if sel.attack_steps is None and sel.attack_alpha is None:
+        return build_objective(cfg)
+    cfg = copy.deepcopy(cfg)
+    if sel.attack_steps is not None:
+        cfg.attack.steps = sel.attack_steps
+        cfg.attack.alpha = 2.5 * cfg.attack.eps / max(sel.attack_steps, 1)
+    if sel.attack_alpha is not None:
+        cfg.attack.alpha = sel.attack_alpha
+    return build_objective(cfg, steps=sel.attack_steps)
+
+
+__all__ = ["Objective", "ObjectiveOutput", "build_objective", "build_selection_objective", "available_objectives",
+           "eval_mode", "weighted_mean", "OBJECTIVES", "PGDAT", "TRADES", "FastAT", "Standard"]

@@ -22,7 +22,7 @@ from advcoreset.config import Config, ConfigError
 from advcoreset.data import DataSplits, default_augment, iterate_batches, prepare_data, to_float
 from advcoreset.data.datasets import dataset_stats
 from advcoreset.models import create_model
-from advcoreset.objectives import Objective, build_objective
+from advcoreset.objectives import Objective, build_objective, build_selection_objective
 from advcoreset.selection import Selection, approximation_error, build_selector, last_layer_grads
 from advcoreset.training.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from advcoreset.training.logging import MetricsLog, progress_mode
@@ -129,7 +129,7 @@ class Trainer:
         self.memory_format = torch.channels_last if (self.cuda and cfg.channels_last) else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.objective: Objective = build_objective(cfg.objective)
-        self.sel_objective: Objective = build_objective(cfg.objective, steps=cfg.selection.attack_steps)
+        self.sel_objective: Objective = build_selection_objective(cfg.objective, cfg.selection)
         self.selector = build_selector(cfg.selection, cfg.seed)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
@@ -290,6 +290,15 @@ class Trainer:
                         aa_version=e.autoattack_version, batch_size=e.batch_size,
                         device=self.device)
         res.update({f"test_{k}": v for k, v in test.items()})
+        if final and self.cfg.objective.name == "pat":  # PAT's own threat model, beside l_p
+            from advcoreset.attacks.perceptual import perceptual_accuracy
+
+            p = self.cfg.objective.pat
+            for attack in ("ppgd", "lpa"):
+                res[f"test_{attack}_acc"] = perceptual_accuracy(
+                    model, self.data.test.images, self.data.test.labels, attack=attack, bound=p.bound,
+                    steps=max(p.steps, 10), batch_size=e.batch_size)
+            res["test_perceptual_bound"] = p.bound
         if self.data.val is not None and not final:
             res[f"val_pgd{e.val_pgd_steps}_acc"] = pgd_accuracy(
                 model, self.data.val.images, self.data.val.labels, eps=a.eps, alpha=eval_alpha(self.cfg),
