@@ -223,7 +223,11 @@ def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
         budget_keys = ("iterations", "restarts", "n_targets", "queries")
         parts = ", ".join(f"{a.get('name')} ({', '.join(f'{k} {v}' for k, v in a.items() if k in budget_keys)})"
                           for a in aa.get("attacks", []))
-        lines += ["", f"AutoAttack: version `{aa.get('version')}`, {aa.get('norm')} eps {aa.get('eps')}: {parts}."]
+        note = ("standard budgets, comparable to RobustBench" if aa.get("comparable_to_robustbench") else
+                "reduced budgets for CPU, NOT the standard AutoAttack: its accuracy is an upper bound on what "
+                "standard AutoAttack would report")
+        lines += ["", f"AutoAttack: version `{aa.get('version')}`, {aa.get('norm')} eps {aa.get('eps')}, on the "
+                  f"first {aa.get('n', '?')} test images: {parts} ({note})."]
     lines += ["", "Mean ± standard deviation over seeds. Train time includes warm start and selection, excludes "
               "evaluation. Speed-up is against Full of the same objective. Grad error is the relative "
               "gradient approximation error ||sum g - sum w g|| / ||sum g|| of the coreset, averaged over "

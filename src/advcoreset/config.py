@@ -31,8 +31,10 @@ class DataConfig:
     """Images held out of training for per-epoch robust validation (best checkpoint). 0 = none."""
     test_subset: int | None = 2000
     """Evaluate on the first N test images (fixed); None = all."""
-    augment: str = "auto"
-    """none, crop, crop_flip or auto (crop_flip for natural images, crop for digits/clothes)."""
+    augment: str = "none"
+    """none, crop, crop_flip or auto (crop_flip for natural images, crop for digits/clothes/SVHN). The
+    default is none: on 3-epoch Fashion-MNIST runs, random crops cost 5 points of clean accuracy (measured:
+    77.6% vs 82.9% on 20k images)."""
     crop_padding: int = 2
     image_size: int | None = None
     """imagefolder only: resize every image to this square size (None: all images must share a size)."""
@@ -115,7 +117,7 @@ class SelectionConfig:
 class OptimConfig:
     epochs: int = 3
     batch_size: int = 128
-    lr: float = 0.1
+    lr: float = 0.2
     """Peak learning rate (one-cycle) or initial one (step, cosine)."""
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -142,6 +144,8 @@ class EvalConfig:
     autoattack: bool = False
     """Run standard AutoAttack at the end of training (slow on CPU)."""
     autoattack_n: int = 500
+    autoattack_targets: int = 9
+    """Target classes of APGD-T / FAB-T (9 = standard; fewer is cheaper and is reported as non-standard)."""
     autoattack_version: str = "standard"
     """standard (APGD-CE, APGD-T, FAB-T, Square at RobustBench budgets) or fast (APGD-CE + APGD-T only,
     labelled as such in every result)."""
@@ -272,6 +276,7 @@ class Config:
         _check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "must be >= 1")
         _check(e.pgd_restarts >= 1, "eval.pgd_restarts", e.pgd_restarts, "must be >= 1")
         _check(e.every >= 0, "eval.every", e.every, "must be >= 0")
+        _check(e.autoattack_targets >= 1, "eval.autoattack_targets", e.autoattack_targets, "must be >= 1")
         _check(e.autoattack_version in ("standard", "fast"), "eval.autoattack_version", e.autoattack_version,
                "must be standard or fast")
         _check(self.progress in ("auto", "bar", "line", "none"), "progress", self.progress,

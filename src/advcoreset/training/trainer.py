@@ -278,6 +278,7 @@ class Trainer:
         """Clean and PGD accuracy on the test subset (and validation robust accuracy if a split exists).
         ``final``: PGD with eval.pgd_steps and restarts, plus AutoAttack if asked."""
         from advcoreset.evaluation import evaluate, pgd_accuracy
+        from advcoreset.evaluation.autoattack import AutoAttackBudgets
 
         model = model or self.model
         e, a = self.cfg.eval, self.cfg.objective.attack
@@ -288,6 +289,8 @@ class Trainer:
                         pgd_restarts=e.pgd_restarts if final else 1,
                         autoattack=final and e.autoattack, aa_n=e.autoattack_n,
                         aa_version=e.autoattack_version, batch_size=e.batch_size,
+                        aa_budgets=None if e.autoattack_targets == 9 else AutoAttackBudgets(
+                            target_classes=e.autoattack_targets),
                         device=self.device)
         res.update({f"test_{k}": v for k, v in test.items()})
         if final and self.cfg.objective.name == "pat":  # PAT's own threat model, beside l_p

@@ -1,0 +1,43 @@
+"""The command line: train, resume, eval, config; errors name the problem and exit non-zero."""
+
+from __future__ import annotations
+
+import json
+
+from advcoreset.cli import main
+
+TINY = ["--set", "data.name=digits", "--set", "data.test_subset=64", "--set", "model.width=8",
+        "--set", "objective.attack.steps=1", "--set", "optim.epochs=2", "--set", "eval.pgd_steps=2",
+        "--set", "eval.every=0", "--set", "progress=line", "--set", "threads=1"]
+
+
+def test_train_resume_and_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 2/2" in printed and "final: clean_acc" in printed
+    assert main(["train", "--out", str(out), *TINY]) == 1  # refuses to overwrite
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--resume"]) == 0  # nothing left to train: evaluates again
+    assert main(["eval", str(out), "--pgd-steps", "3", "--n", "32"]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    assert res["n_test"] == 32 and res["pgd_steps"] == 3 and 0 <= res["pgd3_acc"] <= res["clean_acc"] <= 1
+
+
+def test_config_errors_exit_2_naming_the_field(capsys):
+    assert main(["train", "--set", "objective.attack.eps=-0.5"]) == 2
+    assert "objective.attack.eps" in capsys.readouterr().err
+    assert main(["config", "--set", "selection.fraction=2"]) == 2
+    assert "selection.fraction" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    rc = main(["train", "--out", str(tmp_path / "r"), "--set", f"data.root={tmp_path / 'nowhere'}"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "nowhere" in err
+
+
+def test_config_prints_resolved_yaml(capsys):
+    assert main(["config", "--set", "selection.method=craig"]) == 0
+    assert "method: craig" in capsys.readouterr().out
