@@ -19,15 +19,6 @@ from advcoreset.selection.gradients import last_layer_grads
 SHAPE = (1, 4, 4)  # tiny images keep every test well under a second
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def linear_model(num_classes: int = 2, shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> ImageClassifier:
     """logits = W flatten(x) + b as an ImageClassifier (no stages, identity normalisation), float64."""
     torch.manual_seed(seed)

@@ -28,15 +28,6 @@ SIDE = 10  # 10x10: torchattacks' Square l_2 start tiles it cleanly
 TINY = AutoAttackBudgets(apgd_steps=10, apgdt_steps=10, target_classes=9, fab_steps=10, square_queries=50)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class FirstRowArgmax(nn.Module):
     """Predicts argmax of the first pixel row (C classes <= width); garbage in train mode, so any
     evaluation that forgets eval mode gets a different answer."""

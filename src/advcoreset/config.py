@@ -150,6 +150,11 @@ class EvalConfig:
     """standard (APGD-CE, APGD-T, FAB-T, Square at RobustBench budgets) or fast (APGD-CE + APGD-T only,
     labelled as such in every result)."""
     batch_size: int = 500
+    union_linf_eps: float | None = None
+    """PAT evaluation: l_inf AutoAttack radius of the union of threat models (None: the training attack's
+    eps when it is l_inf, otherwise skipped)."""
+    union_l2_eps: float | None = None
+    """PAT evaluation: l_2 AutoAttack radius of the union of threat models (None: skipped)."""
 
 
 @dataclass

@@ -273,10 +273,10 @@ def ppgd(model: nn.Module, x: Tensor, y: Tensor, lpips: LPIPS, *, bound: float, 
 ATTACKS: dict[str, Callable[..., Tensor]] = {"ppgd": ppgd, "lpa": lpa}
 
 
-def perceptual_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, attack: str = "ppgd",
+def perceptual_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, attack: str = "ppgd",
                         bound: float = FMNIST_SELF_BOUND, steps: int = 10, lpips: LPIPS | None = None,
-                        batch_size: int = 256, **attack_kwargs: object) -> float:
-    """Accuracy in [0, 1] under a perceptual attack (``ppgd`` or ``lpa``), model in eval mode.
+                        batch_size: int = 256, **attack_kwargs: object) -> Tensor:
+    """(N,) bool on the CPU: correct under a perceptual attack (``ppgd`` or ``lpa``), model in eval mode.
 
     An example counts as correct only if the model is right on both x and x_adv (x itself lies in the
     ball). ``lpips`` defaults to the model's own self-bound LPIPS. The model's mode is restored.
@@ -295,7 +295,7 @@ def perceptual_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, att
     dist = SelfLPIPS(model) if lpips is None else lpips.to(device)
     was_training = model.training
     model.eval()
-    correct = 0
+    masks = []
     try:
         for i in range(0, images.shape[0], batch_size):
             xb = images[i:i + batch_size].to(device)
@@ -304,7 +304,15 @@ def perceptual_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, att
             x_adv = fn(model, xb, yb, dist, bound=bound, steps=steps, **attack_kwargs)
             with torch.no_grad():
                 ok = (model(xb).argmax(1) == yb) & (model(x_adv).argmax(1) == yb)
-            correct += int(ok.sum())
+            masks.append(ok.cpu())
     finally:
         model.train(was_training)
-    return correct / images.shape[0]
+    return torch.cat(masks)
+
+
+def perceptual_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, attack: str = "ppgd",
+                        bound: float = FMNIST_SELF_BOUND, steps: int = 10, lpips: LPIPS | None = None,
+                        batch_size: int = 256, **attack_kwargs: object) -> float:
+    """Accuracy in [0, 1] under a perceptual attack; see ``perceptual_robust_mask``."""
+    return float(perceptual_robust_mask(model, images, labels, attack=attack, bound=bound, steps=steps,
+                                        lpips=lpips, batch_size=batch_size, **attack_kwargs).float().mean())

@@ -129,11 +129,11 @@ def _build(ta: Any, model: nn.Module, *, norm: str, eps: float, n_classes: int, 
     return specs
 
 
-def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps: float,
+def autoattack_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps: float,
                         version: str = "standard", budgets: AutoAttackBudgets | None = None, seed: int = 0,
                         n_classes: int | None = None, batch_size: int = 500,
-                        device: torch.device | str | None = None) -> dict[str, Any]:
-    """Robust accuracy under AutoAttack, with the budgets that ran.
+                        device: torch.device | str | None = None) -> tuple[Tensor, dict[str, Any]]:
+    """Per-example robustness under AutoAttack: ((N,) bool on the CPU, the result dict below).
 
     Args:
         model: maps (B, C, H, W) pixels in [0, 1] to logits (B, n_classes); normalises inside ``forward``.
@@ -201,7 +201,7 @@ def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, nor
             records.append({"name": spec.name, **spec.budget, "robust_after": float(robust.float().mean()),
                             "seconds": round(time.perf_counter() - t0, 3)})
     standard_budgets = budgets == STANDARD_BUDGETS
-    return {
+    return robust, {
         "autoattack_acc": float(robust.float().mean()),
         "autoattack": {
             "version": version,
@@ -219,3 +219,12 @@ def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, nor
             "implementation": f"torchattacks {getattr(ta, '__version__', '?')} APGD/APGDT/FAB/Square",
         },
     }
+
+
+def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps: float,
+                        version: str = "standard", budgets: AutoAttackBudgets | None = None, seed: int = 0,
+                        n_classes: int | None = None, batch_size: int = 500,
+                        device: torch.device | str | None = None) -> dict[str, Any]:
+    """Robust accuracy under AutoAttack, with the budgets that ran (see ``autoattack_robust_mask``)."""
+    return autoattack_robust_mask(model, images, labels, norm=norm, eps=eps, version=version, budgets=budgets,
+                                  seed=seed, n_classes=n_classes, batch_size=batch_size, device=device)[1]

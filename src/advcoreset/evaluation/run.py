@@ -66,12 +66,26 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
                         autoattack=autoattack, aa_n=e.autoattack_n if n is None else n,
                         aa_version=aa_version, batch_size=e.batch_size, device=dev))
     if perceptual or cfg.objective.name == "pat":
-        from advcoreset.attacks.perceptual import perceptual_accuracy
-
-        p = cfg.objective.pat
-        for attack in ("ppgd", "lpa"):
-            res[f"{attack}_acc"] = perceptual_accuracy(model, data.test.images, data.test.labels, attack=attack,
-                                                       bound=p.bound, steps=max(p.steps, 10),
-                                                       batch_size=e.batch_size)
-        res["perceptual_bound"] = p.bound
+        res["union"] = union_report(model, data.test.images, data.test.labels, cfg, aa_version=aa_version,
+                                    device=dev)
     return res
+
+
+def union_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config, *,
+                 aa_version: str = "standard", device: torch.device | str | None = None) -> dict[str, Any]:
+    """PAT's evaluation: l_inf and l_2 AutoAttack (where radii are set) and PPGD / LPA at the PAT bound,
+    each alone and as a union (robust to all at once)."""
+    from advcoreset.evaluation.union import ThreatModel, union_accuracy
+
+    a, e, p = cfg.objective.attack, cfg.eval, cfg.objective.pat
+    threats = []
+    linf = e.union_linf_eps if e.union_linf_eps is not None else (a.eps if a.norm == "linf" else None)
+    if linf:
+        threats.append(ThreatModel("linf_autoattack", "autoattack", "linf", linf))
+    if e.union_l2_eps:
+        threats.append(ThreatModel("l2_autoattack", "autoattack", "l2", e.union_l2_eps))
+    steps = max(p.steps, 10)
+    threats += [ThreatModel("ppgd", "perceptual", eps=p.bound, attack="ppgd", steps=steps),
+                ThreatModel("lpa", "perceptual", eps=p.bound, attack="lpa", steps=steps)]
+    return union_accuracy(model, images, labels, threats, aa_version=aa_version, batch_size=e.batch_size,
+                          device=device)

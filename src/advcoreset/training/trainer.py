@@ -370,8 +370,9 @@ class Trainer:
                         save_atomic({"model": self.model.state_dict(), "epoch": self.state.epoch,
                                      "config": cfg.to_dict(), "val_robust_acc": record[vkey]}, self.out / BEST)
                 record["time_train_total"] = self.train_seconds()
-                save_atomic(self._checkpoint(), ckpt_path)
+                # log first: a kill between the two leaves a line past the checkpoint, which resume drops
                 log.write(record)
+                save_atomic(self._checkpoint(), ckpt_path)
                 if mode in ("line", "bar"):
                     print(_epoch_line(record, cfg.optim.epochs), flush=True)
         except KeyboardInterrupt:
