@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from advcoreset.cli import main
 
 TINY = ["--set", "data.name=digits", "--set", "data.test_subset=64", "--set", "model.width=8",
@@ -41,3 +43,16 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 def test_config_prints_resolved_yaml(capsys):
     assert main(["config", "--set", "selection.method=craig"]) == 0
     assert "method: craig" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["craig", "gradmatch", "random"])
+def test_train_with_a_coreset_from_the_cli(tmp_path, method, capsys):
+    out = tmp_path / method
+    args = ["train", "--out", str(out), *TINY, "--set", f"selection.method={method}", "--set", "optim.epochs=3",
+            "--set", "selection.warm_epochs=1", "--set", "selection.interval=1", "--set", "selection.fraction=0.2"]
+    assert main(args) == 0
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    sel = [r for r in recs if r["kind"] == "selection"]
+    assert len(sel) == 2 and all(r["method"] == method for r in sel)
+    assert [r["phase"] for r in recs if r["kind"] == "epoch"] == ["warm", "coreset", "coreset"]
+    assert "final: clean_acc" in capsys.readouterr().out
