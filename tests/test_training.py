@@ -113,6 +113,37 @@ def test_uniform_coreset_weights_give_the_full_data_update(tmp_path):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def _epoch_weights(cfg: Config, w: torch.Tensor) -> list[torch.Tensor]:
+    t = Trainer(cfg)
+    t.train_epoch(torch.arange(w.numel()), w)
+    return _weights(t.model)
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b, strict=True))
+
+
+def test_weight_normalisation_rules(tmp_path):
+    """batch: each mini-batch's loss is sum w l / sum w, so scaling one batch's weights changes nothing;
+    epoch: sum w l / (B * mean w), so it does. With one batch holding everything the two rules agree.
+    (Two steps only: float rounding grows over a long epoch.)"""
+    base = ["objective.name=standard", "data.augment=none", "optim.batch_size=64"]
+    n = 128
+    w = torch.rand(n, generator=torch.Generator().manual_seed(0)) * 10 + 0.1
+    one = [*base, f"optim.batch_size={n}"]
+    assert _same(_epoch_weights(tiny(tmp_path, *one, "optim.weight_norm=batch"), w),
+                 _epoch_weights(tiny(tmp_path, *one, "optim.weight_norm=epoch"), w))
+    # Scale the weights of the epoch's first mini-batch (the trainer's seeded order) by 7.
+    probe = Trainer(tiny(tmp_path, *base))
+    first = torch.randperm(n, generator=torch.Generator().set_state(probe.generator.get_state()))[:64]
+    w7 = w.clone()
+    w7[first] *= 7
+    cfg = tiny(tmp_path, *base, "optim.weight_norm=batch")
+    assert _same(_epoch_weights(cfg, w), _epoch_weights(cfg, w7))
+    ecfg = tiny(tmp_path, *base, "optim.weight_norm=epoch")
+    assert not _same(_epoch_weights(ecfg, w), _epoch_weights(ecfg, w7))
+
+
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     """A real kill (SIGKILL mid-run, from the CLI) loses nothing written: --resume reaches the same weights."""
     import os

@@ -190,6 +190,37 @@ def aggregate(runs: list[Run], spec: dict[str, Any]) -> dict[str, Any]:
             "pgd_key": next((r["pgd_key"] for r in per_run if r["pgd_key"]), None)}
 
 
+def check_targets(table: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any]]:
+    """The spec's ``targets`` checked against the aggregated rows: one dict per check with ``what``,
+    ``value``, ``target`` and ``ok`` (None where a row it needs is missing).
+
+    ``targets``: ``objective``, ``fraction``, ``min_speedup`` (every coreset method at that fraction vs
+    Full), ``max_pgd_drop`` (PGD accuracy of Full minus the method's, as a fraction: 0.03 = 3 points) and
+    ``beat_random`` (methods whose PGD accuracy must be >= Random's at the same fraction)."""
+    obj, frac = targets["objective"], float(targets["fraction"])
+    rows = {r["method"]: r for r in table["rows"] if r["objective"] == obj
+            and (r["fraction"] is None or abs(r["fraction"] - frac) < 1e-9)}
+    full, rnd = rows.get("full"), rows.get("random")
+    checks: list[dict[str, Any]] = []
+    for m, r in rows.items():
+        if m == "full":
+            continue
+        if "min_speedup" in targets:
+            sp = r.get("speedup")
+            checks.append({"what": f"{m} speed-up vs full", "value": sp, "target": f">= {targets['min_speedup']}x",
+                           "ok": None if sp is None else sp >= targets["min_speedup"]})
+        if "max_pgd_drop" in targets and full is not None and r["pgd"] is not None and full["pgd"] is not None:
+            drop = full["pgd"] - r["pgd"]
+            checks.append({"what": f"{m} PGD drop vs full (points)", "value": 100 * drop,
+                           "target": f"<= {100 * targets['max_pgd_drop']:g}", "ok": drop <= targets["max_pgd_drop"]})
+    for m in targets.get("beat_random", []):
+        r = rows.get(m)
+        ok = None if r is None or rnd is None else r["pgd"] >= rnd["pgd"]
+        checks.append({"what": f"{m} PGD minus random (points)",
+                       "value": None if ok is None else 100 * (r["pgd"] - rnd["pgd"]), "target": ">= 0", "ok": ok})
+    return checks
+
+
 def _fmt(m: float | None, s: float | None, pct: bool = True) -> str:
     if m is None:
         return "-"
@@ -228,6 +259,14 @@ def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
                 "standard AutoAttack would report")
         lines += ["", f"AutoAttack: version `{aa.get('version')}`, {aa.get('norm')} eps {aa.get('eps')}, on the "
                   f"first {aa.get('n', '?')} test images: {parts} ({note})."]
+    if spec.get("targets"):
+        t = spec["targets"]
+        lines += ["", f"Targets ({t['objective']}, fraction {t['fraction']}, seed means):", "",
+                  "| check | value | target | met |", "|---|---|---|---|"]
+        for c in check_targets(table, t):
+            v = "-" if c["value"] is None else f"{c['value']:.2f}"
+            met = "n/a" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
+            lines.append(f"| {c['what']} | {v} | {c['target']} | {met} |")
     lines += ["", "Mean ± standard deviation over seeds. Train time includes warm start and selection, excludes "
               "evaluation. Speed-up is against Full of the same objective. Grad error is the relative "
               "gradient approximation error ||sum g - sum w g|| / ||sum g|| of the coreset, averaged over "
@@ -275,6 +314,8 @@ def plot(table: dict[str, Any], out: Path) -> list[Path]:
 def report(runs: list[Run], spec: dict[str, Any], out: Path) -> dict[str, Any]:
     table = aggregate(runs, spec)
     table["spec"] = spec
+    if spec.get("targets"):
+        table["targets"] = check_targets(table, spec["targets"])
     (out / "table.json").write_text(json.dumps(table, indent=2, default=str))
     (out / "table.md").write_text(markdown(table, spec))
     if table["rows"]:

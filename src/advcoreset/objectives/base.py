@@ -34,9 +34,10 @@ class ObjectiveOutput:
 def weighted_mean(per_example: Tensor, weights: Tensor | None, norm: Tensor | float | None = None) -> Tensor:
     """sum_i w_i l_i / norm, with norm = sum_i w_i by default; uniform weights give exactly the mean.
 
-    Batch-wise coresets give every member of a batch the same weight, which a per-batch sum-of-weights
-    normaliser cancels; the trainer therefore passes ``norm = B * mean weight of the epoch`` so weights
-    matter across batches.
+    The trainer draws its mini-batches at random from the whole coreset, so members of different
+    selected batches mix and a per-batch normaliser does not cancel batch-wise weights (it does in the
+    official code, which trains on the selected batches as they are). ``optim.weight_norm=epoch`` passes
+    ``norm = B * mean weight of the epoch`` instead.
     """
     if weights is None:
         return per_example.mean()

@@ -223,13 +223,14 @@ class Trainer:
 
     # --------------------------------------------------------------------- epoch
     def train_epoch(self, indices: Tensor, weights: Tensor, bar: Any = None) -> dict[str, float]:
-        """One pass over ``indices`` with per-example ``weights`` (normalised by the epoch's mean weight, so
-        batch-wise coreset weights matter and uniform weights give the plain mean loss)."""
+        """One pass over ``indices`` with per-example ``weights``, normalised as ``optim.weight_norm`` says
+        (per mini-batch by default; uniform weights give the plain mean loss either way)."""
         cfg = self.cfg
         model, opt = self.model, self.optimizer
         model.train()
         timer = _StepTimer(self.device)
-        wbar = weights.float().mean()
+        # None: each batch's own weight sum (weighted_mean's default); else B * the epoch's mean weight.
+        wbar = weights.float().mean() if cfg.optim.weight_norm == "epoch" else None
         n_batches = math.ceil(indices.numel() / cfg.optim.batch_size)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
@@ -248,7 +249,7 @@ class Trainer:
                 x_adv = self.objective.attack(model, b.x, b.y)
             with timer.section("update"):
                 with self._autocast():
-                    out = self.objective.loss_at(model, b.x, x_adv, b.y, b.w, norm=b.y.numel() * wbar)
+                    out = self.objective.loss_at(model, b.x, x_adv, b.y, b.w, norm=None if wbar is None else b.y.numel() * wbar)
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if cfg.optim.grad_clip:
