@@ -248,8 +248,9 @@ class Trainer:
             with timer.section("attack"), self._autocast():
                 x_adv = self.objective.attack(model, b.x, b.y)
             with timer.section("update"):
+                norm = None if wbar is None else b.y.numel() * wbar
                 with self._autocast():
-                    out = self.objective.loss_at(model, b.x, x_adv, b.y, b.w, norm=None if wbar is None else b.y.numel() * wbar)
+                    out = self.objective.loss_at(model, b.x, x_adv, b.y, b.w, norm=norm)
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if cfg.optim.grad_clip:
