@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from advcoreset.config import load_config
-from advcoreset.data import to_float
-from advcoreset.selection import approximation_error, build_selector, last_layer_grads
+from advcoreset.selection import approximation_error, build_selector
 from advcoreset.training import Trainer
 
 
@@ -56,11 +55,7 @@ def main() -> None:
     # the attack pass of a selection round, exactly as the trainer does it
     tr.model.eval()
     t0 = time.perf_counter()
-    chunks = []
-    for s in range(0, n, cfg.eval.batch_size):
-        x = to_float(tr.images[s:s + cfg.eval.batch_size])
-        chunks.append(last_layer_grads(tr.model, tr.sel_objective, x, tr.labels[s:s + cfg.eval.batch_size]))
-    grads = torch.cat(chunks)
+    grads = tr.selection_grads()
     attack_s = time.perf_counter() - t0
 
     rows = []
