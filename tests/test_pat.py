@@ -323,3 +323,17 @@ def test_pat_with_fixed_lpips_attacks_within_neighbourhood(trained: ImageClassif
     x_adv = lpa(trained, x, y, other, bound=BOUND, steps=5, search_steps=2)
     assert (other(x, x_adv) <= BOUND + 1e-6).all()
     assert math.isfinite(float(x_adv.sum()))
+
+
+def test_perceptual_evaluation_rejects_an_attack_that_leaves_its_ball(trained: ImageClassifier, held_out,
+                                                                      monkeypatch) -> None:
+    """An attack stepping outside the LPIPS bound must stop the evaluation, not report a low accuracy."""
+    from advcoreset.attacks import perceptual
+
+    def too_far(model, x, y, dist, *, bound, steps, **kw):
+        return (1 - x).clamp(0, 1)  # the photographic negative: far outside any small LPIPS ball
+
+    monkeypatch.setitem(perceptual.ATTACKS, "ppgd", too_far)
+    x, y = held_out
+    with pytest.raises(RuntimeError, match="outside the LPIPS ball"):
+        perceptual.perceptual_accuracy(trained, x[:16], y[:16], attack="ppgd", bound=0.05, steps=1)

@@ -488,3 +488,24 @@ def test_generalised_omp_matches_plain_omp_quality():
     assert e8 <= 1.5 * e1 + 1e-3
     with pytest.raises(ValueError, match="atoms_per_step"):
         gradmatch_solve(x, 10, atoms_per_step=0)
+
+
+def test_craig_falls_back_to_partitions_when_distances_do_not_fit(monkeypatch):
+    """A class under max_size whose n x n distances still do not fit is solved in parts, never a crash."""
+    import importlib
+
+    craig_mod = importlib.import_module("advcoreset.selection.craig")  # the module, not the function
+    real = craig_mod.pairwise_sq_dists
+
+    def small_memory(g, chunk=2048):
+        if g.shape[0] > 50:
+            raise MemoryError("no room")
+        return real(g, chunk)
+
+    monkeypatch.setattr(craig_mod, "pairwise_sq_dists", small_memory)
+    x = torch.randn(120, 6, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(RuntimeWarning, match="do not fit in memory"):
+        idx, w = craig(x, 12)
+    assert idx.numel() == 12 and idx.unique().numel() == 12
+    assert float(w.sum()) == pytest.approx(120.0)
+    assert bool((w >= 1).all())

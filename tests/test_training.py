@@ -25,14 +25,18 @@ def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.state_dict().values()]
 
 
-@pytest.mark.parametrize("selection", ["full", "craig"])
+@pytest.mark.parametrize("selection", ["full", "craig", "gradmatch"])
 def test_resume_equals_uninterrupted(tmp_path, selection):
-    extra = [f"selection.method={selection}", "selection.warm_epochs=1", "selection.interval=1",
-             "selection.fraction=0.5"]
+    """Killed after epoch 2, between selection rounds (selections before epochs 2 and 4): the resumed epoch 3
+    trains on the coreset restored from the checkpoint and must match the uninterrupted run bit for bit."""
+    extra = [f"selection.method={selection}", "selection.warm_epochs=1", "selection.interval=2",
+             "selection.fraction=0.5", "optim.epochs=4"]
     a = Trainer(tiny(tmp_path / "a", *extra))
     ra = a.run()
     b = Trainer(tiny(tmp_path / "b", *extra))
     assert b.run(stop_after=2) == {"stopped_after": 2}
+    saved = load_checkpoint(tmp_path / "b" / "run" / "last.pt")["coreset"]
+    assert (saved is None) == (selection == "full")
     # a new process would rebuild everything from the config: do the same here
     c = Trainer(tiny(tmp_path / "b", *extra))
     rc = c.run(resume=True)
@@ -40,7 +44,10 @@ def test_resume_equals_uninterrupted(tmp_path, selection):
         assert torch.equal(wa, wc)
     assert ra["test_clean_acc"] == rc["test_clean_acc"]
     lines = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3]
+    assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3, 4]
+    if selection != "full":
+        assert [r["epoch"] for r in lines if r["kind"] == "selection"] == [2, 4]
+        assert [r["phase"] for r in lines if r["kind"] == "epoch"] == ["warm", "coreset", "coreset", "coreset"]
 
 
 def test_run_writes_logs_checkpoint_and_learns(tmp_path):

@@ -58,3 +58,27 @@ def test_unknown_threat_model_kind_is_rejected():
     with pytest.raises(ValueError, match="unknown threat model kind"):
         union.robust_mask(torch.nn.Identity(), torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long),
                           ThreatModel("c", "rotation"))
+
+
+def test_pat_trains_on_an_adversarial_coreset(tmp_path):
+    """PAT through the trainer with CRAIG: selection reads gradients at the Fast-LPA points with no special
+    case, the coreset is exactly ceil(0.5 n_c) per class, and the perceptual evaluation names its LPIPS."""
+    import json
+    import math
+
+    out = tmp_path / "run"
+    cfg = load_config(None, [
+        "data.name=digits", "data.test_subset=32", "model.width=8", "objective.name=pat",
+        "objective.pat.bound=0.3", "objective.pat.steps=2", "optim.epochs=3", "optim.batch_size=64",
+        "selection.method=craig", "selection.fraction=0.5", "selection.warm_epochs=1", "selection.interval=1",
+        "eval.pgd_steps=2", "eval.every=0", "progress=none", f"out_dir={out}"])
+    res = train(cfg)
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    sels = [r for r in recs if r["kind"] == "selection"]
+    assert [r["epoch"] for r in sels] == [2, 3]
+    for r in sels:
+        sizes = [c["size"] for c in r["solver_stats"]["classes"].values()]
+        assert r["coreset_size"] == sum(math.ceil(0.5 * n) for n in sizes) < r["train_size"]
+        assert 0 <= r["grad_error"] < 1 and r["time_selection_attack"] > 0
+    assert [r["phase"] for r in recs if r["kind"] == "epoch"] == ["warm", "coreset", "coreset"]
+    assert res["test_perceptual_lpips"] == "self-bound" and 0 <= res["test_lpa_acc"] <= res["test_clean_acc"]

@@ -134,9 +134,9 @@ class OptimConfig:
     """How coreset weights normalise the loss. batch: sum_j w_j l_j / sum_j w_j over each mini-batch (the
     paper's rule): every step is a convex combination of per-example losses, so a few heavy CRAIG weights
     cannot blow up a step. epoch: sum_j w_j l_j / (B * mean weight of the epoch), unbiased for the epoch's
-    weighted sum but a batch that holds heavy points takes a step several times larger (measured: CRAIG at
-    peak lr 0.2 diverged on 6,000 Fashion-MNIST images). Training batches are drawn at random from the whole
-    coreset, so batch-wise weights matter under either rule. Uniform weights give the plain mean under both."""
+    weighted sum but a batch that holds heavy points takes a larger step. Training batches are drawn at
+    random from the whole coreset, so batch-wise weights matter under either rule. Uniform weights give the
+    plain mean under both."""
 
 
 @dataclass

@@ -118,8 +118,11 @@ def _build(ta: Any, model: nn.Module, *, norm: str, eps: float, n_classes: int, 
         fab = ta.FAB(model, norm=tnorm, eps=eps, steps=budgets.fab_steps, n_restarts=1, alpha_max=0.1,
                      eta=1.05, beta=0.9, verbose=False, seed=seed, multi_targeted=True, n_classes=n_classes)
         fab.n_target_classes = n_targets
+        # The reference runs 5,000 queries on the unrescaled p schedule; a reduced budget rescales it so a
+        # short attack still goes through the whole schedule.
         square = ta.Square(model, norm=tnorm, eps=eps, n_queries=budgets.square_queries, n_restarts=1,
-                           p_init=0.8, loss="margin", resc_schedule=True, seed=seed, verbose=False)
+                           p_init=0.8, loss="margin", resc_schedule=budgets.square_queries != 5000, seed=seed,
+                           verbose=False)
         specs += [
             _Spec("fab-t", {"iterations": budgets.fab_steps, "restarts": 1, "target_classes": n_targets},
                   fab),

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advcoreset.attacks.lpips import LPIPS, alexnet_lpips
 from advcoreset.config import Config
 from advcoreset.data import prepare_data
 from advcoreset.models import create_model
@@ -71,6 +72,13 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
     return res
 
 
+def perceptual_distance(cfg: Config) -> tuple[LPIPS | None, str]:
+    """The LPIPS the run's PAT config names: (None, "self-bound") or (AlexNet LPIPS, "alexnet:<path>")."""
+    if cfg.objective.pat.lpips == "self":
+        return None, "self-bound"
+    return alexnet_lpips(cfg.objective.pat.lpips), f"alexnet:{cfg.objective.pat.lpips}"
+
+
 def union_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config, *,
                  aa_version: str = "standard", device: torch.device | str | None = None) -> dict[str, Any]:
     """PAT's evaluation: l_inf and l_2 AutoAttack (where radii are set) and PPGD / LPA at the PAT bound,
@@ -85,7 +93,8 @@ def union_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, c
     if e.union_l2_eps:
         threats.append(ThreatModel("l2_autoattack", "autoattack", "l2", e.union_l2_eps))
     steps = max(p.steps, 10)
-    threats += [ThreatModel("ppgd", "perceptual", eps=p.bound, attack="ppgd", steps=steps),
-                ThreatModel("lpa", "perceptual", eps=p.bound, attack="lpa", steps=steps)]
+    lpips, name = perceptual_distance(cfg)
+    threats += [ThreatModel(att, "perceptual", eps=p.bound, attack=att, steps=steps, lpips=lpips, lpips_name=name)
+                for att in ("ppgd", "lpa")]
     return union_accuracy(model, images, labels, threats, aa_version=aa_version, batch_size=e.batch_size,
                           device=device)

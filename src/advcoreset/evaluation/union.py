@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advcoreset.attacks.lpips import LPIPS
 from advcoreset.evaluation.autoattack import autoattack_robust_mask
 from advcoreset.evaluation.robust import pgd_robust_mask
 
@@ -25,6 +26,10 @@ class ThreatModel:
     attack: str = ""
     """perceptual: ppgd or lpa."""
     steps: int = 20
+    lpips: LPIPS | None = None
+    """perceptual: the distance (None: the model's own self-bound LPIPS)."""
+    lpips_name: str = "self-bound"
+    """What ``lpips`` is, for the report (e.g. the AlexNet weights file)."""
 
 
 def robust_mask(model: nn.Module, images: Tensor, labels: Tensor, tm: ThreatModel, *,
@@ -44,8 +49,8 @@ def robust_mask(model: nn.Module, images: Tensor, labels: Tensor, tm: ThreatMode
         from advcoreset.attacks.perceptual import perceptual_robust_mask
 
         mask = perceptual_robust_mask(model, images, labels, attack=tm.attack, bound=tm.eps, steps=tm.steps,
-                                      batch_size=batch_size)
-        return mask, {"attack": tm.attack, "bound": tm.eps, "steps": tm.steps, "lpips": "self-bound"}
+                                      lpips=tm.lpips, batch_size=batch_size)
+        return mask, {"attack": tm.attack, "bound": tm.eps, "steps": tm.steps, "lpips": tm.lpips_name}
     raise ValueError(f"unknown threat model kind {tm.kind!r} (autoattack, pgd or perceptual)")
 
 

@@ -16,7 +16,9 @@ Memory: the exact solver holds the n x n float32 distances, n^2 * 4 bytes (n = 6
 n = 20,000: 1.6 GB; n = 50,000: 10 GB), plus one ``chunk`` x n block while it is computed. Classes larger
 than ``max_size`` are split at random into near-equal parts of at most ``max_size`` points, each solved
 exactly with a budget proportional to its size (an approximation: no point is compared with points of
-another part, and weights count within a part).
+another part, and weights count within a part). A class under ``max_size`` whose distances still do not
+fit (MemoryError, or CUDA out of memory) falls back to the same partitioning, halving the part size until
+it fits, with a warning.
 
 Ties in the greedy gains (e.g. two points that only cover each other gain exactly the same) and in the
 nearest chosen element go to the lowest index; only through such ties does the result depend on the
@@ -30,6 +32,7 @@ on 6,000 x 2,010 gradients (a few seconds on 2 CPU cores).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -232,7 +235,16 @@ def craig(grads: Tensor, budget: int, *, chunk: int = 2048, max_size: int = 2000
     if n > max_size:
         return _craig_partitioned(grads, k, chunk, max_size, generator, point_weights)
     u = None if point_weights is None else point_weights.detach().double().cpu().numpy()
-    dist = pairwise_sq_dists(grads, chunk)
+    try:
+        dist = pairwise_sq_dists(grads, chunk)
+    except (MemoryError, torch.OutOfMemoryError):
+        if n < 2:
+            raise
+        # Below max_size but still too big for this machine: halve the parts until they fit.
+        warnings.warn(f"CRAIG: the {n} x {n} distances of a class do not fit in memory; solving it in parts of "
+                      f"{n // 2} points (partitioned greedy). Lower selection.max_class_size to choose the size.",
+                      RuntimeWarning, stacklevel=2)
+        return _craig_partitioned(grads, k, chunk, n // 2, generator, point_weights)
     order = facility_location_greedy(dist, k, u)
     w = assign_weights(dist, order, u)
     return torch.from_numpy(order).to(dev), torch.from_numpy(w).float().to(dev)

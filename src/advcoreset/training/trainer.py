@@ -303,13 +303,16 @@ class Trainer:
         res.update({f"test_{k}": v for k, v in test.items()})
         if final and self.cfg.objective.name == "pat":  # PAT's own threat model, beside l_p
             from advcoreset.attacks.perceptual import perceptual_accuracy
+            from advcoreset.evaluation.run import perceptual_distance
 
             p = self.cfg.objective.pat
+            lpips, lpips_name = perceptual_distance(self.cfg)
             for attack in ("ppgd", "lpa"):
                 res[f"test_{attack}_acc"] = perceptual_accuracy(
                     model, self.data.test.images, self.data.test.labels, attack=attack, bound=p.bound,
-                    steps=max(p.steps, 10), batch_size=e.batch_size)
+                    steps=max(p.steps, 10), lpips=lpips, batch_size=e.batch_size)
             res["test_perceptual_bound"] = p.bound
+            res["test_perceptual_lpips"] = lpips_name
         if self.data.val is not None and not final:
             res[f"val_pgd{e.val_pgd_steps}_acc"] = pgd_accuracy(
                 model, self.data.val.images, self.data.val.labels, eps=a.eps, alpha=eval_alpha(self.cfg),
