@@ -33,7 +33,7 @@ from advcoreset.selection.craig import (
     pairwise_sq_dists,
     similarity,
 )
-from advcoreset.selection.gradmatch import PackedCholesky
+from advcoreset.selection.gradmatch import FILL_FLOOR, PackedCholesky
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -262,17 +262,19 @@ def test_gradmatch_known_answer_on_orthogonal_atoms():
     np.testing.assert_allclose(w.numpy(), [6, 10 / 3], rtol=1e-6)
 
 
-def test_gradmatch_early_stop_fills_budget_at_random_with_weight_one():
+def test_gradmatch_early_stop_fills_budget_at_random_with_fitted_weights():
     x = torch.repeat_interleave(torch.eye(3), torch.tensor([4, 4, 4]), dim=0)  # b reached with 3 atoms
     res = gradmatch_solve(x, 7, lam=0.0, tol=1e-6, generator=gen(0))
     assert res.indices.numel() == 7 and res.indices.unique().numel() == 7 and res.n_filled == 4
     assert res.residual < 1e-6
-    # The fill adds 4 unit gradients on top of b = (4, 4, 4); the support is rescaled by the best alpha:
-    # <(4,4,4), b - fill> / ||(4,4,4)||^2 = 4 * (12 - 4) / 48 = 2/3, whatever the fill's directions.
-    np.testing.assert_allclose(res.weights[:3].numpy(), [8 / 3] * 3, rtol=1e-6)
-    assert res.weights[3:].tolist() == [1.0] * 4
-    unscaled = torch.cat([torch.full((3,), 4.0), torch.ones(4)])
-    assert approximation_error(x, res.indices, res.weights) < approximation_error(x, res.indices, unscaled)
+    # The support (4, 4, 4) already equals b, so the best fill weight is 0: it sits at its floor
+    # FILL_FLOOR * mean support weight = 4e-3, and the support scales by alpha = <s, b - c f> / <s, s>
+    # = 1 - 4e-3 * 16 / 48 (the four filled unit gradients f have <s, f> = 16 whatever their directions).
+    c = FILL_FLOOR * 4
+    np.testing.assert_allclose(res.weights[3:].numpy(), [c] * 4, rtol=1e-6)
+    np.testing.assert_allclose(res.weights[:3].numpy(), [4 * (1 - c * 16 / 48)] * 3, rtol=1e-6)
+    ones = torch.cat([torch.full((3,), 8 / 3), torch.ones(4)])  # the reference's weight-1 fill, rescaled
+    assert approximation_error(x, res.indices, res.weights) < approximation_error(x, res.indices, ones)
     other = gradmatch_solve(x, 7, lam=0.0, tol=1e-6, generator=gen(5))
     same = gradmatch_solve(x, 7, lam=0.0, tol=1e-6, generator=gen(0))
     assert torch.equal(same.indices, res.indices)
@@ -509,3 +511,21 @@ def test_craig_falls_back_to_partitions_when_distances_do_not_fit(monkeypatch):
     assert idx.numel() == 12 and idx.unique().numel() == 12
     assert float(w.sum()) == pytest.approx(120.0)
     assert bool((w >= 1).all())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradmatch_fill_weights_are_the_bounded_least_squares_optimum(seed):
+    """(alpha, beta) of the fill beat every point of a fine grid of alpha >= 0, beta >= floor (brute force)."""
+    from advcoreset.selection.gradmatch import _scale_and_fill_weight
+
+    g = torch.Generator().manual_seed(seed)
+    s, f = torch.randn(20, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
+    b = 0.7 * s + 0.4 * f + 0.3 * torch.randn(20, generator=g, dtype=torch.float64)
+    floor = 0.05
+    a, c = _scale_and_fill_weight(s, f, b, floor)
+    assert a >= 0 and c >= floor
+    best = float(((a * s + c * f - b) ** 2).sum())
+    grid = torch.linspace(0, 2, 201, dtype=torch.float64)
+    ga, gc = torch.meshgrid(grid, grid[grid >= floor], indexing="ij")
+    brute = float(((ga[..., None] * s + gc[..., None] * f - b) ** 2).sum(-1).min())
+    assert best <= brute + 1e-12
