@@ -45,3 +45,25 @@ def test_bad_spec_fails_before_running(tmp_path):
     bad.write_text(SPEC.read_text().replace("eps: 0.1", "eps: -0.1"))
     with pytest.raises(ConfigError, match="objective.attack.eps"):
         bench.main([str(bad), "--out", str(tmp_path / "o")])
+
+
+def test_targets_are_checked_against_the_rows():
+    """Known answers: a method 2.6x faster and 2 points below Full passes speed and drop, one below Random
+    fails the beat-random check, and a missing Random row gives n/a (None), not a pass."""
+    rows = [
+        {"objective": "pgd_linf", "method": "full", "fraction": None, "pgd": 0.60, "speedup": 1.0},
+        {"objective": "pgd_linf", "method": "random", "fraction": 0.3, "pgd": 0.55, "speedup": 3.0},
+        {"objective": "pgd_linf", "method": "craig", "fraction": 0.3, "pgd": 0.58, "speedup": 2.6},
+        {"objective": "pgd_linf", "method": "gradmatch", "fraction": 0.3, "pgd": 0.54, "speedup": 2.4},
+        {"objective": "pgd_linf", "method": "craig", "fraction": 0.5, "pgd": 0.10, "speedup": 1.5},
+    ]
+    targets = {"objective": "pgd_linf", "fraction": 0.3, "min_speedup": 2.5, "max_pgd_drop": 0.03,
+               "beat_random": ["craig", "gradmatch"]}
+    got = {c["what"]: c["ok"] for c in bench.check_targets({"rows": rows}, targets)}
+    assert got == {
+        "random speed-up vs full": True, "random PGD drop vs full (points)": False,
+        "craig speed-up vs full": True, "craig PGD drop vs full (points)": True,
+        "gradmatch speed-up vs full": False, "gradmatch PGD drop vs full (points)": False,
+        "craig PGD minus random (points)": True, "gradmatch PGD minus random (points)": False}
+    no_random = bench.check_targets({"rows": [r for r in rows if r["method"] != "random"]}, targets)
+    assert [c["ok"] for c in no_random if "minus random" in c["what"]] == [None, None]
