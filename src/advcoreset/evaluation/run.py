@@ -72,11 +72,13 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
     return res
 
 
-def perceptual_distance(cfg: Config) -> tuple[LPIPS | None, str]:
-    """The LPIPS the run's PAT config names: (None, "self-bound") or (AlexNet LPIPS, "alexnet:<path>")."""
+def perceptual_distance(cfg: Config, loaded: LPIPS | None = None) -> tuple[LPIPS | None, str]:
+    """The LPIPS the run's PAT config names: (None, "self-bound") or (AlexNet LPIPS, "alexnet:<path>").
+    ``loaded``: that AlexNet LPIPS if the caller already holds it (it is not read again)."""
     if cfg.objective.pat.lpips == "self":
         return None, "self-bound"
-    return alexnet_lpips(cfg.objective.pat.lpips), f"alexnet:{cfg.objective.pat.lpips}"
+    lpips = loaded if loaded is not None else alexnet_lpips(cfg.objective.pat.lpips)
+    return lpips, f"alexnet:{cfg.objective.pat.lpips}"
 
 
 def union_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config, *,

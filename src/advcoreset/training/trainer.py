@@ -189,8 +189,7 @@ class Trainer:
     def selection_grads(self) -> Tensor:
         """(n, D) last-layer gradients of the selection objective at its adversarial points, for every
         training image, on the very pixels the attack ran on (no augmentation). Batches are twice the
-        training batch: the pass keeps no parameter gradients (and on 2 CPU cores batches of 500 measured
-        40% slower than 256)."""
+        training batch: the pass keeps no parameter gradients."""
         n = self.labels.numel()
         bs = 2 * self.cfg.optim.batch_size
         chunks = []
@@ -306,7 +305,8 @@ class Trainer:
             from advcoreset.evaluation.run import perceptual_distance
 
             p = self.cfg.objective.pat
-            lpips, lpips_name = perceptual_distance(self.cfg)
+            # the objective's LPIPS is already loaded (an AlexNet file is read once per run)
+            lpips, lpips_name = perceptual_distance(self.cfg, loaded=getattr(self.objective, "lpips", None))
             for attack in ("ppgd", "lpa"):
                 res[f"test_{attack}_acc"] = perceptual_accuracy(
                     model, self.data.test.images, self.data.test.labels, attack=attack, bound=p.bound,
