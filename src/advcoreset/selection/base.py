@@ -34,7 +34,6 @@ def approximation_error(grads: Tensor, indices: Tensor, weights: Tensor) -> floa
     """||sum_i g_i - sum_j w_j g_j|| / ||sum_i g_i||: the quantity ACS's convergence bound depends on.
 
     grads: (n, d); indices, weights: (k,). Computed in float64 for a stable small residual."""
-    g = grads.double()
-    full = g.sum(0)
-    approx = (weights.double().unsqueeze(1) * g[indices]).sum(0)
+    full = grads.sum(0, dtype=torch.float64)  # no float64 copy of all of grads
+    approx = weights.double() @ grads[indices].double()
     return float((full - approx).norm() / full.norm().clamp_min(1e-30))

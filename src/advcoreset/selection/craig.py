@@ -42,7 +42,7 @@ _EVAL_BATCH = 16
 """How many stale candidates lazy greedy re-evaluates at once (one (16, n) block: cheap, vectorised)."""
 
 
-def pairwise_sq_dists(grads: Tensor, chunk: int = 2048) -> np.ndarray:
+def pairwise_sq_dists(grads: Tensor, chunk: int = 512) -> np.ndarray:
     """Squared Euclidean distances between the rows of ``grads``.
 
     Args:
@@ -51,7 +51,9 @@ def pairwise_sq_dists(grads: Tensor, chunk: int = 2048) -> np.ndarray:
 
     Returns:
         (n, n) float32 numpy array on the CPU: ||g_i||^2 + ||g_j||^2 - 2 g_i.g_j clamped at 0, zero diagonal,
-        exactly symmetric. Only blocks on or above the diagonal are computed (half the matmul work).
+        exactly symmetric. Only blocks on or above the diagonal are computed (half the matmul work); the
+        rest is mirrored block by block as each row block lands (small blocks keep the transposed copies
+        in cache: on 2 CPU cores chunk 512 took 0.35 s for 6,000 x 2,010, chunk 2048 0.56 s).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -62,23 +64,24 @@ def pairwise_sq_dists(grads: Tensor, chunk: int = 2048) -> np.ndarray:
     sq = (g * g).sum(1)
     n = g.shape[0]
     out = np.empty((n, n), dtype=np.float32)
+    full = torch.from_numpy(out)  # shares out's memory
     for i0 in range(0, n, chunk):
         i1 = min(i0 + chunk, n)
-        blk = g[i0:i1] @ g[i0:].T
-        blk.mul_(-2).add_(sq[i0:i1, None]).add_(sq[None, i0:]).clamp_(min=0)
-        b = blk.cpu().numpy()
-        out[i0:i1, i0:] = b
-        out[i0:, i0:i1] = b.T
-        # The diagonal block came from one product and need not be symmetric to the last bit: mirror
-        # its upper triangle (greedy reads rows as columns, so symmetry must be exact).
-        h = i1 - i0
-        diag_blk = np.triu(b[:, :h])
-        out[i0:i1, i0:i1] = diag_blk + np.triu(diag_blk, 1).T
+        blk = torch.addmm(sq[None, i0:], g[i0:i1], g[i0:].T, alpha=-2.0)
+        blk.add_(sq[i0:i1, None]).clamp_(min=0)
+        full[i0:i1, i0:].copy_(blk)  # (to the CPU if grads live elsewhere)
+        # The diagonal block came from one product and need not be symmetric to the last bit: keep its
+        # upper triangle and mirror it (greedy reads rows as columns, so symmetry must be exact).
+        diag = full[i0:i1, i0:i1]
+        diag.triu_()
+        diag.add_(diag.triu(1).T)
+        if i0:
+            full[i0:i1, :i0].copy_(full[:i0, i0:i1].T)
     np.fill_diagonal(out, 0.0)
     return out
 
 
-def similarity(grads: Tensor, chunk: int = 2048) -> np.ndarray:
+def similarity(grads: Tensor, chunk: int = 512) -> np.ndarray:
     """CRAIG's similarity s_ij = max(d) - d_ij, (n, n) float32 >= 0 (a reference; the solver works on d)."""
     s = pairwise_sq_dists(grads, chunk)
     np.subtract(s.max() if s.size else 0.0, s, out=s)
@@ -125,8 +128,11 @@ def facility_location_greedy(dist: np.ndarray, budget: int,
     # cur_i = min_{j in S} d_ij, i.e. the similarity of S to i is m - cur_i; S empty counts as s = 0.
     cur = np.full(n, m, dtype=dist.dtype)
     # Gains with S empty: sum_i u_i (m - d_ij), in float64 from row sums (exact ordering at step 0).
-    uu = np.ones(n) if u is None else u.astype(np.float64)
-    ub = np.concatenate([m * uu.sum() - (dist[i:i + 1024] * uu).sum(1) for i in range(0, n, 1024)])
+    if u is None:
+        ub = m * n - np.add.reduce(dist, axis=1, dtype=np.float64)
+    else:
+        uu = u.astype(np.float64)
+        ub = np.concatenate([m * uu.sum() - (dist[i:i + 1024] * uu).sum(1) for i in range(0, n, 1024)])
     fresh_at = np.zeros(n, dtype=np.int64)
     order = np.empty(k, dtype=np.int64)
     batch = min(_EVAL_BATCH, n)
@@ -167,7 +173,9 @@ def assign_weights(dist: np.ndarray, chosen: np.ndarray, point_weights: np.ndarr
         return np.empty(0, dtype=np.float64)
     rank = np.argsort(chosen, kind="stable")
     sorted_chosen = chosen[rank]
-    nearest = np.argmin(dist[sorted_chosen], axis=0)  # first minimum = lowest index among ties
+    # torch's argmin returns the first minimum (lowest index among ties), as numpy's does, but walks the
+    # (k, n) block along its contiguous rows: ~4x faster than numpy's axis-0 argmin.
+    nearest = torch.from_numpy(dist)[torch.from_numpy(sorted_chosen)].argmin(0).numpy()
     nearest[sorted_chosen] = np.arange(k)
     u = np.ones(n) if point_weights is None else np.asarray(point_weights, dtype=np.float64)
     w_sorted = np.bincount(nearest, weights=u, minlength=k)
@@ -195,7 +203,7 @@ def _proportional_split(total: int, sizes: list[int]) -> list[int]:
     return out
 
 
-def craig(grads: Tensor, budget: int, *, chunk: int = 2048, max_size: int = 20000,
+def craig(grads: Tensor, budget: int, *, chunk: int = 512, max_size: int = 20000,
           generator: torch.Generator | None = None,
           point_weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """CRAIG coreset of the rows of ``grads``.

@@ -272,29 +272,34 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
             xP = np.append(xP, 0.0)
         if not joined:
             continue
-        new_atoms = {js[t] for t in joined}
         # Lawson-Hanson inner loop: move from x towards the unconstrained optimum z on P until a
-        # coefficient hits 0; that atom leaves; repeat until z > 0.
+        # coefficient hits 0; that atom leaves; repeat until z > 0. Atoms that just joined sit at x = 0:
+        # one of them with z <= 0 leaves at once (and is blocked: re-entering would cycle) without holding
+        # the others at 0 (a zero-length step would drop every atom of the batch, good ones included).
         while True:
             z = chol.solve(qP)
             if z.min() > 0:
                 xP = z
                 break
-            neg = np.flatnonzero(z <= 0)
-            ratio = xP[neg] / (xP[neg] - z[neg])
-            alpha = float(ratio.min())
-            xP = xP + alpha * (z - xP)
-            leave = set(neg[ratio <= alpha].tolist()) | set(np.flatnonzero(xP <= 0).tolist())
-            for pos in sorted(leave, reverse=True):
+            stuck = np.flatnonzero((z <= 0) & (xP <= 0))
+            if stuck.size:
+                leave = stuck
+                blocked[[P[pos] for pos in stuck]] = True
+            else:
+                neg = np.flatnonzero(z <= 0)
+                ratio = xP[neg] / (xP[neg] - z[neg])
+                alpha = float(ratio.min())
+                xP = xP + alpha * (z - xP)
+                xP[neg[ratio <= alpha]] = 0.0
+                leave = np.flatnonzero(xP <= 0)
+            for pos in sorted(leave.tolist(), reverse=True):
                 atom = P.pop(pos)
                 in_P[atom] = False
-                if atom in new_atoms and alpha == 0.0:
-                    blocked[atom] = True  # re-entering at once would cycle
                 chol.delete(pos)
                 free.append(slot.pop(pos))
                 dropped += 1
             keep = np.ones(xP.size, dtype=bool)
-            keep[sorted(leave)] = False
+            keep[leave] = False
             qP, xP = qP[keep], xP[keep]
             if not P:
                 break

@@ -188,10 +188,11 @@ class Trainer:
     # ---------------------------------------------------------------- selection
     def selection_grads(self) -> Tensor:
         """(n, D) last-layer gradients of the selection objective at its adversarial points, for every
-        training image, on the very pixels the attack ran on (no augmentation). Batches are twice the
-        training batch: the pass keeps no parameter gradients."""
+        training image, on the very pixels the attack ran on (no augmentation). Batches are the training
+        batch, so per image the pass costs what the training attack costs (larger batches were slower per
+        image on a CPU); ``benchmarks/selection_overhead.py`` times it against a training epoch."""
         n = self.labels.numel()
-        bs = 2 * self.cfg.optim.batch_size
+        bs = self.cfg.optim.batch_size
         chunks = []
         for start in range(0, n, bs):
             x = to_float(self.images[start:start + bs]).contiguous(memory_format=self.memory_format)
