@@ -9,15 +9,16 @@ b = sum_i g_i. Starting from an empty support S:
    shares one correlation pass among m atoms: ~3x faster on a 6,000-point class at the same residual;
 3. x = argmin_{x >= 0} ||A_S x - b||^2 + lam ||x||^2 (a true NNLS, not the official "drop the most
    negative atom and re-solve"); atoms whose coefficient reaches 0 leave the support (they may be
-   picked again later).
+   picked again later). A new atom sits at x = 0 when it joins; if its unconstrained optimum is <= 0 it
+   leaves at once and is not tried again, without holding back the other atoms of its batch.
 
 If it stops before the budget, the rest is filled at random (``generator``). The reference code gives the
 fill weight 1, which adds sum_fill g ~ (m/n) b to a support that already matches b. Here the solver's
 weights scale by alpha and the fill shares one weight beta, (alpha, beta) = argmin
 ||alpha A_S x + beta sum_fill g - b|| with alpha >= 0 and beta >= ``FILL_FLOOR`` x the mean solver weight
-(weights stay > 0). Measured on Fashion-MNIST (60k, PGD-7 gradients, ``benchmarks/selection_overhead.py``):
-with weight-1 fill and alpha alone GradMatch's error at fraction 0.5 was 0.096, 3x random's 0.031.
-Without a fill the weights on the solver's atoms equal the ridge NNLS solution on the returned support.
+(weights stay > 0), so the fill never undoes the match (with weight 1 it put GradMatch's error at
+fraction 0.5 above random's in ``benchmarks/selection_overhead.py``). Without a fill the weights on the
+solver's atoms equal the ridge NNLS solution on the returned support.
 
 The NNLS is Lawson-Hanson's active-set method on the Gram form H = A_S^T A_S + lam I, q = A_S^T b,
 warm-started from the previous solution: each new atom costs one Cholesky append (a p x d product in
