@@ -56,3 +56,11 @@ def test_train_with_a_coreset_from_the_cli(tmp_path, method, capsys):
     assert len(sel) == 2 and all(r["method"] == method for r in sel)
     assert [r["phase"] for r in recs if r["kind"] == "epoch"] == ["warm", "coreset", "coreset"]
     assert "final: clean_acc" in capsys.readouterr().out
+
+
+def test_every_command_prints_its_help(capsys):
+    for cmd in (["train"], ["eval"], ["config"], ["bench"]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "-h"])
+        assert e.value.code == 0
+        assert f"advcoreset {cmd[0]}" in capsys.readouterr().out

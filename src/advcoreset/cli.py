@@ -108,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # bench has its own parser; argparse's REMAINDER would refuse a leading option such as -h
+        args = argparse.Namespace(fn=_bench, rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
     except ConfigError as e:

@@ -33,7 +33,17 @@ class Selector(Protocol):
 def approximation_error(grads: Tensor, indices: Tensor, weights: Tensor) -> float:
     """||sum_i g_i - sum_j w_j g_j|| / ||sum_i g_i||: the quantity ACS's convergence bound depends on.
 
-    grads: (n, d); indices, weights: (k,). Computed in float64 for a stable small residual."""
-    full = grads.sum(0, dtype=torch.float64)  # no float64 copy of all of grads
-    approx = weights.double() @ grads[indices].double()
+    grads: (n, d); indices, weights: (k,). Both sums run in ``grads``' dtype over blocks of rows and
+    accumulate the block results in float64: a stable small residual without a float64 copy of ``grads``
+    (a float64 ``sum(dtype=...)`` over a 6,000 x 2,010 class took longer than the CRAIG greedy)."""
+    full = _blocked_sum(grads, torch.ones(grads.shape[0], dtype=grads.dtype, device=grads.device))
+    approx = _blocked_sum(grads[indices], weights.to(grads.dtype))
     return float((full - approx).norm() / full.norm().clamp_min(1e-30))
+
+
+def _blocked_sum(g: Tensor, w: Tensor, block: int = 1024) -> Tensor:
+    """sum_i w_i g_i for g (n, d), w (n,): per-block products in g's dtype, accumulated in float64. (d,)"""
+    out = torch.zeros(g.shape[1], dtype=torch.float64, device=g.device)
+    for i in range(0, g.shape[0], block):
+        out += (w[i:i + block] @ g[i:i + block]).double()
+    return out
