@@ -47,6 +47,21 @@ def test_bad_spec_fails_before_running(tmp_path):
         bench.main([str(bad), "--out", str(tmp_path / "o")])
 
 
+def test_coreset_overrides_apply_to_every_method_but_full(tmp_path):
+    spec = bench.load_spec(SPEC)
+    spec["objectives"]["pgd_linf"]["coreset"] = {"selection": {"warm_epochs": 3}, "optim": {"epochs": 5}}
+    runs = bench.expand(spec, tmp_path)
+    full = [r for r in runs if r.method == "full"]
+    coresets = [r for r in runs if r.method != "full"]
+    assert full and coresets
+    base_epochs = spec["base"]["optim"]["epochs"]
+    assert base_epochs != 5
+    assert all(r.config["optim"]["epochs"] == base_epochs for r in full)
+    assert all(r.config["optim"]["epochs"] == 5 and r.config["selection"]["warm_epochs"] == 3 for r in coresets)
+    # the method's own selection keys still win over the override's
+    assert {r.config["selection"]["method"] for r in coresets} == {"craig", "gradmatch"}
+
+
 def test_targets_are_checked_against_the_rows():
     """Known answers: a method 2.6x faster and 2 points below Full passes speed and drop, one below Random
     fails the beat-random check, and a missing Random row gives n/a (None), not a pass."""

@@ -82,8 +82,11 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
     runs = []
     threads = spec.get("threads")
     for obj_name, entry in spec["objectives"].items():
-        # an entry is a config mapping, optionally with its own "methods" / "fractions" lists
-        obj = {k: v for k, v in entry.items() if k not in ("methods", "fractions")}
+        # an entry is a config mapping, optionally with its own "methods" / "fractions" lists and a
+        # "coreset" mapping applied on top for every method but full (e.g. a longer warm start with fewer
+        # epochs, the paper's schedule, against Full's own schedule)
+        obj = {k: v for k, v in entry.items() if k not in ("methods", "fractions", "coreset")}
+        coreset_cfg = entry.get("coreset", {})
         for method in entry.get("methods", spec["methods"]):
             fracs: list[float | None] = (
                 [None] if method == "full" else list(entry.get("fractions", spec.get("fractions", [0.3]))))
@@ -92,7 +95,10 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
                     sel = dict(METHODS[method])
                     if frac is not None:
                         sel["fraction"] = frac
-                    cfg = _merge(_merge(spec["base"], obj), {"selection": sel, "seed": seed})
+                    cfg = _merge(spec["base"], obj)
+                    if method != "full":
+                        cfg = _merge(cfg, coreset_cfg)
+                    cfg = _merge(cfg, {"selection": sel, "seed": seed})
                     run = Run(obj_name, method, frac, seed, cfg, Path())
                     run.folder = out / "runs" / run.key
                     cfg.update({"out_dir": str(run.folder), "progress": "line"})

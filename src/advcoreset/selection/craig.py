@@ -94,7 +94,8 @@ def _gains(dist: np.ndarray, rows: np.ndarray, cur: np.ndarray, u: np.ndarray | 
     With s = m - d, s_ij - max_{S} s_i. = min_{S} d_i. - d_ij: working on distances keeps float32's
     relative precision for small distances, which m - d would round away when m is large. Summed in
     float32 (``u`` float32): twice as fast, and gains only need to rank candidates."""
-    diff = np.subtract(cur, dist[rows])
+    diff = dist.take(rows, axis=0)  # (b, n) copy, then updated in place
+    np.subtract(cur, diff, out=diff)
     np.maximum(diff, 0.0, out=diff)
     if u is not None:
         diff *= u  # a ufunc, not BLAS: numpy's BLAS threads would fight torch's for the cores
@@ -138,11 +139,12 @@ def facility_location_greedy(dist: np.ndarray, budget: int,
     batch = min(_EVAL_BATCH, n)
     for t in range(k):
         while True:
-            best = int(np.flatnonzero(ub == ub.max())[0])  # largest bound, lowest index
+            best = int(np.argmax(ub))  # largest bound, lowest index (argmax returns the first maximum)
             if fresh_at[best] == t:
                 break
             top = np.argpartition(ub, n - batch)[n - batch:]
-            top = np.union1d(top, [best])
+            if not (top == best).any():  # ties at the maximum may leave it out
+                top = np.append(top, best)
             top = top[(fresh_at[top] != t) & np.isfinite(ub[top])]
             ub[top] = _gains(dist, top, cur, u)
             fresh_at[top] = t
