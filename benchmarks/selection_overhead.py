@@ -100,8 +100,7 @@ def main() -> None:
               f"{100 * r['gradmatch_filled']:.0f}% |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tol = load_config(None, over).selection.tol
-    out.write_text(json.dumps({"n": n, "steps": args.steps, "gradmatch_tol": tol,
+    out.write_text(json.dumps({"n": n, "steps": args.steps, "gradmatch_tol": cfg.selection.tol,
                                "selection_steps": args.selection_steps or args.steps,
                                "epoch_s": epoch_s, "attack_pass_s": attack_s, "rows": rows,
                                "threads": torch.get_num_threads()}, indent=2))

@@ -329,15 +329,24 @@ def report(runs: list[Run], spec: dict[str, Any], out: Path) -> dict[str, Any]:
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="advcoreset bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The bench command's arguments, for its own parser and for ``advcoreset bench``'s subparser."""
     ap.add_argument("spec", help="benchmark YAML (configs/bench_quick.yaml, configs/bench_full.yaml)")
     ap.add_argument("--out", help="results folder (default benchmarks/results/<name>)")
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the spec's, else 1)")
     ap.add_argument("--report", action="store_true", help="only aggregate finished runs")
     ap.add_argument("--only", default=None, help="comma-separated objectives to run (default all)")
-    args = ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="advcoreset bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or with ``--report`` only aggregate) the benchmark ``args.spec``; 1 if any run failed."""
     spec = load_spec(args.spec)
     if args.only:
         keep = args.only.split(",")

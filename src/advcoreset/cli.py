@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from advcoreset import bench
 from advcoreset.config import ConfigError, load_config
 
 
@@ -64,9 +65,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from advcoreset.bench import main as bench_main
-
-    return bench_main(args.rest)
+    return bench.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,19 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=_config)
 
     b = sub.add_parser("bench", help="the paper's table: Full/Random/CRAIG/GradMatch across objectives",
-                       add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+                       description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(b)
     b.set_defaults(fn=_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:
-        # bench has its own parser; argparse's REMAINDER would refuse a leading option such as -h
-        args = argparse.Namespace(fn=_bench, rest=argv[1:])
-    else:
-        args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
     except ConfigError as e:

@@ -66,7 +66,7 @@ def _check_inputs(grads: Tensor | None, labels: Tensor, name: str, needs_grads: 
         if grads.dim() != 2 or grads.shape[0] != labels.shape[0]:
             raise ValueError(f"{name}: grads must be (n, d) with n = len(labels) = {labels.shape[0]}, "
                              f"got shape {tuple(grads.shape)}")
-        # Column sums propagate NaN/inf and cost a tenth of an elementwise pass over all n x d entries;
+        # Column sums propagate NaN/inf and are cheaper than an elementwise pass over all n x d entries;
         # only when they are not finite (NaN/inf, or a huge finite overflow) is every entry checked.
         if not bool(torch.isfinite(grads.sum(0)).all()) and not bool(torch.isfinite(grads).all()):
             raise ValueError(f"{name}: the gradients contain NaN or inf (diverged model?)")
