@@ -151,6 +151,23 @@ def test_weight_normalisation_rules(tmp_path):
     assert not _same(_epoch_weights(ecfg, w), _epoch_weights(ecfg, w7))
 
 
+def test_resample_weights(tmp_path):
+    """resample: the epoch trains points drawn in proportion to the weights with unit weights, so all the
+    weight on one point trains that point every step; uniform weights train the coreset as it is."""
+    base = ["objective.name=standard", "data.augment=none", "optim.batch_size=32"]
+    cfg = tiny(tmp_path, *base, "optim.weight_norm=resample")
+    n = 96
+    w = torch.zeros(n)
+    w[5] = 4.0
+    only5 = _epoch_weights(cfg, w)
+    t = Trainer(cfg)
+    t.train_epoch(torch.full((n,), 5), torch.ones(n))
+    assert _same(only5, _weights(t.model))
+    u = torch.full((n,), 2.5)
+    assert _same(_epoch_weights(cfg, u), _epoch_weights(tiny(tmp_path, *base, "optim.weight_norm=batch"), u))
+    assert not _same(only5, _epoch_weights(cfg, u))
+
+
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     """A real kill (SIGKILL mid-run, from the CLI) loses nothing written: --resume reaches the same weights."""
     import os

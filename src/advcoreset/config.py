@@ -107,10 +107,11 @@ class SelectionConfig:
     is set (Madry et al.'s rule, so a short attack still reaches the boundary of the ball)."""
     lam: float = 0.5
     """GradMatch ridge regulariser."""
-    tol: float = 1e-3
+    tol: float = 0.0
     """GradMatch stops when the relative residual falls below tol and fills the rest of the budget at random,
-    with a fitted (small) shared weight; 0 spends the whole budget on matching (slower). At 60k Fashion-MNIST
-    images 1e-3 is reached with about half of a 30% budget (``benchmarks/selection_overhead.py``)."""
+    with a fitted (small) shared weight. 0 (default) spends the whole budget on matching: with 1e-3, about
+    half of a 30% budget on 60k Fashion-MNIST images was such a near-weightless fill, and that run trained
+    less robust than a random subset (README, "Selection: gradient error and overhead")."""
     max_class_size: int = 20000
     """CRAIG: classes larger than this use partitioned greedy instead of the exact O(n^2) one."""
 
@@ -138,7 +139,9 @@ class OptimConfig:
     cannot blow up a step. epoch: sum_j w_j l_j / (B * mean weight of the epoch), unbiased for the epoch's
     weighted sum but a batch that holds heavy points takes a larger step. Training batches are drawn at
     random from the whole coreset, so batch-wise weights matter under either rule. Uniform weights give the
-    plain mean under both."""
+    plain mean under both. resample: every epoch draws as many points as the coreset holds, with replacement
+    and in proportion to the weights, and trains them with unit weights (same expected loss as epoch, no
+    heavy points; uniform weights train the coreset as it is)."""
 
 
 @dataclass
@@ -277,7 +280,8 @@ class Config:
                "must be onecycle, step, cosine or constant")
         _check(all(0 < m < 1 for m in o.milestones), "optim.milestones", o.milestones,
                "must be fractions in (0, 1)")
-        _check(o.weight_norm in ("batch", "epoch"), "optim.weight_norm", o.weight_norm, "must be batch or epoch")
+        _check(o.weight_norm in ("batch", "epoch", "resample"), "optim.weight_norm", o.weight_norm,
+               "must be batch, epoch or resample")
         _check(0 < o.pct_start < 1, "optim.pct_start", o.pct_start, "must be in (0, 1)")
         d = self.data
         _check(d.augment in ("auto", "none", "crop", "crop_flip"), "data.augment", d.augment,

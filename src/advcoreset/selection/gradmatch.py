@@ -3,16 +3,17 @@
 For one class, the columns of A are the per-example gradients a_j = g_j (d,) and the target is
 b = sum_i g_i. Starting from an empty support S:
 
-1. r = b - A_S x; stop when ||r|| / ||b|| < tol or the support holds ``budget`` atoms;
-2. add j = argmax_{j not in S} <a_j, r>, positive correlations only (none left: stop); for large
-   budgets the m best join at once (generalised OMP, m = budget // 256; ``atoms_per_step``), which
-   shares one correlation pass among m atoms: ~3x faster on a 6,000-point class at the same residual;
+1. r = b - A_S x; stop when ||r|| / ||b|| < tol (default 0: never) or the support holds ``budget`` atoms;
+2. add j = argmax_{j not in S} <a_j, r>, positive correlations only (none left: stop); for budgets of
+   512 and more the m best join at once (generalised OMP, m = budget // 64; ``atoms_per_step``), which
+   shares one correlation pass, one Gram product and one block Cholesky append among m atoms;
 3. x = argmin_{x >= 0} ||A_S x - b||^2 + lam ||x||^2 (a true NNLS, not the official "drop the most
    negative atom and re-solve"); atoms whose coefficient reaches 0 leave the support (they may be
    picked again later). A new atom sits at x = 0 when it joins; if its unconstrained optimum is <= 0 it
    leaves at once and is not tried again, without holding back the other atoms of its batch.
 
-If it stops before the budget, the rest is filled at random (``generator``). The reference code gives the
+If it stops before the budget (tol reached, or no atom left with a positive correlation), the rest is
+filled at random (``generator``). The reference code gives the
 fill weight 1, which adds sum_fill g ~ (m/n) b to a support that already matches b. Here the solver's
 weights scale by alpha and the fill shares one weight beta, (alpha, beta) = argmin
 ||alpha A_S x + beta sum_fill g - b|| with alpha >= 0 and beta >= ``FILL_FLOOR`` x the mean solver weight
@@ -21,10 +22,12 @@ fraction 0.5 above random's in ``benchmarks/selection_overhead.py``). Without a 
 solver's atoms equal the ridge NNLS solution on the returned support.
 
 The NNLS is Lawson-Hanson's active-set method on the Gram form H = A_S^T A_S + lam I, q = A_S^T b,
-warm-started from the previous solution: each new atom costs one Cholesky append (a p x d product in
-float64 and two packed triangular solves, O(p d + p^2)), a leaving atom one rank-one Cholesky update.
-The correlations <a_j, r> for all n atoms are one (n, d) float32 matrix-vector product per step on
-``grads``' device; this memory-bound product dominates on a CPU (about 2 ms for 6000 x 2010).
+warm-started from the previous solution: the m atoms of a step cost one block Cholesky append (a
+p x d x m product in float64 and one p x p x m triangular solve, BLAS 3), a leaving atom one rank-one
+update in closed form (O(p^2), vectorised; see ``Cholesky``). The correlations <a_j, r> for all n atoms
+are one (n, d) float32 matrix-vector product per step on ``grads``' device.
+``python benchmarks/selection_solver.py`` times the solver; ``benchmarks/selection_overhead.py`` its share
+of a selection round.
 """
 
 from __future__ import annotations
@@ -34,94 +37,133 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.linalg.blas import dtpsv
 from torch import Tensor
 
 _COS_EPS = 1e-6
 """An atom counts as positively correlated when <a_j, r> > _COS_EPS * ||a_j|| ||r|| (float32 noise floor)."""
 
 
-class PackedCholesky:
-    """Lower Cholesky factor L (p x p) of a growing SPD matrix, rows packed contiguously.
+class Cholesky:
+    """Lower Cholesky factor L (p x p) of a growing SPD matrix M, dense float64 on the CPU.
 
-    Row i occupies ``buf[i(i+1)/2 : (i+1)(i+2)/2]``, so the leading p x p factor is always one contiguous
-    prefix (BLAS ``tpsv`` solves it without a copy) and appending a row is a write at the end.
+    L is always one C-contiguous p x p block (LAPACK's triangular solves read it without a copy) at the front
+    of one of two flat buffers; a change of p writes the new factor into the other buffer (one strided copy,
+    no fresh allocation: fresh pages cost more than the copy). Memory: 2 x capacity^2 x 8 bytes, capacity
+    the largest p seen (a GradMatch budget of 1,800: 52 MB).
     """
 
     def __init__(self, capacity: int = 16) -> None:
-        self.buf = np.empty(max(1, capacity) * (max(1, capacity) + 1) // 2, dtype=np.float64)
-        self.p = 0
+        cap = max(1, int(capacity))
+        self._bufs = [torch.empty(cap * cap, dtype=torch.float64), torch.empty(cap * cap, dtype=torch.float64)]
+        self._cur = 0
+        self.L = self._bufs[0][:0].view(0, 0)
 
-    def _packed(self) -> np.ndarray:
-        return self.buf[: self.p * (self.p + 1) // 2]
+    @property
+    def p(self) -> int:
+        return self.L.shape[0]
 
-    def dense(self) -> np.ndarray:
-        """(p, p) lower-triangular L as a dense array (for tests and diagnostics)."""
-        L = np.zeros((self.p, self.p))
-        for i in range(self.p):
-            L[i, : i + 1] = self.buf[i * (i + 1) // 2: (i + 1) * (i + 2) // 2]
-        return L
+    def _spare(self, p: int) -> Tensor:
+        """A (p, p) view at the front of the buffer that does not hold L (grown if too small)."""
+        other = 1 - self._cur
+        if self._bufs[other].numel() < p * p:
+            cap = max(p, 2 * math.isqrt(self._bufs[other].numel()))
+            self._bufs[other] = torch.empty(cap * cap, dtype=torch.float64)
+        return self._bufs[other][: p * p].view(p, p)
 
-    def solve_lower(self, v: np.ndarray) -> np.ndarray:
-        """L^{-1} v for v (p,)."""
-        if self.p == 0:
-            return np.empty(0)
-        return dtpsv(self.p, self._packed(), v, lower=0, trans=1)
+    def _swap(self, new: Tensor) -> None:
+        self._cur = 1 - self._cur
+        self.L = new
 
     def solve(self, v: np.ndarray) -> np.ndarray:
-        """(L L^T)^{-1} v for v (p,)."""
+        """(L L^T)^{-1} v for v (p,) float64."""
         if self.p == 0:
             return np.empty(0)
-        y = dtpsv(self.p, self._packed(), v, lower=0, trans=1)
-        return dtpsv(self.p, self._packed(), y, lower=0, trans=0)
+        y = torch.linalg.solve_triangular(self.L, torch.from_numpy(np.asarray(v, dtype=np.float64))[:, None],
+                                          upper=False)
+        return torch.linalg.solve_triangular(self.L.T, y, upper=True)[:, 0].numpy()
 
-    def append(self, h: np.ndarray, eta: float) -> bool:
-        """Extend the factored matrix M to [[M, h], [h^T, eta]]. Returns False (and changes nothing) when the
-        new pivot is not safely positive, i.e. the new column is numerically dependent on the others."""
-        p = self.p
-        w = self.solve_lower(h)
-        piv = eta - float(w @ w)
-        if not piv > 1e-12 * max(eta, 1e-300):
-            return False
-        need = (p + 1) * (p + 2) // 2
-        if need > self.buf.size:
-            grown = np.empty(max(need, 2 * self.buf.size), dtype=np.float64)
-            grown[: p * (p + 1) // 2] = self._packed()
-            self.buf = grown
-        off = p * (p + 1) // 2
-        self.buf[off: off + p] = w
-        self.buf[off + p] = math.sqrt(piv)
-        self.p = p + 1
-        return True
+    def append(self, h_old: Tensor, h_new: Tensor) -> np.ndarray:
+        """Extend M to [[M, h_old], [h_old^T, h_new]] with m new rows and columns at once, leaving out each new
+        column that is numerically dependent on M and on the new columns accepted before it (its pivot is
+        not safely positive).
 
-    def delete(self, i: int) -> None:
-        """Remove row and column i of the factored matrix: rows above i are unchanged, the block below
-        gets a rank-one update with the removed column (O(p^2), no refactorisation)."""
-        p = self.p
-        if not 0 <= i < p:
-            raise IndexError(f"row {i} out of range for a {p} x {p} factor")
-        m = p - 1 - i
-        if m > 0:
-            # Rows i+1..p-1 as a dense (m, p) block: the packed segment fills its lower triangle in order.
-            below = np.arange(p)[None, :] <= np.arange(i + 1, p)[:, None]
-            rows = np.zeros((m, p))
-            rows[below] = self.buf[(i + 1) * (i + 2) // 2: p * (p + 1) // 2]
-            x = rows[:, i].copy()
-            # Upper factor U = L33^T, so the update walks rows (contiguous) rather than columns.
-            U = np.ascontiguousarray(rows[:, i + 1:].T)
-            for k in range(m):
-                ukk = U[k, k]
-                rad = math.hypot(ukk, x[k])
-                c, s = rad / ukk, x[k] / ukk
-                U[k, k] = rad
-                if k + 1 < m:
-                    U[k, k + 1:] = (U[k, k + 1:] + s * x[k + 1:]) / c
-                    x[k + 1:] = c * x[k + 1:] - s * U[k, k + 1:]
-            rows[:, i: p - 1] = U.T
-            # New rows i..p-2: the first p-1 columns, lower triangle, packed in order after row i-1.
-            below = np.arange(p - 1)[None, :] <= np.arange(i, p - 1)[:, None]
-            self.buf[i * (i + 1) // 2: (p - 1) * p // 2] = rows[:, : p - 1][below]
-        self.p = p - 1
+        One multi-right-hand-side triangular solve W = L^{-1} h_old (BLAS 3, p^2 m) does the work that m
+        single appends would do with m matrix-vector solves; the m x m Schur complement h_new - W^T W is
+        then factored (column by column when some pivot is too small, which is where dependent columns go).
+
+        Args:
+            h_old: (p, m) float64 cross terms with the current columns.
+            h_new: (m, m) float64 symmetric block of the new columns (regulariser included).
+
+        Returns:
+            (m,) bool: True where the column joined. Accepted columns keep their order, after the p old ones.
+        """
+        p, m = self.p, h_new.shape[0]
+        w = (torch.linalg.solve_triangular(self.L, h_old, upper=False) if p
+             else torch.zeros((0, m), dtype=torch.float64))
+        s = (h_new - w.T @ w).numpy()  # Schur complement of M in the extended matrix
+        floor = 1e-12 * np.maximum(np.diag(h_new.numpy()), 1e-300)
+        try:
+            f = np.linalg.cholesky(s)
+            ok = bool((np.diag(f) ** 2 > floor).all())
+        except np.linalg.LinAlgError:
+            ok = False
+        if ok:
+            acc = list(range(m))
+        else:  # column by column, skipping dependent ones
+            f = np.zeros((m, m))
+            acc = []
+            for t in range(m):
+                a = len(acc)
+                v = s[acc, t].copy()
+                for r in range(a):  # forward substitution with the small factor
+                    v[r] = (v[r] - f[r, :r] @ v[:r]) / f[r, r]
+                piv = s[t, t] - float(v @ v)
+                if piv > floor[t]:
+                    f[a, :a] = v
+                    f[a, a] = math.sqrt(piv)
+                    acc.append(t)
+        a = len(acc)
+        if a:
+            grown = self._spare(p + a)
+            grown[:p, :p] = self.L
+            grown[:p, p:] = 0.0
+            grown[p:, :p] = w[:, acc].T
+            grown[p:, p:] = torch.from_numpy(np.ascontiguousarray(f[:a, :a]))
+            self._swap(grown)
+        mask = np.zeros(m, dtype=bool)
+        mask[acc] = True
+        return mask
+
+    def delete(self, positions: list[int] | np.ndarray) -> None:
+        """Remove the rows and columns ``positions`` of M (no refactorisation).
+
+        Removing row and column i leaves the rows above unchanged; the block L33 below it must absorb the
+        removed column x: L33' L33'^T = L33 L33^T + x x^T. With u = L33^{-1} x, L33' = L33 C where C is the
+        Cholesky factor of I + u u^T, which has a closed form (t_j = 1 + u_1^2 + ... + u_j^2, t_0 = 1):
+        C_jj = sqrt(t_j / t_{j-1}), C_ij = u_i u_j / sqrt(t_j t_{j-1}) for i > j. So L33' is a column scaling
+        of L33 plus suffix sums of its columns: O(p^2) and vectorised (a Givens sweep needs a Python loop).
+        """
+        for i in sorted({int(q) for q in positions}, reverse=True):
+            p = self.p
+            if not 0 <= i < p:
+                raise IndexError(f"row {i} out of range for a {p} x {p} factor")
+            L = self.L.numpy()
+            out = self._spare(p - 1).numpy()
+            out[:i, :i] = L[:i, :i]
+            out[:i, i:] = 0.0
+            out[i:, :i] = L[i + 1:, :i]
+            if i + 1 < p:
+                l33 = L[i + 1:, i + 1:]
+                u = torch.linalg.solve_triangular(self.L[i + 1:, i + 1:], self.L[i + 1:, i:i + 1],
+                                                  upper=False)[:, 0].numpy()
+                t = 1.0 + np.cumsum(u * u)
+                t_prev = np.concatenate([[1.0], t[:-1]])
+                lu = l33 * u  # column j times u_j
+                suffix = lu.sum(1, keepdims=True) - np.cumsum(lu, axis=1)  # sum over columns > j
+                np.multiply(l33, np.sqrt(t / t_prev), out=out[i:, i:])
+                out[i:, i:] += suffix * (u / np.sqrt(t * t_prev))
+            self._swap(torch.from_numpy(out))
 
 
 @dataclass
@@ -147,7 +189,7 @@ def _fill(n: int, taken: np.ndarray, count: int, generator: torch.Generator | No
     return free[:count].astype(np.int64)
 
 
-def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float = 1e-3,
+def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float = 0.0,
                     generator: torch.Generator | None = None, target: Tensor | None = None,
                     max_steps: int | None = None, atoms_per_step: int | None = None) -> GradMatchResult:
     """Non-negative OMP with diagnostics; see the module docstring and ``gradmatch``.
@@ -160,9 +202,10 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
         generator: randomness of the fill (None: a generator seeded with 0).
         target: (d,) target b; default ``grads.sum(0)``.
         max_steps: safety cap on matching-pursuit steps (default 4 n + 16).
-        atoms_per_step: atoms added per correlation pass (generalised OMP). None: max(1, budget // 256),
-            so budgets under 512 run plain OMP and a Fashion-MNIST class (budget 1,800) adds 7 at a time,
-            which makes it ~3x faster (the n x d correlation pass dominates) at the same residual.
+        atoms_per_step: atoms added per correlation pass (generalised OMP). None: 1 (plain OMP) for
+            budgets under 512, where it is cheap, else budget // 64 (a 30% budget of a 6,000-image
+            class adds 28 at a time); ``tests/test_selection.py`` checks that the residual stays that of
+            plain OMP.
     """
     if grads.dim() != 2:
         raise ValueError(f"grads must be (n, d), got shape {tuple(grads.shape)}")
@@ -171,7 +214,7 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
     n, d = grads.shape
     dev = grads.device
     k = max(0, min(int(budget), n))
-    m_step = max(1, k // 256) if atoms_per_step is None else int(atoms_per_step)
+    m_step = (1 if k < 512 else k // 64) if atoms_per_step is None else int(atoms_per_step)
     if m_step < 1:
         raise ValueError(f"atoms_per_step must be >= 1, got {atoms_per_step}")
 
@@ -191,8 +234,8 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
     b = G.sum(0) if target is None else target.detach().float().to(dev)
     if b.shape != (d,):
         raise ValueError(f"target must have shape ({d},), got {tuple(b.shape)}")
-    # Float64 work runs in torch on the CPU: numpy's own BLAS threads fight torch's for the cores (a 20x
-    # slowdown measured on 2 cores), so only the tiny packed triangular solves go through scipy.
+    # Float64 matrix work runs in torch on the CPU: numpy's own BLAS threads fight torch's for the cores, so
+    # numpy only does elementwise work and the small m x m blocks of ``Cholesky.append``.
     b64 = b.double().cpu()
     bb = float(b64 @ b64)
     if not math.isfinite(bb):
@@ -217,7 +260,7 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
     used = 0
     qP = np.empty(0)
     xP = np.empty(0)
-    chol = PackedCholesky(k)
+    chol = Cholesky(k)
     steps = dropped = 0
     cap = max_steps if max_steps is not None else 4 * n + 16
     rel = 1.0
@@ -249,14 +292,14 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
             top = np.argpartition(-cand, take - 1)[:take]
             js = sorted(top.tolist(), key=lambda i: (-cand[i], i))
         A_new = G[js].double().cpu()                                     # (take, d)
-        H_old = (rows64[:used] @ A_new.T).numpy()[slot] if p else np.empty((0, take))
-        H_new = (A_new @ A_new.T).numpy()
+        H_old = ((rows64[:used] @ A_new.T)[torch.tensor(slot, dtype=torch.int64)] if p
+                 else torch.zeros((0, take), dtype=torch.float64))
+        H_new = A_new @ A_new.T + lam * torch.eye(take, dtype=torch.float64)
+        accepted = chol.append(H_old, H_new)
+        steps += take
         joined: list[int] = []                                            # positions in js that joined
         for t, j in enumerate(js):
-            steps += 1
-            a = A_new[t]
-            h = np.concatenate([H_old[:, t], H_new[t, joined]])
-            if not chol.append(h, float(H_new[t, t]) + lam):
+            if not accepted[t]:
                 blocked[j] = True
                 continue
             joined.append(t)
@@ -267,10 +310,10 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
             else:
                 s_new, used = used, used + 1
             slot.append(s_new)
-            rows64[s_new] = a
+            rows64[s_new] = A_new[t]
             rows32[s_new] = G[j]
-            qP = np.append(qP, float(a @ b64))
-            xP = np.append(xP, 0.0)
+        qP = np.concatenate([qP, (A_new[joined] @ b64).numpy()])
+        xP = np.concatenate([xP, np.zeros(len(joined))])
         if not joined:
             continue
         # Lawson-Hanson inner loop: move from x towards the unconstrained optimum z on P until a
@@ -293,10 +336,10 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
                 xP = xP + alpha * (z - xP)
                 xP[neg[ratio <= alpha]] = 0.0
                 leave = np.flatnonzero(xP <= 0)
+            chol.delete(leave)
             for pos in sorted(leave.tolist(), reverse=True):
                 atom = P.pop(pos)
                 in_P[atom] = False
-                chol.delete(pos)
                 free.append(slot.pop(pos))
                 dropped += 1
             keep = np.ones(xP.size, dtype=bool)
@@ -357,7 +400,7 @@ def _scale_and_fill_weight(s: Tensor, f: Tensor, b: Tensor, floor: float) -> tup
     return min(cands, key=lambda ac: cost(*ac))
 
 
-def gradmatch(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float = 1e-3,
+def gradmatch(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float = 0.0,
               generator: torch.Generator | None = None, target: Tensor | None = None,
               atoms_per_step: int | None = None) -> tuple[Tensor, Tensor]:
     """GradMatch coreset of the rows of ``grads`` (non-negative OMP, ridge-regularised NNLS weights).

@@ -237,7 +237,7 @@ class GradMatchSelector(_SolverSelector):
     name = "gradmatch"
 
     def __init__(self, fraction: float, batchwise: bool = False, batch_size: int = 32, seed: int = 0,
-                 lam: float = 0.5, tol: float = 1e-3) -> None:
+                 lam: float = 0.5, tol: float = 0.0) -> None:
         super().__init__(fraction, batchwise, batch_size, seed)
         self.lam = lam
         self.tol = tol

@@ -241,6 +241,13 @@ class Trainer:
         model, opt = self.model, self.optimizer
         model.train()
         timer = _StepTimer(self.device)
+        if cfg.optim.weight_norm == "resample" and indices.numel() and not bool((weights == weights[0]).all()):
+            # As many draws as the coreset holds, with replacement, in proportion to the weights; then unit
+            # weights: the epoch's expected loss is the weighted one, and no step is dominated by a few heavy
+            # points (a CRAIG medoid can carry half of its class).
+            draw = torch.multinomial(weights.float().cpu(), indices.numel(), replacement=True,
+                                     generator=self.generator).to(indices.device)
+            indices, weights = indices[draw], torch.ones_like(weights)
         # None: each batch's own weight sum (weighted_mean's default); else B * the epoch's mean weight.
         wbar = weights.float().mean() if cfg.optim.weight_norm == "epoch" else None
         n_batches = math.ceil(indices.numel() / cfg.optim.batch_size)
