@@ -159,10 +159,16 @@ class Cholesky:
                                                   upper=False)[:, 0].numpy()
                 t = 1.0 + np.cumsum(u * u)
                 t_prev = np.concatenate([[1.0], t[:-1]])
-                lu = l33 * u  # column j times u_j
-                suffix = lu.sum(1, keepdims=True) - np.cumsum(lu, axis=1)  # sum over columns > j
-                np.multiply(l33, np.sqrt(t / t_prev), out=out[i:, i:])
-                out[i:, i:] += suffix * (u / np.sqrt(t * t_prev))
+                # In place, one scratch block: suffix_j = sum over columns > j of l33 u (row sums minus the
+                # running sums); fresh (r, r) temporaries cost page faults on every call.
+                sfx = l33 * u
+                rows = sfx.sum(1, keepdims=True)
+                np.cumsum(sfx, axis=1, out=sfx)
+                np.subtract(rows, sfx, out=sfx)
+                sfx *= u / np.sqrt(t * t_prev)
+                blk = out[i:, i:]
+                np.multiply(l33, np.sqrt(t / t_prev), out=blk)
+                blk += sfx
             self._swap(torch.from_numpy(out))
 
 
