@@ -4,6 +4,7 @@ per-class budgets, and index bookkeeping under permutations (the official code's
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
@@ -198,13 +199,15 @@ def test_assign_weights_with_point_weights():
 
 
 # ------------------------------------------------------------------------------------------ GradMatch
+@pytest.mark.parametrize("block", [7, 256])  # solves over several diagonal blocks, and over one
 @pytest.mark.parametrize("ridge", [0.1, 1e-7])  # well and badly conditioned
-def test_cholesky_block_append_and_delete(ridge):
+def test_cholesky_block_append_and_delete(ridge, block, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("advcoreset.selection.gradmatch"), "_BLOCK", block)
     rng = np.random.default_rng(0)
     n = 40
     a = rng.standard_normal((n, n + 3))
     m = a @ a.T + ridge * np.eye(n)
-    ch = Cholesky()
+    ch = Cholesky(4)  # grows as it fills
     i = 0
     for size in (1, 5, 3, 7, 1, 11, 12):  # blocks of new columns, then single ones
         j = i + size

@@ -46,41 +46,57 @@ _COS_EPS = 1e-6
 class Cholesky:
     """Lower Cholesky factor L (p x p) of a growing SPD matrix M, dense float64 on the CPU.
 
-    L is always one C-contiguous p x p block (LAPACK's triangular solves read it without a copy) at the front
-    of one of two flat buffers; a change of p writes the new factor into the other buffer (one strided copy,
-    no fresh allocation: fresh pages cost more than the copy). Memory: 2 x capacity^2 x 8 bytes, capacity
-    the largest p seen (a GradMatch budget of 1,800: 52 MB).
+    L lives in the top-left corner of a fixed (capacity x capacity) buffer, so appending rows writes only the
+    new rows (O(p m)) and removing a row moves only the rows below it (O(r p) for r rows below): a
+    contiguous p x p layout would move all p^2 entries on every change of p. LAPACK's solvers cannot read
+    such a strided corner without copying it, so the triangular solves are blocked: ``_BLOCK``-sized
+    diagonal blocks (copied, small) and matrix products with the strided off-diagonal panels (BLAS reads
+    those in place). Only the lower triangle of the corner is ever read. Memory: capacity^2 x 8 bytes (a
+    GradMatch budget of 1,800: 26 MB); the buffer doubles if p outgrows it.
     """
 
     def __init__(self, capacity: int = 16) -> None:
-        cap = max(1, int(capacity))
-        self._bufs = [torch.empty(cap * cap, dtype=torch.float64), torch.empty(cap * cap, dtype=torch.float64)]
-        self._cur = 0
-        self.L = self._bufs[0][:0].view(0, 0)
+        self._buf = torch.empty((max(1, int(capacity)),) * 2, dtype=torch.float64)
+        self.p = 0
 
     @property
-    def p(self) -> int:
-        return self.L.shape[0]
+    def L(self) -> Tensor:
+        """(p, p) lower-triangular factor, a fresh contiguous copy (for tests and diagnostics)."""
+        return torch.tril(self._buf[: self.p, : self.p])
 
-    def _spare(self, p: int) -> Tensor:
-        """A (p, p) view at the front of the buffer that does not hold L (grown if too small)."""
-        other = 1 - self._cur
-        if self._bufs[other].numel() < p * p:
-            cap = max(p, 2 * math.isqrt(self._bufs[other].numel()))
-            self._bufs[other] = torch.empty(cap * cap, dtype=torch.float64)
-        return self._bufs[other][: p * p].view(p, p)
+    def _reserve(self, p: int) -> None:
+        cap = self._buf.shape[0]
+        if p > cap:
+            grown = torch.empty((max(p, 2 * cap),) * 2, dtype=torch.float64)
+            grown[: self.p, : self.p] = self._buf[: self.p, : self.p]
+            self._buf = grown
 
-    def _swap(self, new: Tensor) -> None:
-        self._cur = 1 - self._cur
-        self.L = new
+    def _solve_lower(self, r: Tensor) -> Tensor:
+        """L^{-1} r for r (p, m) (blocked forward substitution)."""
+        L, p, x = self._buf, self.p, r.clone()
+        for b0 in range(0, p, _BLOCK):
+            b1 = min(b0 + _BLOCK, p)
+            if b0:
+                x[b0:b1] -= L[b0:b1, :b0] @ x[:b0]
+            x[b0:b1] = torch.linalg.solve_triangular(L[b0:b1, b0:b1].contiguous(), x[b0:b1], upper=False)
+        return x
+
+    def _solve_upper(self, r: Tensor) -> Tensor:
+        """L^{-T} r for r (p, m) (blocked back substitution)."""
+        L, p, x = self._buf, self.p, r.clone()
+        for b0 in reversed(range(0, p, _BLOCK)):
+            b1 = min(b0 + _BLOCK, p)
+            if b1 < p:
+                x[b0:b1] -= L[b1:p, b0:b1].T @ x[b1:p]
+            x[b0:b1] = torch.linalg.solve_triangular(L[b0:b1, b0:b1].T.contiguous(), x[b0:b1], upper=True)
+        return x
 
     def solve(self, v: np.ndarray) -> np.ndarray:
         """(L L^T)^{-1} v for v (p,) float64."""
         if self.p == 0:
             return np.empty(0)
-        y = torch.linalg.solve_triangular(self.L, torch.from_numpy(np.asarray(v, dtype=np.float64))[:, None],
-                                          upper=False)
-        return torch.linalg.solve_triangular(self.L.T, y, upper=True)[:, 0].numpy()
+        y = self._solve_lower(torch.from_numpy(np.asarray(v, dtype=np.float64))[:, None])
+        return self._solve_upper(y)[:, 0].numpy()
 
     def append(self, h_old: Tensor, h_new: Tensor) -> np.ndarray:
         """Extend M to [[M, h_old], [h_old^T, h_new]] with m new rows and columns at once, leaving out each new
@@ -99,8 +115,7 @@ class Cholesky:
             (m,) bool: True where the column joined. Accepted columns keep their order, after the p old ones.
         """
         p, m = self.p, h_new.shape[0]
-        w = (torch.linalg.solve_triangular(self.L, h_old, upper=False) if p
-             else torch.zeros((0, m), dtype=torch.float64))
+        w = self._solve_lower(h_old) if p else torch.zeros((0, m), dtype=torch.float64)
         s = (h_new - w.T @ w).numpy()  # Schur complement of M in the extended matrix
         floor = 1e-12 * np.maximum(np.diag(h_new.numpy()), 1e-300)
         try:
@@ -125,12 +140,10 @@ class Cholesky:
                     acc.append(t)
         a = len(acc)
         if a:
-            grown = self._spare(p + a)
-            grown[:p, :p] = self.L
-            grown[:p, p:] = 0.0
-            grown[p:, :p] = w[:, acc].T
-            grown[p:, p:] = torch.from_numpy(np.ascontiguousarray(f[:a, :a]))
-            self._swap(grown)
+            self._reserve(p + a)
+            self._buf[p:p + a, :p] = w[:, acc].T
+            self._buf[p:p + a, p:p + a] = torch.from_numpy(np.tril(f[:a, :a]))
+            self.p = p + a
         mask = np.zeros(m, dtype=bool)
         mask[acc] = True
         return mask
@@ -138,38 +151,57 @@ class Cholesky:
     def delete(self, positions: list[int] | np.ndarray) -> None:
         """Remove the rows and columns ``positions`` of M (no refactorisation).
 
-        Removing row and column i leaves the rows above unchanged; the block L33 below it must absorb the
-        removed column x: L33' L33'^T = L33 L33^T + x x^T. With u = L33^{-1} x, L33' = L33 C where C is the
-        Cholesky factor of I + u u^T, which has a closed form (t_j = 1 + u_1^2 + ... + u_j^2, t_0 = 1):
-        C_jj = sqrt(t_j / t_{j-1}), C_ij = u_i u_j / sqrt(t_j t_{j-1}) for i > j. So L33' is a column scaling
-        of L33 plus suffix sums of its columns: O(p^2) and vectorised (a Givens sweep needs a Python loop).
+        With i0 the first removed position, rows above i0 are unchanged. The kept rows below form a lower
+        triangular Y (kept columns) and Z (removed columns) with Y' Y'^T = Y Y^T + Z Z^T: one rank-one update
+        of Y per removed column, each O(r^2) in closed form (see ``_rank_one_update``); then the kept rows
+        move up into place (O(r p)).
         """
-        for i in sorted({int(q) for q in positions}, reverse=True):
-            p = self.p
-            if not 0 <= i < p:
-                raise IndexError(f"row {i} out of range for a {p} x {p} factor")
-            L = self.L.numpy()
-            out = self._spare(p - 1).numpy()
-            out[:i, :i] = L[:i, :i]
-            out[:i, i:] = 0.0
-            out[i:, :i] = L[i + 1:, :i]
-            if i + 1 < p:
-                l33 = L[i + 1:, i + 1:]
-                u = torch.linalg.solve_triangular(self.L[i + 1:, i + 1:], self.L[i + 1:, i:i + 1],
-                                                  upper=False)[:, 0].numpy()
-                t = 1.0 + np.cumsum(u * u)
-                t_prev = np.concatenate([[1.0], t[:-1]])
-                # In place, one scratch block: suffix_j = sum over columns > j of l33 u (row sums minus the
-                # running sums); fresh (r, r) temporaries cost page faults on every call.
-                sfx = l33 * u
-                rows = sfx.sum(1, keepdims=True)
-                np.cumsum(sfx, axis=1, out=sfx)
-                np.subtract(rows, sfx, out=sfx)
-                sfx *= u / np.sqrt(t * t_prev)
-                blk = out[i:, i:]
-                np.multiply(l33, np.sqrt(t / t_prev), out=blk)
-                blk += sfx
-            self._swap(torch.from_numpy(out))
+        rem = np.unique(np.asarray(positions, dtype=np.int64))
+        if rem.size == 0:
+            return
+        p = self.p
+        if rem[0] < 0 or rem[-1] >= p:
+            raise IndexError(f"rows {rem.tolist()} out of range for a {p} x {p} factor")
+        i0 = int(rem[0])
+        keep = np.ones(p, dtype=bool)
+        keep[rem] = False
+        tail = torch.from_numpy(np.flatnonzero(keep[i0:]) + i0)  # kept rows at or below i0
+        rows = self._buf[tail, :p]                              # (r, p) copy
+        y = np.tril(rows[:, tail].numpy())  # the buffer's upper triangle is never written
+        z = rows[:, torch.from_numpy(rem)].numpy()
+        for c in range(rem.size):
+            _rank_one_update(y, z[:, c])
+        r = tail.numel()
+        self._buf[i0:i0 + r, :i0] = rows[:, :i0]
+        self._buf[i0:i0 + r, i0:i0 + r] = torch.from_numpy(y)
+        self.p = p - rem.size
+
+
+_BLOCK = 256
+"""Diagonal block size of ``Cholesky``'s blocked triangular solves."""
+
+
+def _rank_one_update(l: np.ndarray, x: np.ndarray) -> None:
+    """Overwrite the lower Cholesky factor ``l`` (r x r, C-contiguous) of A with that of A + x x^T.
+
+    With u = l^{-1} x, the new factor is l C where C is the Cholesky factor of I + u u^T, which has a closed
+    form (t_j = 1 + u_1^2 + ... + u_j^2, t_0 = 1): C_jj = sqrt(t_j / t_{j-1}), C_ij = u_i u_j / sqrt(t_j t_{j-1})
+    for i > j. So l C is a column scaling of l plus suffix sums of the columns of l diag(u): O(r^2) and
+    vectorised, where a Givens sweep needs a Python loop over r.
+    """
+    if l.shape[0] == 0:
+        return
+    u = torch.linalg.solve_triangular(torch.from_numpy(l), torch.from_numpy(np.ascontiguousarray(x))[:, None],
+                                      upper=False)[:, 0].numpy()
+    t = 1.0 + np.cumsum(u * u)
+    t_prev = np.concatenate([[1.0], t[:-1]])
+    sfx = l * u  # column j times u_j
+    rows = sfx.sum(1, keepdims=True)
+    np.cumsum(sfx, axis=1, out=sfx)
+    np.subtract(rows, sfx, out=sfx)  # sum over the columns after j
+    sfx *= u / np.sqrt(t * t_prev)
+    l *= np.sqrt(t / t_prev)
+    l += sfx
 
 
 @dataclass
