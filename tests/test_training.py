@@ -166,6 +166,15 @@ def test_resample_weights(tmp_path):
     u = torch.full((n,), 2.5)
     assert _same(_epoch_weights(cfg, u), _epoch_weights(tiny(tmp_path, *base, "optim.weight_norm=batch"), u))
     assert not _same(only5, _epoch_weights(cfg, u))
+    # auto (the default): resample for CRAIG, the per-batch rule otherwise
+    w = torch.rand(n, generator=torch.Generator().manual_seed(0)) * 10 + 0.1
+    for method, rule in (("craig", "resample"), ("gradmatch", "batch")):
+        auto = tiny(tmp_path, *base, f"selection.method={method}")
+        assert auto.optim.weight_norm == "auto"
+        explicit = tiny(tmp_path, *base, f"selection.method={method}", f"optim.weight_norm={rule}")
+        assert _same(_epoch_weights(auto, w), _epoch_weights(explicit, w))
+    assert not _same(_epoch_weights(tiny(tmp_path, *base, "selection.method=craig"), w),
+                     _epoch_weights(tiny(tmp_path, *base, "selection.method=gradmatch"), w))
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):

@@ -133,8 +133,10 @@ class OptimConfig:
     pct_start: float = 0.3
     """One-cycle: fraction of steps spent warming up."""
     grad_clip: float | None = None
-    weight_norm: str = "batch"
-    """How coreset weights normalise the loss. batch: sum_j w_j l_j / sum_j w_j over each mini-batch (the
+    weight_norm: str = "auto"
+    """How coreset weights enter the loss. auto (default): resample for CRAIG, batch for every other method
+    (resampling lifted CRAIG by 1 PGD-20 point and cost GradMatch 1.1 in ``configs/bench_targets_120_i10*.yaml``).
+    batch: sum_j w_j l_j / sum_j w_j over each mini-batch (the
     paper's rule): every step is a convex combination of per-example losses, so a few heavy CRAIG weights
     cannot blow up a step. epoch: sum_j w_j l_j / (B * mean weight of the epoch), unbiased for the epoch's
     weighted sum but a batch that holds heavy points takes a larger step. Training batches are drawn at
@@ -280,8 +282,8 @@ class Config:
                "must be onecycle, step, cosine or constant")
         _check(all(0 < m < 1 for m in o.milestones), "optim.milestones", o.milestones,
                "must be fractions in (0, 1)")
-        _check(o.weight_norm in ("batch", "epoch", "resample"), "optim.weight_norm", o.weight_norm,
-               "must be batch, epoch or resample")
+        _check(o.weight_norm in ("auto", "batch", "epoch", "resample"), "optim.weight_norm", o.weight_norm,
+               "must be auto, batch, epoch or resample")
         _check(0 < o.pct_start < 1, "optim.pct_start", o.pct_start, "must be in (0, 1)")
         d = self.data
         _check(d.augment in ("auto", "none", "crop", "crop_flip"), "data.augment", d.augment,

@@ -241,7 +241,10 @@ class Trainer:
         model, opt = self.model, self.optimizer
         model.train()
         timer = _StepTimer(self.device)
-        if cfg.optim.weight_norm == "resample" and indices.numel() and not bool((weights == weights[0]).all()):
+        rule = cfg.optim.weight_norm
+        if rule == "auto":
+            rule = "resample" if cfg.selection.method == "craig" else "batch"
+        if rule == "resample" and indices.numel() and not bool((weights == weights[0]).all()):
             # As many draws as the coreset holds, with replacement, in proportion to the weights; then unit
             # weights: the epoch's expected loss is the weighted one, and no step is dominated by a few heavy
             # points (a CRAIG medoid can carry half of its class).
@@ -249,7 +252,7 @@ class Trainer:
                                      generator=self.generator).to(indices.device)
             indices, weights = indices[draw], torch.ones_like(weights)
         # None: each batch's own weight sum (weighted_mean's default); else B * the epoch's mean weight.
-        wbar = weights.float().mean() if cfg.optim.weight_norm == "epoch" else None
+        wbar = weights.float().mean() if rule == "epoch" else None
         n_batches = math.ceil(indices.numel() / cfg.optim.batch_size)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
