@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=200, help="d = 10 * (1 + features)")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     ap.add_argument("--lam", type=float, default=0.5)
-    ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--tol", type=float, default=0.0, help="GradMatch tol (default 0, the library default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=str, default=None, help="also write the rows to this JSON file")
     args = ap.parse_args()

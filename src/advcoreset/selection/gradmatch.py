@@ -52,7 +52,7 @@ class Cholesky:
     such a strided corner without copying it, so the triangular solves are blocked: ``_BLOCK``-sized
     diagonal blocks (copied, small) and matrix products with the strided off-diagonal panels (BLAS reads
     those in place). Only the lower triangle of the corner is ever read. Memory: capacity^2 x 8 bytes (a
-    GradMatch budget of 1,800: 26 MB); the buffer doubles if p outgrows it.
+    GradMatch budget of 1,800: 26 MB; of 10,000: 800 MB); the buffer doubles if p outgrows it.
     """
 
     def __init__(self, capacity: int = 16) -> None:
