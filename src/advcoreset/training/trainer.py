@@ -247,7 +247,7 @@ class Trainer:
         if rule == "resample" and indices.numel() and not bool((weights == weights[0]).all()):
             # As many draws as the coreset holds, with replacement, in proportion to the weights; then unit
             # weights: the epoch's expected loss is the weighted one, and no step is dominated by a few heavy
-            # points (a CRAIG medoid can carry half of its class).
+            # points (a CRAIG medoid can stand for a large share of its class).
             draw = torch.multinomial(weights.float().cpu(), indices.numel(), replacement=True,
                                      generator=self.generator).to(indices.device)
             indices, weights = indices[draw], torch.ones_like(weights)
