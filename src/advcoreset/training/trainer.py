@@ -235,8 +235,9 @@ class Trainer:
 
     # --------------------------------------------------------------------- epoch
     def train_epoch(self, indices: Tensor, weights: Tensor, bar: Any = None) -> dict[str, float]:
-        """One pass over ``indices`` with per-example ``weights``, normalised as ``optim.weight_norm`` says
-        (per mini-batch by default; uniform weights give the plain mean loss either way)."""
+        """One pass over ``indices`` with per-example ``weights``, applied as ``optim.weight_norm`` says
+        (default auto: resampled for CRAIG, per mini-batch otherwise; uniform weights give the plain mean
+        loss under every rule)."""
         cfg = self.cfg
         model, opt = self.model, self.optimizer
         model.train()
