@@ -28,13 +28,14 @@ from advcoreset.selection import (
     gradmatch_solve,
     last_layer_grads,
 )
+from advcoreset.selection.cholesky import Cholesky
 from advcoreset.selection.craig import (
     assign_weights,
     facility_location_greedy,
     pairwise_sq_dists,
     similarity,
 )
-from advcoreset.selection.gradmatch import FILL_FLOOR, Cholesky
+from advcoreset.selection.gradmatch import FILL_FLOOR
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -202,7 +203,7 @@ def test_assign_weights_with_point_weights():
 @pytest.mark.parametrize("block", [7, 256])  # solves over several diagonal blocks, and over one
 @pytest.mark.parametrize("ridge", [0.1, 1e-7])  # well and badly conditioned
 def test_cholesky_block_append_and_delete(ridge, block, monkeypatch):
-    monkeypatch.setattr(importlib.import_module("advcoreset.selection.gradmatch"), "_BLOCK", block)
+    monkeypatch.setattr(importlib.import_module("advcoreset.selection.cholesky"), "_BLOCK", block)
     rng = np.random.default_rng(0)
     n = 40
     a = rng.standard_normal((n, n + 3))
