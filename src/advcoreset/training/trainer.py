@@ -23,11 +23,12 @@ from advcoreset.data.datasets import dataset_stats
 from advcoreset.models import create_model
 from advcoreset.objectives import Objective, build_objective, build_selection_objective
 from advcoreset.selection import Selection, approximation_error, build_selector, last_layer_grads
-from advcoreset.training.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from advcoreset.training.checkpoint import check_state_dict  # issue 11
-from advcoreset.training.preflight import check_selection_fits  # issue 11
-from advcoreset.training.run_folder import final_evaluation, write_json_atomic  # issue 11
+
+# issue 11: check_state_dict, check_selection_fits, final_evaluation, write_json_atomic
+from advcoreset.training.checkpoint import check_state_dict, load_checkpoint, rng_state, save_atomic, set_rng_state
 from advcoreset.training.logging import MetricsLog, progress_mode
+from advcoreset.training.preflight import check_selection_fits
+from advcoreset.training.run_folder import final_evaluation, write_json_atomic
 from advcoreset.training.schedule import is_selection_epoch, is_warm, lr_at
 
 CHECKPOINT = "last.pt"
