@@ -437,7 +437,10 @@ def run(args: argparse.Namespace) -> int:
                             f"has {list(spec['objectives'])}")
         spec["objectives"] = {k: v for k, v in spec["objectives"].items() if k in keep}
     out = Path(args.out or Path("benchmarks/results") / spec["name"])
-    runs = expand(spec, out)
+    try:
+        runs = expand(spec, out)
+    except SpecError as e:
+        raise SpecError(f"{args.spec}: {e}") from None
     check_writable(out, "benchmark results folder")
     failed: list[str] = []
     with run_lock(out):  # one bench per results folder; each run folder is locked by its own child

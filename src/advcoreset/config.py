@@ -205,7 +205,7 @@ class Config:
     def from_yaml(cls, path: str | Path) -> Config:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

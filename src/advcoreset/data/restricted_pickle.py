@@ -129,6 +129,13 @@ def _bytearray(*args: Any) -> bytearray:
     return bytearray(*args)
 
 
+def _bytes(*args: Any) -> bytes:
+    """``bytes()`` (how protocol 2 writes ``b""``) or ``bytes(text, encoding)``; never ``bytes(n)``."""
+    if args and not isinstance(args[0], (bytes, str)):
+        raise Refused("refusing to unpickle bytes(size): only bytes() or bytes(text, encoding) is allowed")
+    return bytes(*args)
+
+
 def _latin1_encode(text: str, encoding: str = "utf-8", *rest: Any) -> bytes:
     """``_codecs.encode`` as Python 3 writes bytes at protocol <= 2; only the latin-1 codec is admitted."""
     if rest or not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
@@ -153,6 +160,7 @@ def _safe_globals() -> dict[tuple[str, str], Any]:
         for cls in (list, dict, tuple, set, frozenset):
             table[(mod, cls.__name__)] = cls
         table[(mod, "bytearray")] = _bytearray
+        table[(mod, "bytes")] = _bytes
     return table
 
 

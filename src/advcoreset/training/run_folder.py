@@ -32,7 +32,8 @@ class RunFolderError(ValueError):
     """The run folder cannot be used as asked (not writable, in use, no run to resume, a run already there)."""
 
 
-def check_writable(folder: str | Path, what: str = "run folder") -> Path:
+def check_writable(folder: str | Path, what: str = "run folder", hint: str = "choose a folder you can write to",
+                   ) -> Path:
     """Create ``folder`` (and parents) if needed and prove a file can be written in it.
 
     Raises:
@@ -48,20 +49,20 @@ def check_writable(folder: str | Path, what: str = "run folder") -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise RunFolderError(f"{what} {folder} is not writable ({e.strerror or e}); choose a folder you can "
-                             "write to") from None
+        raise RunFolderError(f"{what} {folder} is not writable ({e.strerror or e}); {hint}") from None
     return folder
 
 
-def check_output_file(path: str | Path, what: str = "output file") -> Path:
+def check_output_file(path: str | Path, what: str = "output file",
+                      hint: str = "write the result elsewhere with --output FILE") -> Path:
     """Prove that ``path`` can be written (its folder writable, the path not a folder), before any work.
     Nothing is left behind: the folder is only created if it had to be, and the probe file is removed."""
     path = Path(path)
     if path.is_dir():
         raise RunFolderError(f"{what} {path} is a folder; give a file name (e.g. {path / 'eval.json'})")
     if path.exists() and not os.access(path, os.W_OK):
-        raise RunFolderError(f"{what} {path} exists and is not writable; choose another path with --output")
-    check_writable(path.parent if str(path.parent) else Path("."), f"folder of the {what}")
+        raise RunFolderError(f"{what} {path} exists and is not writable; {hint}")
+    check_writable(path.parent, f"folder of the {what}", hint)
     return path
 
 
@@ -163,9 +164,12 @@ def final_evaluation(folder: str | Path, epoch: int) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        e.add_note(f"final evaluation failed after training: the trained model is safe in "
-                   f"{Path(folder) / CHECKPOINT} (epoch {epoch}); `advcoreset train --out {folder} --resume` "
-                   "reruns only the final evaluation")
+        note = (f"final evaluation failed after training: the trained model is safe in {Path(folder) / CHECKPOINT} "
+                f"(epoch {epoch}); `advcoreset train --out {folder} --resume` reruns only the final evaluation")
+        if hasattr(e, "add_note"):
+            e.add_note(note)
+        else:  # Python 3.10: what add_note does
+            e.__notes__ = [*getattr(e, "__notes__", []), note]  # type: ignore[attr-defined]
         raise
 
 
