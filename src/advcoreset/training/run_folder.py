@@ -42,7 +42,7 @@ def check_writable(folder: str | Path, what: str = "run folder", hint: str = "ch
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise RunFolderError(f"{what} {folder} is a file, not a folder; choose another path")
+        raise RunFolderError(f"{what} {folder} is a file, not a folder; {hint}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
