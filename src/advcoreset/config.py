@@ -311,7 +311,11 @@ class Config:
                "must be auto, bar, line or none")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
                self.device, "must be auto, cpu, cuda or cuda:N")
-        _validate_more(self)
+        from advcoreset.config_checks import first_problem  # issue 11: the remaining fields
+
+        problem = first_problem(self)
+        if problem:
+            raise ConfigError(problem)
         return self
 
 
@@ -382,73 +386,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg.validate()
 
 
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
-
-
-def _non_finite(obj: Any, prefix: str = "") -> str | None:
-    """The dotted name of the first float field holding NaN or inf, else None."""
-    for f in fields(obj):
-        v = getattr(obj, f.name)
-        if is_dataclass(v):
-            bad = _non_finite(v, f"{prefix}{f.name}.")
-            if bad:
-                return bad
-        elif isinstance(v, float) and not math.isfinite(v):
-            return prefix + f.name
-        elif isinstance(v, list) and any(isinstance(x, float) and not math.isfinite(x) for x in v):
-            return prefix + f.name
-    return None
-
-
-def _getattr_path(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _validate_more(c: Config) -> None:
-    """Issue 11: every remaining field, so that nothing fails after training has run."""
-    import re
-
-    from advcoreset.data.datasets import DataError, _canonical
-
-    bad = _non_finite(c)
-    if bad is not None:
-        raise ConfigError(f"{bad} must be a finite number, got {_getattr_path(c, bad)!r}")
-    try:
-        _canonical(c.data.name)
-    except DataError as e:
-        raise ConfigError(f"data.name: {e}") from None
-    d, s, o, e, p = c.data, c.selection, c.optim, c.eval, c.objective.pat
-    _check(d.crop_padding >= 0, "data.crop_padding", d.crop_padding, "must be >= 0 (0 = no crop)")
-    if d.image_size is not None:
-        _check(d.image_size >= 1, "data.image_size", d.image_size, "must be >= 1 or null")
-    _check(p.steps >= 1, "objective.pat.steps", p.steps, "must be >= 1")
-    _check(p.lambda_init > 0, "objective.pat.lambda_init", p.lambda_init, "must be > 0")
-    _check(p.lambda_growth >= 1, "objective.pat.lambda_growth", p.lambda_growth, "must be >= 1")
-    _check(bool(p.lpips), "objective.pat.lpips", p.lpips, "must be self or the path of an AlexNet weights file")
-    _check(0 <= s.tol < 1, "selection.tol", s.tol, "must be in [0, 1) (a relative residual)")
-    _check(s.max_class_size >= 1, "selection.max_class_size", s.max_class_size, "must be >= 1")
-    _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
-    _check(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov, "needs optim.momentum > 0")
-    _check(o.gamma > 0, "optim.gamma", o.gamma, "must be > 0")
-    if o.grad_clip is not None:
-        _check(o.grad_clip > 0, "optim.grad_clip", o.grad_clip, "must be > 0 or null (no clipping)")
-    if e.pgd_alpha is not None:
-        _check(e.pgd_alpha > 0, "eval.pgd_alpha", e.pgd_alpha, "must be > 0 or null (eps/10 for linf, eps/4 l2)")
-    _check(e.val_pgd_steps >= 1, "eval.val_pgd_steps", e.val_pgd_steps, "must be >= 1")
-    _check(e.autoattack_n >= 1, "eval.autoattack_n", e.autoattack_n, "must be >= 1")
-    _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "must be >= 1")
-    for name in ("union_linf_eps", "union_l2_eps"):
-        v = getattr(e, name)
-        if v is not None:
-            _check(v > 0, f"eval.{name}", v, "must be > 0 or null")
-    if e.union_linf_eps is not None:
-        _check(e.union_linf_eps <= 1, "eval.union_linf_eps", e.union_linf_eps, "must be <= 1 (pixels in [0, 1])")
-    _check(0 <= c.seed < 2**63, "seed", c.seed, "must be in [0, 2**63)")
-    _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device) is not None, "device", c.device,
-           "must be auto, cpu, cuda or cuda:N (N a GPU index)")
-    if c.threads is not None:
-        _check(c.threads >= 1, "threads", c.threads, "must be >= 1 or null (torch's default)")
-    _check(bool(c.out_dir.strip()), "out_dir", c.out_dir, "must be a folder path")

@@ -34,10 +34,9 @@ def exit_code_and_message(e: BaseException) -> tuple[int, str, bool]:
     import torch
     import yaml
 
-    from advcoreset.training.trainer import TrainingError
-
     name = type(e).__name__
-    if isinstance(e, TrainingError):
+    # by name: importing the trainer here could itself fail, and the trainer may move
+    if any(c.__name__ == "TrainingError" and c.__module__.startswith("advcoreset") for c in type(e).__mro__):
         code, text, bug = RUNTIME, str(e), False
     elif isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
         text = f"{e.filename}: {e.strerror}" if e.filename else str(e)
