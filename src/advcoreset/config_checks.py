@@ -43,6 +43,8 @@ def _rules(c: Any) -> list[tuple[bool, str, Any, str]]:
          "must be > 0 or null (no clipping)"),
         (e.pgd_alpha is None or e.pgd_alpha > 0, "eval.pgd_alpha", e.pgd_alpha,
          "must be > 0 or null (eps/10 for linf, eps/4 for l2)"),
+        (not e.autoattack or c.objective.attack.eps > 0, "eval.autoattack", e.autoattack,
+         "needs objective.attack.eps > 0 (AutoAttack has nothing to attack at eps 0)"),
         (e.val_pgd_steps >= 1, "eval.val_pgd_steps", e.val_pgd_steps, "must be >= 1"),
         (e.autoattack_n >= 1, "eval.autoattack_n", e.autoattack_n, "must be >= 1"),
         (e.batch_size >= 1, "eval.batch_size", e.batch_size, "must be >= 1"),

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from advcoreset.config import ConfigError, SelectionConfig
+from advcoreset.config import Config, ConfigError, SelectionConfig
 
 _BATCHWISE = ("craig", "gradmatch")
 
@@ -55,3 +55,24 @@ def check_selection_fits(cfg: SelectionConfig, labels: Tensor) -> None:
         raise ConfigError(f"selection.selection_batch_size {cfg.selection_batch_size} splits class {cls} "
                           f"({n_min} training images) into too few batches: fraction {cfg.fraction} would keep "
                           f"the whole class; use selection.selection_batch_size <= {fit}, or more data")
+
+
+def check_against_data(cfg: Config, labels: Tensor, image_shape: tuple[int, int, int], num_classes: int) -> None:
+    """What the config asks of the loaded training data, checked before training rather than after it:
+    batch-wise selection splits every class (``check_selection_fits``); AutoAttack at the end has the
+    classes (>= 4, for APGD-T's targeted DLR loss) and, for l_2, an image size its Square attack can tile.
+
+    labels: (n,) int64 training labels; image_shape: (C, H, W)."""
+    from advcoreset.evaluation.autoattack import _square_l2_fits
+
+    check_selection_fits(cfg.selection, labels)
+    e = cfg.eval
+    if not e.autoattack:
+        return
+    if num_classes < 4:
+        raise ConfigError(f"eval.autoattack needs at least 4 classes (APGD-T's targeted DLR loss); "
+                          f"{cfg.data.name} has {num_classes}: set eval.autoattack=false")
+    h, w = image_shape[1:]
+    if cfg.objective.attack.norm == "l2" and e.autoattack_version == "standard" and not _square_l2_fits(h, w):
+        raise ConfigError(f"eval.autoattack: the l_2 Square attack cannot tile {h}x{w} images; set "
+                          "eval.autoattack_version=fast or data.image_size to a size such as 28 or 32")

@@ -24,10 +24,10 @@ from advcoreset.models import create_model
 from advcoreset.objectives import Objective, build_objective, build_selection_objective
 from advcoreset.selection import Selection, approximation_error, build_selector, last_layer_grads
 
-# issue 11: check_state_dict, check_selection_fits, final_evaluation, write_json_atomic
+# issue 11: check_state_dict, check_against_data, final_evaluation, write_json_atomic
 from advcoreset.training.checkpoint import check_state_dict, load_checkpoint, rng_state, save_atomic, set_rng_state
 from advcoreset.training.logging import MetricsLog, progress_mode
-from advcoreset.training.preflight import check_selection_fits
+from advcoreset.training.preflight import check_against_data
 from advcoreset.training.run_folder import final_evaluation, write_json_atomic
 from advcoreset.training.schedule import is_selection_epoch, is_warm, lr_at
 
@@ -120,7 +120,8 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
         self.data = data or prepare_data(cfg.data, cfg.seed)
-        check_selection_fits(cfg.selection, self.data.train.labels)  # issue 11: before any training
+        check_against_data(cfg, self.data.train.labels, self.data.train.shape,  # issue 11: before training
+                           self.data.train.num_classes)
         tr = self.data.train
         c, h, w = tr.shape
         if h != w:
