@@ -156,3 +156,30 @@ def test_unsafe_advice_is_never_passed_on() -> None:
            "with `weights_only` set to `False` will likely succeed.\n\nUnsupported global: posix.system")
     out = one_line(msg)
     assert "weights_only" not in out and "\n" not in out and "Unsupported global: posix.system" in out
+
+
+def test_an_unwritable_folder_is_reported_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """What a read-only folder does (simulated, since root writes through permissions): eval stops before
+    evaluating, names the folder and says to write elsewhere with --output."""
+    import advcoreset.evaluation.run as run_mod
+    from advcoreset import cli
+    from advcoreset.training import run_folder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the evaluation ran although its result could not be written")
+
+    monkeypatch.setattr(run_folder.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(run_mod, "evaluate_run", must_not_run)
+    assert cli.main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} is not writable (Permission denied)" in err and "--output" in err
+    assert cli.main(["train", "--out", str(tmp_path / "new"), "--set", "data.name=digits"]) == 2
+    assert f"run folder {tmp_path / 'new'} is not writable" in capsys.readouterr().err
