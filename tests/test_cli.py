@@ -18,9 +18,9 @@ def test_train_resume_and_eval(tmp_path, capsys):
     assert main(["train", "--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
     assert "epoch 2/2" in printed and "final: clean_acc" in printed
-    assert main(["train", "--out", str(out), *TINY]) == 1  # refuses to overwrite
+    assert main(["train", "--out", str(out), *TINY]) == 2  # refuses to overwrite (bad input: exit 2)
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["train", "--out", str(out), "--resume"]) == 0  # nothing left to train: evaluates again
+    assert main(["train", "--out", str(out), "--resume"]) == 0  # finished: nothing to do, no second final
     assert main(["eval", str(out), "--pgd-steps", "3", "--n", "32"]) == 0
     res = json.loads((out / "eval.json").read_text())
     assert res["n_test"] == 32 and res["pgd_steps"] == 3 and 0 <= res["pgd3_acc"] <= res["clean_acc"] <= 1
@@ -35,7 +35,7 @@ def test_config_errors_exit_2_naming_the_field(capsys):
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     rc = main(["train", "--out", str(tmp_path / "r"), "--set", f"data.root={tmp_path / 'nowhere'}"])
-    assert rc == 1
+    assert rc == 2  # bad input (issue 11's exit codes)
     err = capsys.readouterr().err
     assert "nowhere" in err
 

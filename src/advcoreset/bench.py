@@ -25,19 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from advcoreset.bench_spec import METHODS, SpecError, load_spec
 from advcoreset.config import Config, ConfigError
-
-METHODS: dict[str, dict[str, Any]] = {
-    "full": {"method": "full"},
-    "random": {"method": "random"},
-    "random_fixed": {"method": "random_fixed"},
-    "craig": {"method": "craig", "batchwise": False},
-    "gradmatch": {"method": "gradmatch", "batchwise": False},
-    "craig_pb": {"method": "craig", "batchwise": True},
-    "gradmatch_pb": {"method": "gradmatch", "batchwise": True},
-}
+from advcoreset.training.run_folder import PARENT_ENV, check_writable, run_lock
 
 
 @dataclass
@@ -60,21 +50,6 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
-
-
-def load_spec(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"benchmark spec {path} does not exist")
-    spec = yaml.safe_load(path.read_text()) or {}
-    for key in ("name", "base", "objectives", "methods", "seeds"):
-        if key not in spec:
-            raise ConfigError(f"benchmark spec {path} lacks {key!r}")
-    methods = list(spec["methods"]) + [m for e in spec["objectives"].values() for m in e.get("methods", [])]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"benchmark spec {path}: unknown methods {unknown}; known: {sorted(METHODS)}")
-    return spec
 
 
 def expand(spec: dict[str, Any], out: Path) -> list[Run]:
@@ -104,7 +79,10 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
                     cfg.update({"out_dir": str(run.folder), "progress": "line"})
                     if threads:
                         cfg["threads"] = threads
-                    Config.from_dict(cfg).validate()  # fail before any run starts
+                    try:
+                        Config.from_dict(cfg).validate()  # fail before any run starts
+                    except ConfigError as e:
+                        raise SpecError(f"benchmark spec, objective {obj_name!r}, method {method!r}: {e}") from None
                     runs.append(run)
     return runs
 
@@ -119,7 +97,7 @@ def _execute(run: Run, log_dir: Path) -> tuple[Run, int, float]:
     t0 = time.perf_counter()
     log = log_dir / (run.key.replace("/", "__") + ".log")
     with open(log, "a") as f:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}  # dies with the bench
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     return run, rc, time.perf_counter() - t0
 
@@ -348,16 +326,26 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run (or with ``--report`` only aggregate) the benchmark ``args.spec``; 1 if any run failed."""
     spec = load_spec(args.spec)
-    if args.only:
-        keep = args.only.split(",")
+    if args.jobs is not None and args.jobs < 1:
+        raise SpecError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.only is not None:
+        keep = [k.strip() for k in args.only.split(",") if k.strip()]
+        unknown = [k for k in keep if k not in spec["objectives"]]
+        if not keep or unknown:
+            raise SpecError(f"--only {args.only!r}: unknown objective(s) {unknown or keep}; the spec {args.spec} "
+                            f"has {list(spec['objectives'])}")
         spec["objectives"] = {k: v for k, v in spec["objectives"].items() if k in keep}
     out = Path(args.out or Path("benchmarks/results") / spec["name"])
-    out.mkdir(parents=True, exist_ok=True)
-    runs = expand(spec, out)
+    try:
+        runs = expand(spec, out)
+    except SpecError as e:
+        raise SpecError(f"{args.spec}: {e}") from None
+    check_writable(out, "benchmark results folder")
     failed: list[str] = []
-    if not args.report:
-        failed = run_all(runs, out, args.jobs or int(spec.get("jobs", 1)))
-    table = report(runs, spec, out)
+    with run_lock(out):  # one bench per results folder; each run folder is locked by its own child
+        if not args.report:
+            failed = run_all(runs, out, args.jobs or int(spec.get("jobs", 1)))
+        table = report(runs, spec, out)
     sys.stdout.write(markdown(table, spec))
     print(f"\nwrote {out / 'table.md'}, {out / 'table.json'} and plots", flush=True)
     if failed:

@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ from advcoreset.config import ConfigError, load_config
 
 
 def _train(args: argparse.Namespace) -> int:
-    from advcoreset.training import TrainingError, train
+    from advcoreset.training import train
+    from advcoreset.training.checkpoint import check_resumable, load_checkpoint
+    from advcoreset.training.preflight import check_device
+    from advcoreset.training.run_folder import check_start, check_writable, finished_results, run_lock
 
     overrides = list(args.set or [])
     if args.resume and args.config is None and args.out:
@@ -29,26 +33,44 @@ def _train(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out_dir={args.out}")
     cfg = load_config(args.config, overrides)
-    print(f"advcoreset: training {cfg.objective.name} ({cfg.objective.attack.norm}, eps "
-          f"{cfg.objective.attack.eps}) on {cfg.data.name} with {cfg.model.name}, selection "
-          f"{cfg.selection.method}" + (f" @ {cfg.selection.fraction}" if cfg.selection.method != "full" else "")
-          + f" -> {cfg.out_dir}", flush=True)
-    try:
+    check_device(cfg.device)
+    out = Path(cfg.out_dir)
+    if args.resume and finished_results(out) is not None:
+        print(f"advcoreset: {out} holds a finished run ({out / 'results.json'}); nothing to train. "
+              f"`advcoreset eval {out}` evaluates it again.", flush=True)
+        return 0
+    check_writable(out)
+    with run_lock(out):
+        check_start(out, args.resume)
+        if args.resume:
+            check_resumable(load_checkpoint(out / "last.pt"), out / "last.pt")
+        print(f"advcoreset: training {cfg.objective.name} ({cfg.objective.attack.norm}, eps "
+              f"{cfg.objective.attack.eps}) on {cfg.data.name} with {cfg.model.name}, selection "
+              f"{cfg.selection.method}" + (f" @ {cfg.selection.fraction}" if cfg.selection.method != "full" else "")
+              + f" -> {cfg.out_dir}", flush=True)
         train(cfg, resume=args.resume)
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from advcoreset.evaluation.run import evaluate_run
+    from advcoreset.training.preflight import check_device
+    from advcoreset.training.run_folder import check_output_file, write_json_atomic
 
+    for flag, value in (("--n", args.n), ("--pgd-steps", args.pgd_steps), ("--restarts", args.restarts)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.device is not None:
+        check_device(args.device, "--device")
+    run = Path(args.run)
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"{run} is not an advcoreset run folder (no {run / 'config.yaml'}); give the --out "
+                          "folder of a training run")
+    out = check_output_file(Path(args.output) if args.output else run / "eval.json", "eval output file")
     res = evaluate_run(args.run, checkpoint=args.checkpoint, n=args.n, pgd_steps=args.pgd_steps,
                        restarts=args.restarts, autoattack=args.autoattack, aa_version=args.aa_version,
                        perceptual=args.perceptual, device=args.device)
-    out = Path(args.output) if args.output else Path(args.run) / "eval.json"
-    out.write_text(json.dumps(res, indent=2))
+    write_json_atomic(out, res)
     for k, v in res.items():
         if isinstance(v, float):
             print(f"{k}: {v:.4f}")
@@ -103,21 +125,35 @@ def build_parser() -> argparse.ArgumentParser:
                        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(b)
     b.set_defaults(fn=_bench)
+    p.add_argument("--debug", action="store_true", help="show the traceback of any error (or ADVCORESET_DEBUG=1)")
+    for cmd in sub.choices.values():  # `advcoreset train ... --debug` as well as `advcoreset --debug train`
+        cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of any error")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure is one ``error: ...`` line (see ``errors.exit_code_and_message``):
+    exit 2 for bad input, 1 for a runtime failure, 130 when interrupted. A traceback is printed only for an
+    internal error (a bug), or with ``--debug`` / ``ADVCORESET_DEBUG=1``."""
+    from advcoreset.errors import DEBUG_ENV, exit_code_and_message
+    from advcoreset.training.run_folder import die_with_parent
+
     args = build_parser().parse_args(argv)
+    die_with_parent()
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.fn(args))
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        print("error: interrupted; a training run continues from its last checkpoint with --resume",
+              file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - the one place where every failure becomes an exit code
+        code, message, bug = exit_code_and_message(e)
+        if bug or debug:
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
+        return code
 
 
 def _entry() -> Any:  # pragma: no cover

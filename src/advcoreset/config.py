@@ -205,11 +205,14 @@ class Config:
     def from_yaml(cls, path: str | Path) -> Config:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+            raise ConfigError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read ({type(e).__name__}); give a readable "
+                              "UTF-8 YAML file") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         return cls.from_dict(raw)
@@ -232,7 +235,11 @@ class Config:
                 node = node[p]
             if parts[-1] not in node:
                 raise ConfigError(f"unknown config field {key!r}")
-            node[parts[-1]] = yaml.safe_load(value)
+            try:
+                node[parts[-1]] = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"override {key}={value!r}: the value is not valid YAML ({_one_line(e)}); "
+                                  "quote strings, e.g. --set data.root='my dir'") from None
         return Config.from_dict(d)
 
     # ------------------------------------------------------------ validation
@@ -304,6 +311,11 @@ class Config:
                "must be auto, bar, line or none")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
                self.device, "must be auto, cpu, cuda or cuda:N")
+        from advcoreset.config_checks import first_problem  # issue 11: the remaining fields
+
+        problem = first_problem(self)
+        if problem:
+            raise ConfigError(problem)
         return self
 
 
@@ -372,3 +384,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         cfg = cfg.with_overrides(overrides)
     return cfg.validate()
+
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())

@@ -192,11 +192,9 @@ class AlexNetFeatures(nn.Module):
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from advcoreset.safeload import load_weights_only  # issue 11: errors name the file
 
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path, "AlexNet LPIPS weights file")
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):

@@ -10,10 +10,8 @@ admits only the few numpy constructors those files need, so a tampered file cann
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import io
-import pickle
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from advcoreset.data.restricted_pickle import Corrupt, Refused, RestrictedUnpickler, unpickle_restricted
+
+__all__ = ["IMAGE_EXTENSIONS", "DataError", "RestrictedUnpickler", "check_labels", "list_class_dirs",
+           "load_pickle_restricted", "read_cifar_batch", "read_cifar_meta", "read_idx", "read_image_folder",
+           "read_svhn_mat"]
+
 
 class DataError(ValueError):
     """A dataset file is missing, truncated or corrupt. The message names the file and what was expected."""
-
-
-class _Refused(pickle.UnpicklingError):
-    """A pickle asked for a global outside the allow-list (or a disallowed argument to one)."""
 
 
 # IDX type codes (third byte of the magic number) -> big-endian numpy dtype.
@@ -41,6 +41,8 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_FILE_BYTES = 1 << 30
+"""Largest unpacked file read (CIFAR-100's training file is 150 MB): a gzip bomb stops here."""
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 """File suffixes (lower case) read as images by :func:`read_image_folder`."""
@@ -55,9 +57,14 @@ def _read_bytes(path: str | Path) -> bytes:
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            out = f.read(MAX_FILE_BYTES + 1)
     except (EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    if len(out) > MAX_FILE_BYTES:
+        raise DataError(f"{path}: unpacks to more than {MAX_FILE_BYTES} bytes, more than any dataset file "
+                        "this library reads; replace it with the dataset's original")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -95,6 +102,9 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header: expected {header} bytes for {ndim} dimensions, "
                         f"got {len(data)}")
     shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    if 0 in shape:
+        raise DataError(f"{path}: IDX header announces shape {shape}, which holds no items; the file is "
+                        "empty or damaged: replace it with the dataset's original")
     dtype = _IDX_DTYPES[code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     got = len(data) - header
@@ -111,98 +121,23 @@ def read_idx(path: str | Path) -> np.ndarray:
 # Restricted pickle loading (CIFAR python batches)
 # ----------------------------------------------------------------------------------------------------
 
-def _numpy_attr(modules: Sequence[str], name: str) -> Any:
-    """``name`` from the first importable numpy module in ``modules`` (numpy 2 moved core to _core)."""
-    import importlib
-
-    for mod in modules:
-        try:
-            return getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError(f"none of {list(modules)} provides {name}")
-
-
-def _checked_dtype(*args: Any) -> np.dtype:
-    """``numpy.dtype(*args)`` that refuses object dtypes: pixel and label arrays never hold objects."""
-    dt = np.dtype(*args)
-    if dt.hasobject:
-        raise _Refused(f"refusing to unpickle an object dtype ({dt})")
-    return dt
-
-
-def _latin1_encode(text: str, encoding: str = "utf-8", *rest: Any) -> bytes:
-    """``_codecs.encode`` as Python 3 writes bytes at protocol <= 2; only the latin-1 codec is admitted."""
-    if rest or codecs.lookup(encoding).name != "iso8859-1":
-        raise _Refused(f"refusing to unpickle _codecs.encode with encoding {encoding!r}")
-    return codecs.encode(text, "latin-1")
-
-
-def _safe_globals() -> dict[tuple[str, str], Any]:
-    """The (module, name) pairs a pickled dict of numpy arrays, lists and strings can need."""
-    core = ("numpy._core.multiarray", "numpy.core.multiarray")
-    numeric = ("numpy._core.numeric", "numpy.core.numeric")
-    reconstruct = _numpy_attr(core, "_reconstruct")
-    scalar = _numpy_attr(core, "scalar")
-    frombuffer = _numpy_attr(numeric, "_frombuffer")
-    table: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): _checked_dtype,
-        ("_codecs", "encode"): _latin1_encode,
-    }
-    for mod in core:
-        table[(mod, "_reconstruct")] = reconstruct
-        table[(mod, "scalar")] = scalar
-    for mod in numeric:
-        table[(mod, "_frombuffer")] = frombuffer
-    # Plain containers; "__builtin__" is how Python 2 pickles name the module.
-    for mod in ("builtins", "__builtin__"):
-        for cls in (list, dict, tuple, set, frozenset, bytearray):
-            table[(mod, cls.__name__)] = cls
-    return table
-
-
-# What a damaged stream raises inside pickle / numpy (the C unpickler is not consistent about it).
-_CORRUPT_PICKLE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-                   KeyError, MemoryError)
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only numpy arrays, dtypes and plain containers.
-
-    ``find_class`` is the only route by which a pickle reaches a callable, so refusing every other
-    name means a malicious file's ``__reduce__`` payload (``os.system``, ``eval``, ...) is never
-    looked up, let alone called.
-    """
-
-    def __init__(self, file: io.BufferedIOBase, **kwargs: Any) -> None:
-        super().__init__(file, **kwargs)
-        self._allowed = _safe_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise _Refused(f"refusing to unpickle {module}.{name}") from None
-
-
 def load_pickle_restricted(path: str | Path) -> Any:
-    """Unpickle ``path`` (gzipped or raw) with :class:`RestrictedUnpickler`.
+    """Unpickle ``path`` (gzipped or raw) with :class:`RestrictedUnpickler` (see ``restricted_pickle``).
 
     Python 2 ``str`` objects come back as ``bytes`` (``encoding="bytes"``), as in the CIFAR files.
 
     Raises:
-        DataError: missing file, a name outside the allow-list ("refusing to unpickle X"), or a
-            truncated / corrupt pickle stream.
+        DataError: missing file, a name outside the allow-list ("refusing to unpickle X"), an array larger
+            than any CIFAR file holds, or a truncated / corrupt pickle stream.
     """
     path = Path(path)
     data = _read_bytes(path)
     try:
-        return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except _Refused as exc:
-        raise DataError(f"{path}: {exc}") from exc
-    except _CORRUPT_PICKLE as exc:
-        raise DataError(f"{path}: corrupt or truncated pickle ({type(exc).__name__}: {exc})") from exc
+        return unpickle_restricted(data)
+    except Refused as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except Corrupt as exc:
+        raise DataError(f"{path}: {exc}; replace the file with the dataset's original") from None
 
 
 def _get(d: dict, keys: Sequence[bytes], path: Path) -> Any:
@@ -232,13 +167,21 @@ def read_cifar_batch(path: str | Path, num_classes: int | None = None) -> tuple[
     batch = load_pickle_restricted(path)
     if not isinstance(batch, dict):
         raise DataError(f"{path}: expected a pickled dict (a CIFAR batch), got {type(batch).__name__}")
-    data = np.asarray(_get(batch, [b"data"], path))
+    data = _get(batch, [b"data"], path)
     labels_raw = _get(batch, [b"fine_labels", b"labels"], path)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{path}: expected 'data' uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
-    labels = np.asarray(labels_raw)
-    if labels.dtype.kind not in "iu":
-        raise DataError(f"{path}: expected integer labels, got {labels.dtype} values")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: expected 'data' uint8 of shape (N, 3072), got {what}")
+    if not 1 <= data.shape[0] <= 50_000:
+        raise DataError(f"{path}: expected 1 to 50,000 images in a CIFAR file, got {data.shape[0]}")
+    if not isinstance(labels_raw, (list, tuple, np.ndarray)):
+        raise DataError(f"{path}: expected the labels as a list of ints, got {type(labels_raw).__name__}")
+    if isinstance(labels_raw, np.ndarray):
+        labels = labels_raw
+    else:  # a list of ints; anything else (nested lists, strings) would make numpy build other shapes or objects
+        labels = np.asarray(labels_raw) if all(isinstance(v, (int, np.integer)) for v in labels_raw) else None
+    if labels is None or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: expected integer labels, got other values")
     labels = labels.astype(np.int64)
     if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
         raise DataError(f"{path}: expected {data.shape[0]} labels (one per image), got shape {labels.shape}")

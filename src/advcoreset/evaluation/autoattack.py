@@ -194,6 +194,8 @@ def autoattack_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, 
                            budgets=budgets, seed=seed):
             t0 = time.perf_counter()
             for idx in robust.nonzero().flatten().split(batch_size):
+                if idx.numel() == 0:  # everything already broken: split() of nothing yields one empty chunk
+                    break
                 x = to_unit(images[idx], dev)
                 y = labels[idx].to(dev)
                 x_adv = spec.attack(x, y).detach()

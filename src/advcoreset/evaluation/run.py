@@ -12,7 +12,7 @@ from advcoreset.attacks.lpips import LPIPS, alexnet_lpips
 from advcoreset.config import Config
 from advcoreset.data import prepare_data
 from advcoreset.models import create_model
-from advcoreset.training.checkpoint import load_checkpoint
+from advcoreset.training.checkpoint import CheckpointError, check_state_dict, load_checkpoint
 
 
 def load_run_model(run: str | Path, checkpoint: str = "last.pt",
@@ -22,15 +22,20 @@ def load_run_model(run: str | Path, checkpoint: str = "last.pt",
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: {run} is not an advcoreset run folder")
-    cfg = Config.from_yaml(cfg_path)
+    cfg = Config.from_yaml(cfg_path).validate()  # issue 11: a tampered config.yaml is refused, named
     ckpt = load_checkpoint(run / checkpoint, device)
     state = ckpt["model"]
+    if not (all(isinstance(state.get(k), torch.Tensor) for k in ("mean", "std", "head.weight"))
+            and state["mean"].dim() == 4 and state["head.weight"].dim() == 2):  # issue 11: a foreign one, named
+        raise CheckpointError(f"checkpoint {run / checkpoint} is not a model of this run (no mean/std/head "
+                              "entries); give a last.pt or best.pt written by advcoreset train")
     c = state["mean"].shape[1]
     num_classes = state["head.weight"].shape[0]
     size = _input_size(cfg, c)
     mean, std = state["mean"].flatten().tolist(), state["std"].flatten().tolist()
     model = create_model(cfg.model.name, c, num_classes, size, mean, std,
                          **({} if cfg.model.width is None else {"width": cfg.model.width}))
+    check_state_dict(model, state, run / checkpoint)  # issue 11: another model's checkpoint, named
     model.load_state_dict(state)
     return model.to(device).eval(), cfg
 
@@ -52,18 +57,22 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
     from advcoreset.evaluation import evaluate
     from advcoreset.training.trainer import eval_alpha, resolve_device
 
+    for flag, value in (("n", n), ("pgd_steps", pgd_steps), ("restarts", restarts)):  # issue 11
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1 or None (the run's config), got {value}")
     dev = resolve_device(device or "auto")
     model, cfg = load_run_model(run, checkpoint, dev)
     if n is not None:
         cfg.data.test_subset = n
     data = prepare_data(cfg.data, cfg.seed)
     a, e = cfg.objective.attack, cfg.eval
-    steps = pgd_steps or e.pgd_steps
+    steps = pgd_steps if pgd_steps is not None else e.pgd_steps
+    restarts = restarts if restarts is not None else e.pgd_restarts
     res: dict[str, Any] = {"run": str(run), "checkpoint": checkpoint, "n_test": int(data.test.labels.numel()),
                            "norm": a.norm, "eps": a.eps, "pgd_steps": steps, "pgd_alpha": eval_alpha(cfg),
-                           "pgd_restarts": restarts or e.pgd_restarts}
+                           "pgd_restarts": restarts}
     res.update(evaluate(model, data.test.images, data.test.labels, norm=a.norm, eps=a.eps, pgd_steps=steps,
-                        pgd_alpha=eval_alpha(cfg), pgd_restarts=restarts or e.pgd_restarts,
+                        pgd_alpha=eval_alpha(cfg), pgd_restarts=restarts,
                         autoattack=autoattack, aa_n=e.autoattack_n if n is None else n,
                         aa_version=aa_version, batch_size=e.batch_size, device=dev))
     if perceptual or cfg.objective.name == "pat":

@@ -26,12 +26,14 @@ class MetricsLog:
 
     def truncate_after(self, epoch: int) -> None:
         """On resume: drop records of epochs after ``epoch`` (written by the killed run after its last
-        checkpoint) so the log matches the restored state."""
+        checkpoint), any ``final`` record (resuming reruns the final evaluation, which writes a new one) and a
+        partial last line (a kill mid-write), so the log matches the restored state."""
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("epoch", -1) <= epoch]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        records = read_metrics(self.path, drop_partial_last=True)
+        keep = [r for r in records if isinstance(r.get("epoch", -1), int) and r.get("epoch", -1) <= epoch
+                and r.get("kind") != "final"]
+        self.path.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
@@ -54,8 +56,32 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+class MetricsError(ValueError):
+    """metrics.jsonl holds a line that is not a JSON object; the message names the file and the line."""
+
+
+def read_metrics(path: str | Path, drop_partial_last: bool = False) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``. ``drop_partial_last``: a last line cut short (a run killed while
+    writing it; it belongs to an epoch after the checkpoint) is dropped instead of being an error."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise MetricsError(f"{path} is not a text file of JSON lines; remove it or restore the run's own") from None
+    out = []
+    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
+    for j, (i, ln) in enumerate(numbered):
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            if drop_partial_last and j == len(numbered) - 1:
+                break
+            raise MetricsError(f"{path}, line {i}, is not a JSON record ({ln[:40]!r}); remove that line, or "
+                               "the file, to go on")
+        out.append(rec)
+    return out
 
 
 def progress_mode(setting: str) -> str:

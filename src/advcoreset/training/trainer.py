@@ -7,7 +7,6 @@ from ``last.pt`` and reaches bit-identical weights on CPU.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -24,8 +23,12 @@ from advcoreset.data.datasets import dataset_stats
 from advcoreset.models import create_model
 from advcoreset.objectives import Objective, build_objective, build_selection_objective
 from advcoreset.selection import Selection, approximation_error, build_selector, last_layer_grads
-from advcoreset.training.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+
+# issue 11: check_state_dict, check_against_data, final_evaluation, write_json_atomic
+from advcoreset.training.checkpoint import check_state_dict, load_checkpoint, rng_state, save_atomic, set_rng_state
 from advcoreset.training.logging import MetricsLog, progress_mode
+from advcoreset.training.preflight import check_against_data
+from advcoreset.training.run_folder import final_evaluation, write_json_atomic
 from advcoreset.training.schedule import is_selection_epoch, is_warm, lr_at
 
 CHECKPOINT = "last.pt"
@@ -117,6 +120,8 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
         self.data = data or prepare_data(cfg.data, cfg.seed)
+        check_against_data(cfg, self.data.train.labels, self.data.train.shape,  # issue 11: before training
+                           self.data.train.num_classes)
         tr = self.data.train
         c, h, w = tr.shape
         if h != w:
@@ -171,6 +176,7 @@ class Trainer:
             raise TrainingError(f"cannot resume: the checkpoint in {self.out} was trained with different "
                                 f"settings for {diff}; resume with the saved config ({self.out / 'config.yaml'}) "
                                 "or start a new out_dir")
+        check_state_dict(self.model, ckpt["model"], self.out / CHECKPOINT)  # issue 11: a named error
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"], self.generator)
@@ -408,14 +414,15 @@ class Trainer:
             print(f"\ninterrupted: {ckpt_path} holds epoch {self.state.epoch}; continue with --resume", flush=True)
             raise
         t = time.perf_counter()
-        final = self.evaluate(final=True)
+        with final_evaluation(self.out, self.state.epoch):  # issue 11: says --resume reruns only this
+            final = self.evaluate(final=True)
         final_time = time.perf_counter() - t
         results: dict[str, Any] = {"kind": "final", "epoch": self.state.epoch, **final,
                                    "time_train_total": self.train_seconds(), "time_final_eval": final_time,
                                    "times": dict(self.state.times), "device": str(self.device)}
         log.write(results)
         log.close()
-        (self.out / "results.json").write_text(json.dumps(results, indent=2))
+        write_json_atomic(self.out / "results.json", results)  # issue 11: atomic
         if mode in ("line", "bar"):
             print(_final_line(results), flush=True)
         return results

@@ -1,0 +1,115 @@
+"""A benchmark spec (``advcoreset bench SPEC``): read and checked before any run starts (issue 11).
+
+Every key must be known (a ``fraction:`` meant as ``fractions:`` is an error, not an ignored key), every
+list non-empty and typed, and names used as folder names plain (``name: ../../x`` cannot write outside the
+results folder).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from advcoreset.config import ConfigError
+
+METHODS: dict[str, dict[str, Any]] = {
+    "full": {"method": "full"},
+    "random": {"method": "random"},
+    "random_fixed": {"method": "random_fixed"},
+    "craig": {"method": "craig", "batchwise": False},
+    "gradmatch": {"method": "gradmatch", "batchwise": False},
+    "craig_pb": {"method": "craig", "batchwise": True},
+    "gradmatch_pb": {"method": "gradmatch", "batchwise": True},
+}
+
+
+class SpecError(ConfigError):
+    """A benchmark spec (or a bench flag) is malformed; the message names the spec and the key."""
+
+
+SPEC_KEYS = ("name", "description", "base", "objectives", "methods", "fractions", "seeds", "jobs", "threads",
+             "reference", "targets")
+ENTRY_KEYS = ("methods", "fractions", "coreset")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    """Read and check a benchmark spec: every key known, every list non-empty and typed, names safe to
+    use as folder names. Raises ``SpecError`` naming the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"benchmark spec {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"benchmark spec {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"benchmark spec {path} cannot be read ({type(e).__name__})") from None
+    if not isinstance(spec, dict):
+        raise SpecError(f"benchmark spec {path} must hold a mapping (name, base, objectives, methods, seeds)")
+    _check_spec(spec, f"benchmark spec {path}")
+    return spec
+
+
+def _unknown(keys: Any, known: tuple[str, ...], where: str) -> None:
+    bad = [k for k in keys if k not in known]
+    if bad:
+        hints = {k: difflib.get_close_matches(str(k), known, n=1) for k in bad}
+        hint = "; ".join(f"{k!r}: did you mean {h[0]!r}?" for k, h in hints.items() if h)
+        raise SpecError(f"{where}: unknown key(s) {bad} ({hint or f'known: {list(known)}'})")
+
+
+def _check_list(value: Any, where: str, ok: Any, what: str) -> None:
+    if not isinstance(value, list) or not value or not all(ok(v) for v in value):
+        raise SpecError(f"{where} must be a non-empty list of {what}, got {value!r:.80}")
+
+
+def _check_spec(spec: dict[str, Any], where: str) -> None:
+    for key in ("name", "base", "objectives", "methods", "seeds"):
+        if key not in spec:
+            raise SpecError(f"{where} lacks {key!r}")
+    _unknown(spec, SPEC_KEYS, where)
+    name = spec["name"]
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise SpecError(f"{where}: name {name!r} must be a plain folder name (letters, digits, . _ -), since "
+                        "results go to benchmarks/results/<name>")
+    if not isinstance(spec["base"], dict):
+        raise SpecError(f"{where}: base must be a mapping of config fields")
+    objs = spec["objectives"]
+    if not isinstance(objs, dict) or not objs:
+        raise SpecError(f"{where}: objectives must be a non-empty mapping of name -> config fields")
+    is_method = lambda m: m in METHODS  # noqa: E731
+    is_frac = lambda f: isinstance(f, (int, float)) and not isinstance(f, bool)  # noqa: E731
+    _check_list(spec["methods"], f"{where}: methods", is_method, f"methods from {sorted(METHODS)}")
+    if "fractions" in spec:
+        _check_list(spec["fractions"], f"{where}: fractions", is_frac, "numbers in (0, 1]")
+    seeds = spec["seeds"]
+    _check_list(seeds, f"{where}: seeds", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                "integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"{where}: seeds {seeds} repeat a seed (two runs would share a folder)")
+    for key in ("jobs", "threads"):
+        v = spec.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise SpecError(f"{where}: {key} must be an integer >= 1, got {v!r}")
+    for obj, entry in objs.items():
+        w = f"{where}: objectives.{obj}"
+        if not isinstance(obj, str) or not _SAFE_NAME.fullmatch(obj) or ".." in obj:
+            raise SpecError(f"{w}: the name must be a plain folder name (letters, digits, . _ -)")
+        if not isinstance(entry, dict):
+            raise SpecError(f"{w} must be a mapping of config fields, got {entry!r:.60}")
+        if "methods" in entry:
+            _check_list(entry["methods"], f"{w}.methods", is_method, f"methods from {sorted(METHODS)}")
+        if "fractions" in entry:
+            _check_list(entry["fractions"], f"{w}.fractions", is_frac, "numbers in (0, 1]")
+        if not isinstance(entry.get("coreset", {}), dict):
+            raise SpecError(f"{w}.coreset must be a mapping of config fields")
+    if spec.get("reference") is not None and spec["reference"] not in objs:
+        raise SpecError(f"{where}: reference {spec['reference']!r} is not one of the objectives {list(objs)}")
+    t = spec.get("targets")
+    if t is not None and (not isinstance(t, dict) or t.get("objective") not in objs or not is_frac(t.get("fraction"))):
+        raise SpecError(f"{where}: targets must name one of the objectives {list(objs)} and a fraction")
