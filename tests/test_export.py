@@ -125,6 +125,10 @@ def test_load_model_refuses_a_foreign_architecture(tmp_path):
     assert not (tmp_path / "model_arch.py").exists()
     with pytest.raises(ValueError, match="no built-in architecture"):
         load_model(tmp_path)
+    # a config naming a built-in model while the user's own module was trained: not claimed either
+    export_model(model, tmp_path / "b", architecture="small_cnn", input_shape=(1, 8, 8),
+                 arguments={"in_channels": 1, "num_classes": 2, "input_size": 8, "mean": [0.0], "std": [1.0]})
+    assert json.loads((tmp_path / "b" / "model.json").read_text())["architecture"] is None
 
 
 def test_package_level_load_model(tmp_path):

@@ -41,7 +41,12 @@ def load_run_model(run: str | Path, checkpoint: str = "last.pt",
     mean, std = state["mean"].flatten().tolist(), state["std"].flatten().tolist()
     model = create_model(cfg.model.name, c, num_classes, size, mean, std,
                          **({} if cfg.model.width is None else {"width": cfg.model.width}))
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"the weights in {run / CHECKPOINTS.get(checkpoint, checkpoint)} do not fit advcoreset's "
+                         f"{cfg.model.name!r}; if the run trained your own module, evaluate it with "
+                         "`advcoreset eval --model package.module:factory --weights FILE ...`") from e
     return model.to(device).eval(), cfg
 
 

@@ -85,6 +85,22 @@ def is_exportable_architecture(name: str | None) -> bool:
     return name in MODELS.names() and getattr(MODELS.get(name), "__module__", "") in _SOURCES
 
 
+def _fits(architecture: str | None, args: dict[str, Any], state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` has exactly the names and shapes of ``architecture(**args)`` (built on the meta
+    device: no memory, no init), so model.json never names an architecture the weights do not fit (a
+    user's own module trained under a config whose model.name is a built-in one)."""
+    try:
+        with torch.device("meta"):
+            ref = create_model(str(architecture), args["in_channels"], args["num_classes"], args["input_size"],
+                               args.get("mean"), args.get("std"),
+                               **{k: v for k, v in args.items()
+                                  if k not in ("in_channels", "num_classes", "input_size", "mean", "std")})
+    except (KeyError, TypeError, ValueError):
+        return False
+    want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    return want == {k: tuple(v.shape) for k, v in state.items()}
+
+
 def export_model(model: nn.Module, out: str | Path, *, architecture: str | None, arguments: dict[str, Any],
                  input_shape: Sequence[int], class_names: Sequence[str] | None = None,
                  threat_model: dict[str, Any] | None = None, accuracy: dict[str, float] | None = None,
@@ -106,16 +122,18 @@ def export_model(model: nn.Module, out: str | Path, *, architecture: str | None,
     state = plain_state_dict(model)
     save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT})
     args = dict(arguments)
+    fits = is_exportable_architecture(architecture) and _fits(architecture, args, state)
     meta: dict[str, Any] = {
         "format": FORMAT, "advcoreset_version": __version__,
-        "architecture": architecture if is_exportable_architecture(architecture) else None,
+        "architecture": architecture if fits else None,
         "arguments": args, "input_shape": [int(s) for s in input_shape], "input_range": [0.0, 1.0],
         "mean": args.get("mean"), "std": args.get("std"), "num_classes": args.get("num_classes"),
         "class_names": list(class_names) if class_names is not None else None,
         "threat_model": threat_model or {}, "accuracy": accuracy or {}, "source": source or {},
     }
     if architecture is not None and meta["architecture"] is None:
-        meta["note"] = f"{architecture!r} is not a built-in architecture: rebuild it yourself, then load {WEIGHTS}"
+        meta["note"] = (f"the weights are not those of advcoreset's built-in {architecture!r}: rebuild the model "
+                        f"with your own code, then load {WEIGHTS}")
     (out / META).write_text(json.dumps(meta, indent=2) + "\n")
     if meta["architecture"] is not None:
         (out / ARCH).write_text(standalone_source())
