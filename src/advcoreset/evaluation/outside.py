@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from advcoreset.config import DataConfig, EvalConfig, PATConfig
 from advcoreset.data import ImageArrays, load_dataset, stratified_order
 from advcoreset.evaluation.robust import evaluate, to_unit
-from advcoreset.progress import Reporter
+from advcoreset.progress import Reporter, reporter_or_silent
 
 
 def import_factory(spec: str) -> Callable[[], nn.Module]:
@@ -139,12 +139,12 @@ def evaluate_outside(spec: str, weights: str | Path, *, data: str, norm: str, ep
                         batch_size=batch_size, device=dev, progress=progress))
     res["pgd_alpha"] = res["pgd"]["alpha"]
     if perceptual:
-        res.update(_perceptual(model, test, spec, perceptual_bound, lpips, batch_size))
+        res.update(_perceptual(model, test, spec, perceptual_bound, lpips, batch_size, progress))
     return res
 
 
 def _perceptual(model: nn.Module, test: ImageArrays, spec: str, bound: float, lpips: str,
-                batch_size: int) -> dict[str, Any]:
+                batch_size: int, progress: Reporter | None) -> dict[str, Any]:
     from advcoreset.attacks.lpips import alexnet_lpips
     from advcoreset.attacks.perceptual import perceptual_accuracy
 
@@ -155,7 +155,9 @@ def _perceptual(model: nn.Module, test: ImageArrays, spec: str, bound: float, lp
     out: dict[str, Any] = {"perceptual_bound": bound,
                            "perceptual_lpips": "self-bound" if dist is None else f"alexnet:{lpips}"}
     for attack in ("ppgd", "lpa"):
-        out[f"{attack}_acc"] = perceptual_accuracy(model, test.images, test.labels, attack=attack, bound=bound,
-                                                   steps=max(PATConfig.steps, 10), lpips=dist,
-                                                   batch_size=batch_size)
+        with reporter_or_silent(progress)(f"{attack} (LPIPS bound {bound:g})", 1) as task:
+            out[f"{attack}_acc"] = perceptual_accuracy(model, test.images, test.labels, attack=attack,
+                                                       bound=bound, steps=max(PATConfig.steps, 10), lpips=dist,
+                                                       batch_size=batch_size)
+            task.update(1, note=f"accuracy {out[f'{attack}_acc']:.4f}")
     return out

@@ -84,7 +84,7 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
                         aa_version=aa_version, batch_size=e.batch_size, device=dev, progress=progress))
     if perceptual or cfg.objective.name == "pat":
         res["union"] = union_report(model, data.test.images, data.test.labels, cfg, aa_version=aa_version,
-                                    device=dev)
+                                    device=dev, progress=progress)
     return res
 
 
@@ -98,7 +98,8 @@ def perceptual_distance(cfg: Config, loaded: LPIPS | None = None) -> tuple[LPIPS
 
 
 def union_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config, *,
-                 aa_version: str = "standard", device: torch.device | str | None = None) -> dict[str, Any]:
+                 aa_version: str = "standard", device: torch.device | str | None = None,
+                 progress: Reporter | None = None) -> dict[str, Any]:
     """PAT's evaluation: l_inf and l_2 AutoAttack (where radii are set) and PPGD / LPA at the PAT bound,
     each alone and as a union (robust to all at once)."""
     from advcoreset.evaluation.union import ThreatModel, union_accuracy
@@ -115,7 +116,7 @@ def union_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, c
     threats += [ThreatModel(att, "perceptual", eps=p.bound, attack=att, steps=steps, lpips=lpips, lpips_name=name)
                 for att in ("ppgd", "lpa")]
     return union_accuracy(model, images, labels, threats, aa_version=aa_version, batch_size=e.batch_size,
-                          device=device)
+                          device=device, progress=progress)
 
 
 def export_run(run: str | Path, out: str | Path, checkpoint: str = "last") -> Path:
