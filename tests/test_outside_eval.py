@@ -91,3 +91,11 @@ def test_eval_needs_a_run_or_a_model(capsys):
     assert "--model" in capsys.readouterr().err
     assert main(["eval", "--model", "tests_helpers:factory", "--data", "digits"]) == 1
     assert "--weights" in capsys.readouterr().err
+
+
+def test_self_bound_perceptual_needs_feature_maps_before_any_attack(tmp_path, monkeypatch, capsys):
+    weights = tmp_path / "w.safetensors"
+    save_file(tests_helpers.factory().state_dict(), str(weights))
+    monkeypatch.setattr(outside, "evaluate", lambda *a, **k: pytest.fail("an attack ran first"))
+    assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *ARGS, "--perceptual"]) == 1
+    assert "feature_maps" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advcoreset.attacks.lpips import LPIPS
 from advcoreset.config import DataConfig, EvalConfig, PATConfig
 from advcoreset.data import ImageArrays, load_dataset, stratified_order
 from advcoreset.evaluation.robust import evaluate, to_unit
@@ -130,6 +131,7 @@ def evaluate_outside(spec: str, weights: str | Path, *, data: str, norm: str, ep
     model = build_outside_model(spec, weights, dev)
     check_model_fits(model, test.images, test.num_classes, what=f"--model {spec}", data=data, device=dev,
                      batch_size=batch_size)
+    dist = _perceptual_distance(model, spec, lpips) if perceptual else None  # fail before any attack
     steps = pgd_steps or e.pgd_steps
     res: dict[str, Any] = {"model": spec, "weights": str(weights), "data": data, "n_test": len(test),
                            "norm": norm, "eps": eps, "pgd_steps": steps, "pgd_restarts": restarts or e.pgd_restarts}
@@ -139,19 +141,24 @@ def evaluate_outside(spec: str, weights: str | Path, *, data: str, norm: str, ep
                         batch_size=batch_size, device=dev, progress=progress))
     res["pgd_alpha"] = res["pgd"]["alpha"]
     if perceptual:
-        res.update(_perceptual(model, test, spec, perceptual_bound, lpips, batch_size, progress))
+        res.update(_perceptual(model, test, dist, perceptual_bound, lpips, batch_size, progress))
     return res
 
 
-def _perceptual(model: nn.Module, test: ImageArrays, spec: str, bound: float, lpips: str,
-                batch_size: int, progress: Reporter | None) -> dict[str, Any]:
+def _perceptual_distance(model: nn.Module, spec: str, lpips: str) -> LPIPS | None:
+    """The LPIPS of ``--lpips``: None for the model's own self-bound one (which needs ``feature_maps``)."""
     from advcoreset.attacks.lpips import alexnet_lpips
-    from advcoreset.attacks.perceptual import perceptual_accuracy
 
     if lpips == "self" and not hasattr(model, "feature_maps"):
         raise ValueError(f"--perceptual with the self-bound LPIPS needs {spec}'s feature_maps(x); pass "
                          "--lpips PATH (local AlexNet weights) instead")
-    dist = None if lpips == "self" else alexnet_lpips(lpips)
+    return None if lpips == "self" else alexnet_lpips(lpips)
+
+
+def _perceptual(model: nn.Module, test: ImageArrays, dist: LPIPS | None, bound: float, lpips: str,
+                batch_size: int, progress: Reporter | None) -> dict[str, Any]:
+    from advcoreset.attacks.perceptual import perceptual_accuracy
+
     out: dict[str, Any] = {"perceptual_bound": bound,
                            "perceptual_lpips": "self-bound" if dist is None else f"alexnet:{lpips}"}
     for attack in ("ppgd", "lpa"):
