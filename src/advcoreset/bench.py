@@ -27,6 +27,7 @@ from typing import Any
 
 from advcoreset.bench_spec import METHODS, SpecError, load_spec
 from advcoreset.config import Config, ConfigError
+from advcoreset.progress import make_progress
 from advcoreset.training.run_folder import PARENT_ENV, check_writable, run_lock
 
 
@@ -102,19 +103,23 @@ def _execute(run: Run, log_dir: Path) -> tuple[Run, int, float]:
     return run, rc, time.perf_counter() - t0
 
 
-def run_all(runs: list[Run], out: Path, jobs: int) -> list[str]:
-    """Run what is not finished, ``jobs`` at a time; returns the keys that failed."""
+def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto") -> list[str]:
+    """Run what is not finished, ``jobs`` at a time; returns the keys that failed. ``progress``: auto, bar,
+    line or none (``advcoreset.progress``): runs done / total and the time left."""
     todo = [r for r in runs if not (r.folder / "results.json").exists()]
     print(f"bench: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run ({jobs} at a time)",
           flush=True)
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     failed = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for i, (run, rc, secs) in enumerate(pool.map(lambda r: _execute(r, log_dir), todo), 1):
+    # runs take minutes: a line per finished run (interval 0), with the time left from the mean so far
+    task = make_progress(progress, interval=0.0)("bench runs", len(todo))
+    with ThreadPoolExecutor(max_workers=jobs) as pool, task:
+        for run, rc, secs in pool.map(lambda r: _execute(r, log_dir), todo):
             status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {log_dir})"
-            print(f"[{i}/{len(todo)}] {run.key}: {status} in {secs:.0f}s", flush=True)
+            task.update(1, note=f"{run.key}: {status} in {secs:.0f}s")
             if rc != 0:
+                task.write(f"bench: {run.key} {status}")  # stays on screen when a bar is drawn
                 failed.append(run.key)
     return failed
 
@@ -314,6 +319,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the spec's, else 1)")
     ap.add_argument("--report", action="store_true", help="only aggregate finished runs")
     ap.add_argument("--only", default=None, help="comma-separated objectives to run (default all)")
+    ap.add_argument("--progress", default="auto", choices=["auto", "bar", "line", "none"],
+                    help="runs done / total and time left: a bar on a terminal (auto), a line per run, or none")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
     failed: list[str] = []
     with run_lock(out):  # one bench per results folder; each run folder is locked by its own child
         if not args.report:
-            failed = run_all(runs, out, args.jobs or int(spec.get("jobs", 1)))
+            failed = run_all(runs, out, args.jobs or int(spec.get("jobs", 1)), getattr(args, "progress", "auto"))
         table = report(runs, spec, out)
     sys.stdout.write(markdown(table, spec))
     print(f"\nwrote {out / 'table.md'}, {out / 'table.json'} and plots", flush=True)

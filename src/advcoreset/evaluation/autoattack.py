@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from advcoreset.evaluation.robust import check_perturbation, model_device, to_unit
 from advcoreset.objectives.base import eval_mode
+from advcoreset.progress import Reporter, reporter_or_silent
 
 VERSIONS = ("standard", "fast")
 _INSTALL_HINT = "pip install --no-deps torchattacks==3.5.1"
@@ -135,7 +136,8 @@ def _build(ta: Any, model: nn.Module, *, norm: str, eps: float, n_classes: int, 
 def autoattack_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps: float,
                         version: str = "standard", budgets: AutoAttackBudgets | None = None, seed: int = 0,
                         n_classes: int | None = None, batch_size: int = 500,
-                        device: torch.device | str | None = None) -> tuple[Tensor, dict[str, Any]]:
+                        device: torch.device | str | None = None,
+                        progress: Reporter | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Per-example robustness under AutoAttack: ((N,) bool on the CPU, the result dict below).
 
     Args:
@@ -146,6 +148,8 @@ def autoattack_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, 
         budgets: override the standard budgets (tests); recorded in the result.
         seed: torchattacks' seed for every attack (the caller's RNG state is left untouched).
         n_classes: C; default ``model.num_classes`` or the width of the logits.
+        progress: a reporter (``advcoreset.progress``): one task per sub-attack over the points still
+            robust, noting the remaining robust count; None: silent.
 
     Returns:
         {"autoattack_acc": float, "autoattack": {"version", "standard_budgets", "comparable_to_robustbench",
@@ -193,7 +197,9 @@ def autoattack_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, 
         for spec in _build(ta, model, norm=norm, eps=eps, n_classes=n_classes, version=version,
                            budgets=budgets, seed=seed):
             t0 = time.perf_counter()
-            for idx in robust.nonzero().flatten().split(batch_size):
+            todo = robust.nonzero().flatten()
+            task = reporter_or_silent(progress)(f"AutoAttack {spec.name} ({norm}, eps {eps:g})", todo.numel())
+            for idx in todo.split(batch_size):
                 if idx.numel() == 0:  # everything already broken: split() of nothing yields one empty chunk
                     break
                 x = to_unit(images[idx], dev)
@@ -203,6 +209,8 @@ def autoattack_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, 
                 with torch.no_grad():
                     fooled = (model(x_adv).argmax(1) != y).cpu()
                 robust[idx[fooled]] = False
+                task.update(idx.numel(), note=f"robust {int(robust.sum())}/{n}")
+            task.close()
             records.append({"name": spec.name, **spec.budget, "robust_after": float(robust.float().mean()),
                             "seconds": round(time.perf_counter() - t0, 3)})
     standard_budgets = budgets == STANDARD_BUDGETS
@@ -229,7 +237,9 @@ def autoattack_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, 
 def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps: float,
                         version: str = "standard", budgets: AutoAttackBudgets | None = None, seed: int = 0,
                         n_classes: int | None = None, batch_size: int = 500,
-                        device: torch.device | str | None = None) -> dict[str, Any]:
+                        device: torch.device | str | None = None,
+                        progress: Reporter | None = None) -> dict[str, Any]:
     """Robust accuracy under AutoAttack, with the budgets that ran (see ``autoattack_robust_mask``)."""
     return autoattack_robust_mask(model, images, labels, norm=norm, eps=eps, version=version, budgets=budgets,
-                                  seed=seed, n_classes=n_classes, batch_size=batch_size, device=device)[1]
+                                  seed=seed, n_classes=n_classes, batch_size=batch_size, device=device,
+                                  progress=progress)[1]

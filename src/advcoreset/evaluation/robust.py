@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from advcoreset.attacks import pgd
 from advcoreset.objectives.base import eval_mode
+from advcoreset.progress import Reporter, reporter_or_silent
 
 if TYPE_CHECKING:
     from advcoreset.evaluation.autoattack import AutoAttackBudgets
@@ -90,27 +91,30 @@ def _predict(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 500,
-             device: torch.device | str | None = None) -> float:
+             device: torch.device | str | None = None, progress: Reporter | None = None) -> float:
     """Clean top-1 accuracy in [0, 1].
 
-    images: (N, C, H, W) uint8 or float in [0, 1]; labels: (N,). Eval mode, no gradients."""
+    images: (N, C, H, W) uint8 or float in [0, 1]; labels: (N,). Eval mode, no gradients. ``progress``:
+    a reporter (``advcoreset.progress``), None for silence."""
     _check_inputs(images, labels, batch_size)
     dev = model_device(model, device)
     correct = 0
-    with eval_mode(model):
+    with eval_mode(model), reporter_or_silent(progress)("clean accuracy", images.shape[0]) as task:
         for xb, yb in zip(images.split(batch_size), labels.split(batch_size), strict=True):
             correct += int((_predict(model, to_unit(xb, dev)) == yb.to(dev)).sum())
+            task.update(xb.shape[0])
     return correct / images.shape[0]
 
 
 def pgd_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, alpha: float,
                     steps: int, norm: str = "linf", restarts: int = 1, batch_size: int = 500,
-                    device: torch.device | str | None = None) -> Tensor:
+                    device: torch.device | str | None = None, progress: Reporter | None = None) -> Tensor:
     """(N,) bool on the CPU: True where the example is classified correctly clean and under every restart.
 
     Each restart runs ``advcoreset.attacks.pgd`` (random start, early stop) only on the examples still
     robust, so an example counts as robust only if no restart fooled it, and no work is spent on examples
-    already lost. Adversarial examples are checked to lie in the eps-ball and in [0, 1].
+    already lost. Adversarial examples are checked to lie in the eps-ball and in [0, 1]. ``progress``: a
+    reporter (``advcoreset.progress``) told the images done and the robust count so far; None: silent.
     """
     _check_inputs(images, labels, batch_size)
     if norm not in _NORMS:
@@ -119,7 +123,9 @@ def pgd_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, eps: fl
         raise ValueError(f"need eps >= 0, steps >= 0, restarts >= 1; got {eps}, {steps}, {restarts}")
     dev = model_device(model, device)
     robust = torch.zeros(images.shape[0], dtype=torch.bool)
-    with eval_mode(model), torch.enable_grad():
+    desc = f"PGD-{steps}" + (f" x{restarts} restarts" if restarts > 1 else "") + f" ({norm}, eps {eps:g})"
+    task = reporter_or_silent(progress)(desc, images.shape[0])
+    with eval_mode(model), torch.enable_grad(), task:
         for start in range(0, images.shape[0], batch_size):
             x = to_unit(images[start:start + batch_size], dev)
             y = labels[start:start + batch_size].to(dev)
@@ -133,16 +139,17 @@ def pgd_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, eps: fl
                 check_perturbation(x_adv, x[idx], eps=eps, norm=norm, attack="PGD")
                 ok[idx] = _predict(model, x_adv) == y[idx]
             robust[start:start + batch_size] = ok.cpu()
+            task.update(x.shape[0], note=f"robust {int(robust[:start + x.shape[0]].sum())}/{start + x.shape[0]}")
     return robust
 
 
 def pgd_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, alpha: float, steps: int,
                  norm: str = "linf", restarts: int = 1, batch_size: int = 500,
-                 device: torch.device | str | None = None) -> float:
+                 device: torch.device | str | None = None, progress: Reporter | None = None) -> float:
     """Robust accuracy in [0, 1] under PGD-``steps`` with ``restarts`` random restarts (an example is
     robust only if correct under all of them). See ``pgd_robust_mask`` for the arguments."""
     mask = pgd_robust_mask(model, images, labels, eps=eps, alpha=alpha, steps=steps, norm=norm,
-                           restarts=restarts, batch_size=batch_size, device=device)
+                           restarts=restarts, batch_size=batch_size, device=device, progress=progress)
     return float(mask.float().mean())
 
 
@@ -150,7 +157,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps
              pgd_alpha: float | None, pgd_restarts: int = 1, autoattack: bool = False,
              aa_n: int | None = None, aa_version: str = "standard", aa_seed: int = 0,
              aa_budgets: AutoAttackBudgets | None = None, batch_size: int = 500,
-             device: torch.device | str | None = None) -> dict[str, Any]:
+             device: torch.device | str | None = None, progress: Reporter | None = None) -> dict[str, Any]:
     """Clean accuracy, PGD accuracy and (optionally) AutoAttack accuracy, as a JSON-serialisable dict.
 
     Args:
@@ -160,6 +167,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps
         autoattack: also run AutoAttack (``advcoreset.evaluation.autoattack``) on the first ``aa_n``
             examples (all if None); ``aa_version`` "standard" (RobustBench budgets) or "fast";
             ``aa_budgets`` overrides the budgets (tests only: the result then says they are not standard).
+        progress: a reporter (``advcoreset.progress.make_progress``) for each attack; None: silent.
 
     Returns:
         {"n", "norm", "eps", "clean_acc", f"pgd{pgd_steps}_acc", "pgd": {steps, alpha, restarts}} and, with
@@ -170,11 +178,11 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps
         "n": int(images.shape[0]),
         "norm": norm,
         "eps": float(eps),
-        "clean_acc": accuracy(model, images, labels, batch_size=batch_size, device=device),
+        "clean_acc": accuracy(model, images, labels, batch_size=batch_size, device=device, progress=progress),
     }
     out[f"pgd{pgd_steps}_acc"] = pgd_accuracy(model, images, labels, eps=eps, alpha=alpha, steps=pgd_steps,
                                               norm=norm, restarts=pgd_restarts, batch_size=batch_size,
-                                              device=device)
+                                              device=device, progress=progress)
     out["pgd"] = {"steps": int(pgd_steps), "alpha": alpha, "restarts": int(pgd_restarts),
                   "random_start": True, "loss": "ce"}
     if autoattack:
@@ -183,5 +191,5 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps
         n = images.shape[0] if aa_n is None else min(int(aa_n), images.shape[0])
         out.update(autoattack_accuracy(model, images[:n], labels[:n], norm=norm, eps=eps, version=aa_version,
                                        budgets=aa_budgets, seed=aa_seed, batch_size=batch_size,
-                                       device=device))
+                                       device=device, progress=progress))
     return out

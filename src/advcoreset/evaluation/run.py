@@ -11,31 +11,43 @@ from torch import nn
 from advcoreset.attacks.lpips import LPIPS, alexnet_lpips
 from advcoreset.config import Config
 from advcoreset.data import prepare_data
-from advcoreset.models import create_model
+from advcoreset.models import available_models, create_model
+from advcoreset.progress import Reporter
 from advcoreset.training.checkpoint import CheckpointError, check_state_dict, load_checkpoint
+
+CHECKPOINTS = {"last": "last.pt", "best": "best.pt"}
 
 
 def load_run_model(run: str | Path, checkpoint: str = "last.pt",
                    device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
-    """The model of run folder ``run`` with the weights of ``checkpoint`` (read with weights_only=True)."""
+    """The model of run folder ``run`` with the weights of ``checkpoint`` (last, best, or a file name in the
+    run; read with weights_only=True). ValueError pointing to ``--model`` when the run's model is not one
+    of advcoreset's architectures."""
     run = Path(run)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: {run} is not an advcoreset run folder")
-    cfg = Config.from_yaml(cfg_path).validate()  # issue 11: a tampered config.yaml is refused, named
-    ckpt = load_checkpoint(run / checkpoint, device)
+    cfg = Config.from_yaml(cfg_path).validate()  # a tampered config.yaml is refused, named
+    ckpt_path = run / CHECKPOINTS.get(checkpoint, checkpoint)
+    ckpt = load_checkpoint(ckpt_path, device)
     state = ckpt["model"]
+    if cfg.model.name not in available_models():
+        raise ValueError(f"{run} was trained with a model advcoreset cannot rebuild (model.name "
+                         f"{cfg.model.name!r}); evaluate it with `advcoreset eval --model package.module:factory "
+                         f"--weights {run / 'model.safetensors'} --data {cfg.data.name} --norm "
+                         f"{cfg.objective.attack.norm} --eps {cfg.objective.attack.eps}`")
     if not (all(isinstance(state.get(k), torch.Tensor) for k in ("mean", "std", "head.weight"))
-            and state["mean"].dim() == 4 and state["head.weight"].dim() == 2):  # issue 11: a foreign one, named
-        raise CheckpointError(f"checkpoint {run / checkpoint} is not a model of this run (no mean/std/head "
-                              "entries); give a last.pt or best.pt written by advcoreset train")
+            and state["mean"].dim() == 4 and state["head.weight"].dim() == 2):
+        raise CheckpointError(f"checkpoint {ckpt_path} is not a model of this run (no mean/std/head entries); "
+                              "give a last.pt or best.pt written by advcoreset train, or evaluate your own module "
+                              "with `advcoreset eval --model package.module:factory --weights FILE ...`")
     c = state["mean"].shape[1]
     num_classes = state["head.weight"].shape[0]
     size = _input_size(cfg, c)
     mean, std = state["mean"].flatten().tolist(), state["std"].flatten().tolist()
     model = create_model(cfg.model.name, c, num_classes, size, mean, std,
                          **({} if cfg.model.width is None else {"width": cfg.model.width}))
-    check_state_dict(model, state, run / checkpoint)  # issue 11: another model's checkpoint, named
+    check_state_dict(model, state, ckpt_path)  # another model's checkpoint, named
     model.load_state_dict(state)
     return model.to(device).eval(), cfg
 
@@ -50,10 +62,11 @@ def _input_size(cfg: Config, channels: int) -> int:
 def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None = None,
                  pgd_steps: int | None = None, restarts: int | None = None, autoattack: bool = False,
                  aa_version: str = "standard", perceptual: bool = False,
-                 device: str | None = None) -> dict[str, Any]:
+                 device: str | None = None, progress: Reporter | None = None) -> dict[str, Any]:
     """Clean, PGD-k (and AutoAttack, perceptual attacks) accuracy of a run's checkpoint on its test set.
 
-    Returns a JSON-serialisable dict naming the checkpoint, the number of images and every budget used."""
+    Returns a JSON-serialisable dict naming the checkpoint, the number of images and every budget used.
+    ``progress``: a reporter (``advcoreset.progress``) for each attack; None: silent."""
     from advcoreset.evaluation import evaluate
     from advcoreset.training.trainer import eval_alpha, resolve_device
 
@@ -74,10 +87,10 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
     res.update(evaluate(model, data.test.images, data.test.labels, norm=a.norm, eps=a.eps, pgd_steps=steps,
                         pgd_alpha=eval_alpha(cfg), pgd_restarts=restarts,
                         autoattack=autoattack, aa_n=e.autoattack_n if n is None else n,
-                        aa_version=aa_version, batch_size=e.batch_size, device=dev))
+                        aa_version=aa_version, batch_size=e.batch_size, device=dev, progress=progress))
     if perceptual or cfg.objective.name == "pat":
         res["union"] = union_report(model, data.test.images, data.test.labels, cfg, aa_version=aa_version,
-                                    device=dev)
+                                    device=dev, progress=progress)
     return res
 
 
@@ -91,7 +104,8 @@ def perceptual_distance(cfg: Config, loaded: LPIPS | None = None) -> tuple[LPIPS
 
 
 def union_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config, *,
-                 aa_version: str = "standard", device: torch.device | str | None = None) -> dict[str, Any]:
+                 aa_version: str = "standard", device: torch.device | str | None = None,
+                 progress: Reporter | None = None) -> dict[str, Any]:
     """PAT's evaluation: l_inf and l_2 AutoAttack (where radii are set) and PPGD / LPA at the PAT bound,
     each alone and as a union (robust to all at once)."""
     from advcoreset.evaluation.union import ThreatModel, union_accuracy
@@ -108,4 +122,35 @@ def union_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, c
     threats += [ThreatModel(att, "perceptual", eps=p.bound, attack=att, steps=steps, lpips=lpips, lpips_name=name)
                 for att in ("ppgd", "lpa")]
     return union_accuracy(model, images, labels, threats, aa_version=aa_version, batch_size=e.batch_size,
-                          device=device)
+                          device=device, progress=progress)
+
+
+def export_run(run: str | Path, out: str | Path, checkpoint: str = "last") -> Path:
+    """``advcoreset export``: write a run's ``checkpoint`` (last or best) as model.safetensors + model.json
+    (+ model_arch.py) into ``out``. Accuracies come from results.json for ``last`` and from the checkpoint's
+    validation score for ``best``."""
+    import json
+
+    from advcoreset.data import load_dataset
+    from advcoreset.data.datasets import DataError
+    from advcoreset.models.export import export_run_model
+
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"--checkpoint must be one of {sorted(CHECKPOINTS)}, got {checkpoint!r}")
+    model, cfg = load_run_model(run, checkpoint)
+    c = model.mean.shape[1]
+    size = _input_size(cfg, c)
+    try:
+        classes: list[str] | None = load_dataset(cfg.data.name, cfg.data.root, train=False,
+                                                 image_size=cfg.data.image_size).classes
+    except (DataError, FileNotFoundError):
+        classes = None  # the weights are still exportable; model.json then says class_names: null
+    results: dict[str, object] = {}
+    res_path = Path(run) / "results.json"
+    if checkpoint == "last" and res_path.is_file():
+        results = json.loads(res_path.read_text())
+    elif checkpoint == "best":
+        best = load_checkpoint(Path(run) / CHECKPOINTS["best"])
+        if "val_robust_acc" in best:
+            results = {"val_robust_acc": best["val_robust_acc"]}
+    return export_run_model(run, model, cfg, (c, size, size), classes, results, out=out, checkpoint=checkpoint)

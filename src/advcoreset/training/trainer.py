@@ -21,7 +21,9 @@ from advcoreset.config import Config, ConfigError
 from advcoreset.data import DataSplits, default_augment, iterate_batches, prepare_data, to_float
 from advcoreset.data.datasets import dataset_stats
 from advcoreset.models import create_model
+from advcoreset.models.export import export_run_model
 from advcoreset.objectives import Objective, build_objective, build_selection_objective
+from advcoreset.progress import make_progress
 from advcoreset.selection import Selection, approximation_error, build_selector, last_layer_grads
 
 # issue 11: check_state_dict, check_against_data, final_evaluation, write_json_atomic
@@ -146,6 +148,8 @@ class Trainer:
         self.images = tr.images.to(self.device)
         self.labels = tr.labels.to(self.device)
         self.state = RunState()
+        # io (issue 12): progress of selection and final evaluation; tests swap in make_progress("line", interval=0)
+        self.progress = make_progress(cfg.progress)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self) -> Any:
@@ -200,6 +204,7 @@ class Trainer:
         n = self.labels.numel()
         bs = self.cfg.optim.batch_size
         grads: Tensor | None = None
+        task = self.progress("selection: attack pass + last-layer gradients", n)  # io (issue 12)
         for start in range(0, n, bs):
             x = to_float(self.images[start:start + bs]).contiguous(memory_format=self.memory_format)
             with self._autocast():
@@ -210,6 +215,8 @@ class Trainer:
                 # with the attack's temporaries in the CPU heap, and the pass slowed down as it went.
                 grads = torch.empty((n, g.shape[1]), dtype=g.dtype, device=g.device)
             grads[start:start + g.shape[0]] = g
+            task.update(g.shape[0])  # io (issue 12)
+        task.close()  # io (issue 12)
         if grads is None:
             raise ValueError("selection needs at least one training image, the training set is empty")
         if self.cuda:
@@ -223,7 +230,9 @@ class Trainer:
         t0 = time.perf_counter()
         grads = self.selection_grads() if self.selector.needs_grads else None
         t1 = time.perf_counter()
-        sel = self.selector.select(grads, self.labels, self.generator)
+        with self.progress(f"selection: {cfg.method} solver", None) as task:  # io (issue 12)
+            sel = self.selector.select(grads, self.labels, self.generator)
+            task.update(1, note=f"{int(sel.indices.numel())} of {n} chosen")
         if self.cuda:
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -322,7 +331,7 @@ class Trainer:
                         aa_version=e.autoattack_version, batch_size=e.batch_size,
                         aa_budgets=None if e.autoattack_targets == 9 else AutoAttackBudgets(
                             target_classes=e.autoattack_targets),
-                        device=self.device)
+                        device=self.device, progress=self.progress if final else None)  # io (issue 12)
         res.update({f"test_{k}": v for k, v in test.items()})
         if final and self.cfg.objective.name == "pat":  # PAT's own threat model, beside l_p
             from advcoreset.attacks.perceptual import perceptual_accuracy
@@ -423,6 +432,8 @@ class Trainer:
         log.write(results)
         log.close()
         write_json_atomic(self.out / "results.json", results)  # issue 11: atomic
+        # io (issue 12): model.safetensors + model.json (+ model_arch.py) beside the run, loadable without advcoreset
+        export_run_model(self.out, self.model, cfg, self.data.train.shape, self.data.train.classes, results)
         if mode in ("line", "bar"):
             print(_final_line(results), flush=True)
         return results

@@ -1,0 +1,209 @@
+"""Model files a user can load without this library: ``model.safetensors`` + ``model.json`` (+ ``model_arch.py``).
+
+An export folder holds:
+
+- ``model.safetensors``: the state dict under its plain names (``stages.0.0.weight``, ``head.bias``,
+  ``mean``, ``std``...), every tensor contiguous on the CPU;
+- ``model.json``: ``architecture`` (registered name, or null for a model advcoreset did not build),
+  ``arguments`` (the factory's keyword arguments: in_channels, num_classes, input_size, mean, std and
+  width when set), ``input_shape`` [C, H, W], ``mean``/``std`` per channel (applied inside ``forward``:
+  the model takes pixels in [0, 1]), ``num_classes``, ``class_names``, ``threat_model`` (objective, norm,
+  eps, perceptual bound for PAT), ``accuracy`` (the run's final test accuracies), ``source``;
+- ``model_arch.py``: the built-in architectures in plain PyTorch (written from this package's own source
+  files, with no advcoreset import), so ``build(json.load(...))`` needs nothing but torch.
+
+``docs/export.md`` has the five-line snippet; ``load_model`` does the same with the library.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from advcoreset.models import MODELS, create_model
+
+if TYPE_CHECKING:
+    from advcoreset.config import Config
+
+WEIGHTS, META, ARCH = "model.safetensors", "model.json", "model_arch.py"
+FORMAT = "advcoreset-model/1"
+_SOURCES = ("advcoreset.models.base", "advcoreset.models.cnn", "advcoreset.models.resnet")
+"""Modules whose source becomes ``model_arch.py``; each may import torch and each other only."""
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``torch.compile`` / ``DistributedDataParallel`` wrapper (itself otherwise)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors can store it: detached, contiguous CPU tensors, plain names
+    (wrappers looked through, so no ``module.`` prefix)."""
+    return {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+
+
+def standalone_source() -> str:
+    """Text of ``model_arch.py``: the built-in architectures with imports of torch only, and
+    ``build(meta) -> nn.Module`` for a parsed ``model.json``. Raises RuntimeError if a source module
+    imports anything of advcoreset outside ``_SOURCES`` (the file would then not stand alone)."""
+    bodies = []
+    for name in _SOURCES:
+        text = Path(sys.modules[name].__file__ or "").read_text()
+        kept = []
+        for line in text.splitlines():
+            if line.startswith("from __future__"):
+                continue
+            m = re.match(r"(from|import) (advcoreset[\w.]*)", line)
+            if m:
+                if m.group(2) not in _SOURCES:
+                    raise RuntimeError(f"{name} imports {m.group(2)}: {ARCH} would not stand alone")
+                continue
+            kept.append(line)
+        bodies.append(f"# ---- from {name} ----\n" + "\n".join(kept))
+    builders = {n: fn.__name__ for n, fn in ((n, MODELS.get(n)) for n in MODELS.names())
+                if getattr(fn, "__module__", "") in _SOURCES}
+    table = "".join(f"    {n!r}: {f},\n" for n, f in builders.items())
+    return (f'"""Built-in architectures of advcoreset in plain PyTorch (written by advcoreset\'s export).\n\n'
+            f'build(meta) rebuilds the model that {META} describes; load {WEIGHTS} into it."""\n\n'
+            "from __future__ import annotations\n\n" + "\n\n".join(bodies)
+            + f"\n\nBUILDERS = {{\n{table}}}\n\n\n"
+            "def build(meta: dict) -> nn.Module:\n"
+            f'    """An untrained model from parsed {META} (its ``architecture`` and ``arguments``)."""\n'
+            '    return BUILDERS[meta["architecture"]](**meta["arguments"])\n')
+
+
+def is_exportable_architecture(name: str | None) -> bool:
+    """Whether ``model_arch.py`` can rebuild the registered model ``name``."""
+    return name in MODELS.names() and getattr(MODELS.get(name), "__module__", "") in _SOURCES
+
+
+def _fits(architecture: str | None, args: dict[str, Any], state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` has exactly the names and shapes of ``architecture(**args)`` (built on the meta
+    device: no memory, no init), so model.json never names an architecture the weights do not fit (a
+    user's own module trained under a config whose model.name is a built-in one)."""
+    try:
+        with torch.device("meta"):
+            ref = create_model(str(architecture), args["in_channels"], args["num_classes"], args["input_size"],
+                               args.get("mean"), args.get("std"),
+                               **{k: v for k, v in args.items()
+                                  if k not in ("in_channels", "num_classes", "input_size", "mean", "std")})
+    except (KeyError, TypeError, ValueError):
+        return False
+    want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    return want == {k: tuple(v.shape) for k, v in state.items()}
+
+
+def export_model(model: nn.Module, out: str | Path, *, architecture: str | None, arguments: dict[str, Any],
+                 input_shape: Sequence[int], class_names: Sequence[str] | None = None,
+                 threat_model: dict[str, Any] | None = None, accuracy: dict[str, float] | None = None,
+                 source: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors``, ``model.json`` and (for a built-in architecture) ``model_arch.py``.
+
+    Args:
+        model: maps (B, *input_shape) pixels in [0, 1] to (B, num_classes) logits.
+        architecture: registered name, or None for a model advcoreset cannot rebuild.
+        arguments: keyword arguments of the architecture's factory (``create_model`` minus the name).
+        input_shape: (C, H, W).
+    Returns the folder."""
+    from safetensors.torch import save_file
+
+    from advcoreset import __version__
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = plain_state_dict(model)
+    save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT})
+    args = dict(arguments)
+    fits = is_exportable_architecture(architecture) and _fits(architecture, args, state)
+    meta: dict[str, Any] = {
+        "format": FORMAT, "advcoreset_version": __version__,
+        "architecture": architecture if fits else None,
+        "arguments": args, "input_shape": [int(s) for s in input_shape], "input_range": [0.0, 1.0],
+        "mean": args.get("mean"), "std": args.get("std"), "num_classes": args.get("num_classes"),
+        "class_names": list(class_names) if class_names is not None else None,
+        "threat_model": threat_model or {}, "accuracy": accuracy or {}, "source": source or {},
+    }
+    if architecture is not None and meta["architecture"] is None:
+        meta["note"] = (f"the weights are not those of advcoreset's built-in {architecture!r}: rebuild the model "
+                        f"with your own code, then load {WEIGHTS}")
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+    if meta["architecture"] is not None:
+        (out / ARCH).write_text(standalone_source())
+    return out
+
+
+def threat_model_of(cfg: Config) -> dict[str, Any]:
+    """The threat model a config trains for: objective, norm, eps (and PAT's perceptual bound)."""
+    o = cfg.objective
+    tm: dict[str, Any] = {"objective": o.name, "norm": o.attack.norm, "eps": o.attack.eps}
+    if o.name == "pat":
+        tm.update({"perceptual_bound": o.pat.bound, "lpips": o.pat.lpips})
+    return tm
+
+
+def run_accuracy(results: dict[str, Any]) -> dict[str, float]:
+    """The ``test_*_acc`` entries of a run's final results without the prefix (clean_acc, pgd20_acc...),
+    and ``val_*_acc`` entries as they are (a best checkpoint's validation score)."""
+    return {k[5:] if k.startswith("test_") else k: float(v) for k, v in results.items()
+            if k.startswith(("test_", "val_")) and k.endswith("_acc") and isinstance(v, (int, float))}
+
+
+def export_run_model(run_dir: str | Path, model: nn.Module, cfg: Config, input_shape: Sequence[int],
+                     class_names: Sequence[str] | None, results: dict[str, Any] | None = None,
+                     out: str | Path | None = None, checkpoint: str = "last") -> Path:
+    """Export a run's model into ``out`` (default: the run folder itself).
+
+    model: the run's classifier (an ``ImageClassifier`` for built-in architectures: mean/std are read from
+    its buffers); input_shape: (C, H, W); results: the run's final metrics (``results.json``)."""
+    c, h, _ = input_shape
+    inner = _unwrap(model)
+    args: dict[str, Any] = {"in_channels": int(c), "num_classes": int(getattr(inner, "num_classes", 0)) or None,
+                            "input_size": int(h)}
+    for key in ("mean", "std"):
+        buf = getattr(inner, key, None)
+        args[key] = buf.flatten().tolist() if isinstance(buf, torch.Tensor) else None
+    if cfg.model.width is not None:
+        args["width"] = cfg.model.width
+    source = {"run": str(run_dir), "checkpoint": checkpoint, "dataset": cfg.data.name}
+    return export_model(model, out if out is not None else run_dir, architecture=cfg.model.name, arguments=args,
+                        input_shape=input_shape, class_names=class_names, threat_model=threat_model_of(cfg),
+                        accuracy=run_accuracy(results or {}), source=source)
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """Parsed ``model.json`` of an export folder; FileNotFoundError naming the folder otherwise."""
+    path = Path(folder) / META
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {folder} is not an exported model folder (make one with "
+                                "`advcoreset export RUN --out DIR`)")
+    return json.loads(path.read_text())
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild an exported built-in model with the library and load its weights (eval mode).
+
+    The model maps (B, C, H, W) pixels in [0, 1] (``model.json``'s input_shape) to (B, num_classes) logits."""
+    from safetensors.torch import load_file
+
+    meta = read_meta(folder)
+    if meta.get("architecture") is None:
+        raise ValueError(f"{Path(folder) / META} names no built-in architecture (the model was not built by "
+                         f"advcoreset): rebuild it with your own code and load {Path(folder) / WEIGHTS} "
+                         "with safetensors.torch.load_file")
+    args = dict(meta["arguments"])
+    model = create_model(meta["architecture"], args.pop("in_channels"), args.pop("num_classes"),
+                         args.pop("input_size"), args.pop("mean"), args.pop("std"), **args)
+    model.load_state_dict(load_file(str(Path(folder) / WEIGHTS)))
+    return model.to(device).eval()
+
+
+__all__ = ["ARCH", "META", "WEIGHTS", "export_model", "export_run_model", "load_model", "plain_state_dict",
+           "read_meta", "standalone_source", "threat_model_of"]

@@ -1,0 +1,101 @@
+"""``advcoreset eval --model``: an outside classifier gives the numbers ``evaluate`` gives in Python, a
+shape / class mismatch is one error before any attack, and a run with a foreign model points to --model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import advcoreset.evaluation.outside as outside
+from advcoreset.cli import main
+from advcoreset.config import Config
+from advcoreset.evaluation import evaluate
+from advcoreset.evaluation.outside import build_outside_model, eval_images
+from advcoreset.training.checkpoint import save_atomic
+
+tests_helpers = pytest.importorskip("tests_helpers")
+
+ARGS = ["--data", "digits", "--norm", "linf", "--eps", "0.1", "--n", "60", "--pgd-steps", "5", "--restarts", "2",
+        "--autoattack", "--aa-version", "fast", "--progress", "none", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return tests_helpers.trained_digits_mlp()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+def test_cli_matches_python_evaluate(tmp_path, trained, fmt):
+    weights = tmp_path / f"w.{fmt}"
+    state = trained.state_dict()
+    if fmt == "safetensors":
+        save_file(state, str(weights))
+    else:
+        torch.save({"model": state, "epoch": 3}, weights)  # a checkpoint-like dict is accepted
+    out = tmp_path / "eval.json"
+    torch.manual_seed(7)
+    assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *ARGS, "-o", str(out)]) == 0
+    got = json.loads(out.read_text())
+
+    torch.manual_seed(7)  # same RNG stream: factory() init, then PGD's random starts
+    model = build_outside_model("tests_helpers:factory", weights)
+    test = eval_images("digits", None, 60)
+    ref = evaluate(model, test.images, test.labels, norm="linf", eps=0.1, pgd_steps=5, pgd_alpha=None,
+                   pgd_restarts=2, autoattack=True, aa_version="fast", device="cpu")
+    for key in ("clean_acc", "pgd5_acc", "autoattack_acc"):
+        assert got[key] == ref[key], key
+    assert got["n_test"] == 60 and got["model"] == "tests_helpers:factory"
+    # the trained model is neither trivially robust nor useless, so the comparison means something
+    assert ref["clean_acc"] > 0.8 and ref["pgd5_acc"] < ref["clean_acc"]
+
+
+@pytest.mark.parametrize("factory, expected", [("tests_helpers:five_classes", "10 classes"),
+                                               ("tests_helpers:cifar_sized", "cannot take digits images")])
+def test_mismatch_is_one_error_before_any_attack(tmp_path, monkeypatch, capsys, factory, expected):
+    weights = tmp_path / "w.safetensors"
+    save_file(tests_helpers.__dict__[factory.split(":")[1]]().state_dict(), str(weights))
+
+    def no_attack(*a, **k):
+        raise AssertionError("an attack ran before the mismatch was reported")
+
+    monkeypatch.setattr(outside, "evaluate", no_attack)
+    assert main(["eval", "--model", factory, "--weights", str(weights), *ARGS]) == 1
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+
+
+def test_weights_that_do_not_fit_name_the_file(tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    save_file(tests_helpers.five_classes().state_dict(), str(weights))
+    assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *ARGS]) == 1
+    assert "do not fit" in capsys.readouterr().err
+
+
+def test_eval_of_a_run_with_a_foreign_model_points_to_model_flag(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = Config()
+    cfg.model.name = "my_net"  # trained through the Python API with the user's own module
+    cfg.save(run / "config.yaml")
+    save_atomic({"model": tests_helpers.factory().state_dict()}, run / "last.pt")
+    assert main(["eval", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "--model" in err and "KeyError" not in err
+
+
+def test_eval_needs_a_run_or_a_model(capsys):
+    assert main(["eval"]) == 1
+    assert "--model" in capsys.readouterr().err
+    assert main(["eval", "--model", "tests_helpers:factory", "--data", "digits"]) == 1
+    assert "--weights" in capsys.readouterr().err
+
+
+def test_self_bound_perceptual_needs_feature_maps_before_any_attack(tmp_path, monkeypatch, capsys):
+    weights = tmp_path / "w.safetensors"
+    save_file(tests_helpers.factory().state_dict(), str(weights))
+    monkeypatch.setattr(outside, "evaluate", lambda *a, **k: pytest.fail("an attack ran first"))
+    assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *ARGS, "--perceptual"]) == 1
+    assert "feature_maps" in capsys.readouterr().err
