@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from advcoreset.bench_evals import check_extra_evals, run_extra_evals
 from advcoreset.bench_plots import plot
 from advcoreset.bench_report import aggregate, check_targets, collect, markdown
 from advcoreset.config import Config, ConfigError
@@ -78,6 +79,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"benchmark spec {path}: unknown methods {unknown}; known: {sorted(METHODS)}")
+    check_extra_evals(spec, path)
     return spec
 
 
@@ -187,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     failed: list[str] = []
     if not args.report:
         failed = run_all(runs, out, args.jobs or int(spec.get("jobs", 1)))
+        failed += run_extra_evals(runs, spec, out, args.jobs or int(spec.get("jobs", 1)))
     table = report(runs, spec, out)
     sys.stdout.write(markdown(table, spec))
     print(f"\nwrote {out / 'table.md'}, {out / 'table.json'} and plots", flush=True)
