@@ -7,8 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
-from advcoreset import bench
+from advcoreset import bench, bench_plots, bench_report
 from advcoreset.config import ConfigError
 
 SPEC = Path(__file__).parents[1] / "configs" / "bench_smoke.yaml"
@@ -82,3 +84,114 @@ def test_targets_are_checked_against_the_rows():
         "craig PGD minus random (points)": True, "gradmatch PGD minus random (points)": False}
     no_random = bench.check_targets({"rows": [r for r in rows if r["method"] != "random"]}, targets)
     assert [c["ok"] for c in no_random if "minus random" in c["what"]] == [None, None]
+
+
+def test_pareto_front_is_the_set_no_point_dominates():
+    """Known answer, and the definition checked by brute force on random points."""
+    pts = [(10.0, 0.5), (5.0, 0.4), (20.0, 0.5), (30.0, 0.7), (5.0, 0.3), (8.0, 0.6)]
+    assert bench_plots.pareto_front(pts) == [1, 5, 3]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        xs = torch.rand(12, 2, generator=gen).round(decimals=1).tolist()
+        pts = [(a, b) for a, b in xs]
+        dominated = {i for i, p in enumerate(pts) for q in pts
+                     if q[0] <= p[0] and q[1] >= p[1] and q != p}
+        front = bench_plots.pareto_front(pts)
+        # duplicates of a front point count once
+        assert {pts[i] for i in front} == {p for i, p in enumerate(pts) if i not in dominated}
+        assert [pts[i][0] for i in front] == sorted(pts[i][0] for i in front)
+
+
+def test_targets_autoattack_drop_and_margin_over_random_by_seed_spread():
+    rows = [
+        {"objective": "o", "method": "full", "fraction": None, "pgd": 0.60, "autoattack": 0.50, "speedup": 1.0},
+        {"objective": "o", "method": "random", "fraction": 0.3, "pgd": 0.55, "pgd_std": 0.01, "autoattack": 0.47},
+        {"objective": "o", "method": "craig", "fraction": 0.3, "pgd": 0.57, "pgd_std": 0.03, "autoattack": 0.49},
+        {"objective": "o", "method": "gradmatch", "fraction": 0.3, "pgd": 0.59, "pgd_std": 0.01,
+         "autoattack": None},
+    ]
+    targets = {"objective": "o", "fraction": 0.3, "max_aa_drop": 0.02, "beat_random": ["craig", "gradmatch"],
+               "beat_random_by_spread": True}
+    got = {c["what"]: c["ok"] for c in bench.check_targets({"rows": rows}, targets)}
+    assert got == {
+        "random AutoAttack drop vs full (points)": False,  # 3 points
+        "craig AutoAttack drop vs full (points)": True,  # 1 point
+        "gradmatch AutoAttack drop vs full (points)": None,  # not measured: n/a, not a pass
+        "craig PGD minus random (points)": False,  # 2 points above, spread 3
+        "gradmatch PGD minus random (points)": True}  # 4 points above, spread 1
+
+
+def test_autoattack_note_names_the_target_classes_and_says_reduced():
+    aa = {"version": "fast", "norm": "linf", "eps": 0.1, "n": 50, "comparable_to_robustbench": False,
+          "attacks": [{"name": "apgd-ce", "iterations": 100, "restarts": 1},
+                      {"name": "apgd-t", "iterations": 100, "restarts": 1, "target_classes": 3}]}
+    note = bench_report.autoattack_note(aa)
+    assert "apgd-t (iterations 100, restarts 1, target classes 3)" in note
+    assert "first 50 test images" in note and "NOT the standard AutoAttack" in note
+
+
+def _tiny_spec(tmp_path: Path, **extra: object) -> Path:
+    spec = yaml.safe_load(SPEC.read_text())
+    spec.update({"seeds": [0], "methods": ["full"], "jobs": 1}, **extra)
+    spec["base"]["optim"]["epochs"] = 1
+    spec["base"]["eval"]["autoattack"] = False
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_extra_evals_become_columns_and_report_rerenders_without_run_folders(tmp_path, capsys):
+    spec = _tiny_spec(tmp_path, extra_evals={"pgd4x2": {"pgd_steps": 4, "restarts": 2, "label": "PGD-4x2"}})
+    out = tmp_path / "o"
+    assert bench.main([str(spec), "--out", str(out)]) == 0
+    folder = out / "runs" / "pgd_linf" / "full-s0"
+    ev = json.loads((folder / "eval_pgd4x2.json").read_text())
+    res = json.loads((folder / "results.json").read_text())
+    # the same checkpoint on the same test images: same clean accuracy as the training run's final eval
+    assert ev["clean_acc"] == pytest.approx(res["test_clean_acc"])
+    assert ev["pgd_steps"] == 4 and ev["pgd_restarts"] == 2
+    table = json.loads((out / "table.json").read_text())
+    (row,) = table["rows"]
+    assert row["eval_pgd4x2"] == pytest.approx(ev["pgd4_acc"]) and row["eval_pgd4x2"] <= row["clean"] + 1e-9
+    md = (out / "table.md").read_text()
+    assert "| PGD-4x2 % |" in md and f"{100 * ev['pgd4_acc']:.1f} ± 0.0" in md
+    capsys.readouterr()
+    assert bench.main([str(spec), "--out", str(out)]) == 0  # nothing left to run or evaluate
+    assert "extra evaluations" not in capsys.readouterr().out
+    # the committed form of a study: no run folders, only table.json; --report rebuilds the same table
+    shutil.rmtree(out / "runs")
+    (out / "table.md").unlink()
+    assert bench.main([str(spec), "--out", str(out), "--report"]) == 0
+    assert (out / "table.md").read_text() == md
+    assert json.loads((out / "table.json").read_text())["rows"] == table["rows"]
+    assert (out / "robust_vs_time_runs.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ({"pgd50": {"restarts": 3}}, "pgd_steps"),
+    ({"pgd50": {"pgd_steps": 50, "restart": 3}}, "unknown keys"),
+    ({"pgd50": {"pgd_steps": 0}}, "pgd_steps = 0"),
+    ({"pgd 50": {"pgd_steps": 50}}, "letters, digits"),
+])
+def test_bad_extra_evals_are_rejected_before_running(tmp_path, extra, match):
+    with pytest.raises(ConfigError, match=match):
+        bench.load_spec(_tiny_spec(tmp_path, extra_evals=extra))
+
+
+def test_fullscale_spec_is_the_issue_s_study():
+    spec = bench.load_spec(SPEC.parent / "bench_fullscale.yaml")
+    runs = bench.expand(spec, Path("/tmp/advcoreset-fullscale-check"))
+    got = {(r.objective, r.method, r.fraction) for r in runs}
+    assert got == {("pgd_linf", "full", None), ("pgd_linf", "random", 0.3), ("pgd_linf", "craig", 0.3),
+                   ("pgd_linf", "gradmatch", 0.3), ("fast", "full", None), ("fast", "gradmatch", 0.3)}
+    assert len(runs) == 12 and {r.seed for r in runs} == {0, 1}
+    for r in runs:
+        c = r.config
+        assert c["data"]["train_subset"] is None and c["data"]["test_subset"] is None and c["data"]["val_size"] == 0
+        assert c["optim"]["epochs"] == 20  # the same schedule for every row, warm start included
+        assert c["objective"]["attack"]["eps"] == 0.1
+        assert (c["eval"]["autoattack_version"], c["eval"]["autoattack_n"], c["eval"]["autoattack_targets"]) == (
+            "standard", 1000, 9)
+    assert {r.config["objective"]["name"] for r in runs if r.objective == "pgd_linf"} == {"pgd"}
+    assert all(r.config["objective"]["attack"]["steps"] == 7 for r in runs if r.objective == "pgd_linf")
+    assert spec["extra_evals"]["pgd50x3"] == {"pgd_steps": 50, "restarts": 3, "label": "PGD-50x3"}

@@ -16,7 +16,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -25,10 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from advcoreset.bench_evals import run_extra_evals
+from advcoreset.bench_plots import plot
+from advcoreset.bench_report import aggregate, check_targets, collect, markdown
 from advcoreset.bench_spec import METHODS, SpecError, load_spec
 from advcoreset.config import Config, ConfigError
 from advcoreset.progress import make_progress
 from advcoreset.training.run_folder import PARENT_ENV, check_writable, run_lock
+
+__all__ = ["METHODS", "Run", "aggregate", "check_targets", "expand", "load_spec", "main", "markdown", "plot",
+           "report", "run"]
 
 
 @dataclass
@@ -124,184 +129,10 @@ def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto") -> li
     return failed
 
 
-def _read_run(run: Run) -> dict[str, Any] | None:
-    res_path = run.folder / "results.json"
-    if not res_path.exists():
-        return None
-    res = json.loads(res_path.read_text())
-    sels = [json.loads(ln) for ln in (run.folder / "metrics.jsonl").read_text().splitlines()
-            if ln.strip() and json.loads(ln).get("kind") == "selection"]
-    pgd_key = next((k for k in res if k.startswith("test_pgd") and k.endswith("_acc")), None)
-    times = res.get("times", {})
-    return {
-        "objective": run.objective, "method": run.method, "fraction": run.fraction, "seed": run.seed,
-        "clean": res.get("test_clean_acc"), "pgd": res.get(pgd_key) if pgd_key else None, "pgd_key": pgd_key,
-        "autoattack": res.get("test_autoattack_acc"),
-        "ppgd": res.get("test_ppgd_acc"), "lpa": res.get("test_lpa_acc"),
-        "time": res.get("time_train_total"),
-        "selection_time": times.get("selection_attack", 0.0) + times.get("selection_solver", 0.0),
-        "grad_error": statistics.fmean([s["grad_error"] for s in sels if s.get("grad_error") is not None])
-        if any(s.get("grad_error") is not None for s in sels) else None,
-        "autoattack_info": res.get("test_autoattack"),
-    }
-
-
-def _stat(values: list[float | None]) -> tuple[float | None, float | None]:
-    v = [x for x in values if x is not None]
-    if not v:
-        return None, None
-    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-
-
-def aggregate(runs: list[Run], spec: dict[str, Any]) -> dict[str, Any]:
-    per_run = [r for r in (_read_run(run) for run in runs) if r is not None]
-    groups: dict[tuple[str, str, float | None], list[dict[str, Any]]] = {}
-    for r in per_run:
-        groups.setdefault((r["objective"], r["method"], r["fraction"]), []).append(r)
-    rows = []
-    for (obj, method, frac), rs in groups.items():
-        row: dict[str, Any] = {"objective": obj, "method": method, "fraction": frac, "seeds": len(rs)}
-        for key in ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error"):
-            row[key], row[key + "_std"] = _stat([r[key] for r in rs])
-        rows.append(row)
-    full_time = {r["objective"]: r["time"] for r in rows if r["method"] == "full"}
-    ref = spec.get("reference")  # e.g. the PGD-AT full row, to place plain Fast-AT against it
-    for row in rows:
-        base = full_time.get(row["objective"])
-        row["speedup"] = base / row["time"] if base and row["time"] else None
-        if ref and ref in full_time and row["time"]:
-            row["speedup_vs_reference"] = full_time[ref] / row["time"]
-    order = {m: i for i, m in enumerate(METHODS)}
-    rows.sort(key=lambda r: (list(spec["objectives"]).index(r["objective"]), r["fraction"] or 0,
-                             order[r["method"]]))
-    aa = next((r["autoattack_info"] for r in per_run if r.get("autoattack_info")), None)
-    return {"name": spec["name"], "rows": rows, "runs": per_run, "autoattack": aa, "reference": ref,
-            "pgd_key": next((r["pgd_key"] for r in per_run if r["pgd_key"]), None)}
-
-
-def check_targets(table: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any]]:
-    """The spec's ``targets`` checked against the aggregated rows: one dict per check with ``what``,
-    ``value``, ``target`` and ``ok`` (None where a row it needs is missing).
-
-    ``targets``: ``objective``, ``fraction``, ``min_speedup`` (every coreset method at that fraction vs
-    Full), ``max_pgd_drop`` (PGD accuracy of Full minus the method's, as a fraction: 0.03 = 3 points) and
-    ``beat_random`` (methods whose PGD accuracy must be >= Random's at the same fraction)."""
-    obj, frac = targets["objective"], float(targets["fraction"])
-    rows = {r["method"]: r for r in table["rows"] if r["objective"] == obj
-            and (r["fraction"] is None or abs(r["fraction"] - frac) < 1e-9)}
-    full, rnd = rows.get("full"), rows.get("random")
-    checks: list[dict[str, Any]] = []
-    for m, r in rows.items():
-        if m == "full":
-            continue
-        if "min_speedup" in targets:
-            sp = r.get("speedup")
-            checks.append({"what": f"{m} speed-up vs full", "value": sp, "target": f">= {targets['min_speedup']}x",
-                           "ok": None if sp is None else sp >= targets["min_speedup"]})
-        if "max_pgd_drop" in targets and full is not None and r["pgd"] is not None and full["pgd"] is not None:
-            drop = full["pgd"] - r["pgd"]
-            checks.append({"what": f"{m} PGD drop vs full (points)", "value": 100 * drop,
-                           "target": f"<= {100 * targets['max_pgd_drop']:g}", "ok": drop <= targets["max_pgd_drop"]})
-    for m in targets.get("beat_random", []):
-        r = rows.get(m)
-        ok = None if r is None or rnd is None else r["pgd"] >= rnd["pgd"]
-        checks.append({"what": f"{m} PGD minus random (points)",
-                       "value": None if ok is None else 100 * (r["pgd"] - rnd["pgd"]), "target": ">= 0", "ok": ok})
-    return checks
-
-
-def _fmt(m: float | None, s: float | None, pct: bool = True) -> str:
-    if m is None:
-        return "-"
-    return f"{100 * m:.1f} ± {100 * (s or 0):.1f}" if pct else f"{m:.0f} ± {s or 0:.0f}"
-
-
-def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
-    pgd = (table.get("pgd_key") or "pgd").replace("test_", "").replace("_acc", "").upper()
-    ref = table.get("reference")
-    perceptual = any(r.get("ppgd") is not None for r in table["rows"])
-    extra_head = " PPGD % | LPA % |" if perceptual else ""
-    lines = [f"# Benchmark `{table['name']}`", "", spec.get("description", "").strip(), "",
-             f"| objective | method | fraction | clean % | {pgd} % | AutoAttack % |{extra_head} train time s | "
-             f"selection s | speed-up | grad error | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if perceptual else "")]
-    for r in table["rows"]:
-        sp = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
-        if ref and r["objective"] != ref and r["method"] == "full" and r.get("speedup_vs_reference"):
-            sp += f" ({r['speedup_vs_reference']:.2f}x vs {ref})"
-        ge = f"{r['grad_error']:.3f}" if r.get("grad_error") is not None else "-"
-        frac = "-" if r["fraction"] is None else f"{r['fraction']:g}"
-        cells = [r["objective"], r["method"], frac, _fmt(r["clean"], r["clean_std"]), _fmt(r["pgd"], r["pgd_std"]),
-                 _fmt(r["autoattack"], r["autoattack_std"])]
-        if perceptual:
-            cells += [_fmt(r["ppgd"], r["ppgd_std"]), _fmt(r["lpa"], r["lpa_std"])]
-        cells += [_fmt(r["time"], r["time_std"], pct=False), _fmt(r["selection_time"], None, pct=False), sp, ge,
-                  str(r["seeds"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    aa = table.get("autoattack")
-    if aa:
-        budget_keys = ("iterations", "restarts", "n_targets", "queries")
-        parts = ", ".join(f"{a.get('name')} ({', '.join(f'{k} {v}' for k, v in a.items() if k in budget_keys)})"
-                          for a in aa.get("attacks", []))
-        note = ("standard budgets, comparable to RobustBench" if aa.get("comparable_to_robustbench") else
-                "reduced budgets for CPU, NOT the standard AutoAttack: its accuracy is an upper bound on what "
-                "standard AutoAttack would report")
-        lines += ["", f"AutoAttack: version `{aa.get('version')}`, {aa.get('norm')} eps {aa.get('eps')}, on the "
-                  f"first {aa.get('n', '?')} test images: {parts} ({note})."]
-    if spec.get("targets"):
-        t = spec["targets"]
-        lines += ["", f"Targets ({t['objective']}, fraction {t['fraction']}, seed means):", "",
-                  "| check | value | target | met |", "|---|---|---|---|"]
-        for c in check_targets(table, t):
-            v = "-" if c["value"] is None else f"{c['value']:.2f}"
-            met = "n/a" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
-            lines.append(f"| {c['what']} | {v} | {c['target']} | {met} |")
-    lines += ["", "Mean ± standard deviation over seeds. Train time includes warm start and selection, excludes "
-              "evaluation. Speed-up is against Full of the same objective. Grad error is the relative "
-              "gradient approximation error ||sum g - sum w g|| / ||sum g|| of the coreset, averaged over "
-              "selection rounds."]
-    return "\n".join(lines) + "\n"
-
-
-def plot(table: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in table["rows"] if r["pgd"] is not None and r["time"] is not None]
-    objs = list(dict.fromkeys(r["objective"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    colors = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(methods)}
-    markers = {None: "*", 0.1: "v", 0.3: "o", 0.5: "s"}
-    paths = []
-    for name, xkey, xlabel in (("robust_vs_time.png", "time", "training wall-clock (s)"),
-                               ("robust_vs_speedup.png", "speedup", "speed-up vs Full (x)")):
-        fig, axes = plt.subplots(1, max(len(objs), 1), figsize=(4.2 * max(len(objs), 1), 3.8), squeeze=False)
-        for ax, obj in zip(axes[0], objs, strict=False):
-            for r in (r for r in rows if r["objective"] == obj and r.get(xkey)):
-                ax.errorbar(r[xkey], 100 * r["pgd"], yerr=100 * (r["pgd_std"] or 0),
-                            xerr=(r["time_std"] or 0) if xkey == "time" else None, fmt=markers.get(r["fraction"], "o"),
-                            color=colors[r["method"]], ms=8, capsize=2)
-            ax.set_title(obj)
-            ax.set_xlabel(xlabel)
-            ax.grid(alpha=0.3)
-        pgd_name = (table.get("pgd_key") or "pgd").replace("test_", "").replace("_acc", "").upper()
-        axes[0][0].set_ylabel(f"{pgd_name} accuracy (%)")
-        handles = [plt.Line2D([], [], color=colors[m], marker="o", ls="", label=m) for m in methods]
-        handles += [plt.Line2D([], [], color="grey", marker=mk, ls="", label="full" if f is None else f"fraction {f}")
-                    for f, mk in markers.items()]
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.12, 1, 1))
-        p = out / name
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
-    return paths
-
-
 def report(runs: list[Run], spec: dict[str, Any], out: Path) -> dict[str, Any]:
-    table = aggregate(runs, spec)
+    """Aggregate the finished runs (from their folders, else from ``out/table.json``) and write
+    ``table.json``, ``table.md`` and the plots under ``out``."""
+    table = aggregate(collect(runs, out, spec.get("extra_evals")), spec, list(METHODS))
     table["spec"] = spec
     if spec.get("targets"):
         table["targets"] = check_targets(table, spec["targets"])
@@ -351,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
     failed: list[str] = []
     with run_lock(out):  # one bench per results folder; each run folder is locked by its own child
         if not args.report:
-            failed = run_all(runs, out, args.jobs or int(spec.get("jobs", 1)), getattr(args, "progress", "auto"))
+            jobs = args.jobs or int(spec.get("jobs", 1))
+            failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"))
+            failed += run_extra_evals(runs, spec, out, jobs)
         table = report(runs, spec, out)
     sys.stdout.write(markdown(table, spec))
     print(f"\nwrote {out / 'table.md'}, {out / 'table.json'} and plots", flush=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from advcoreset.bench_evals import check_extra_evals
 from advcoreset.config import ConfigError
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -32,7 +33,7 @@ class SpecError(ConfigError):
 
 
 SPEC_KEYS = ("name", "description", "base", "objectives", "methods", "fractions", "seeds", "jobs", "threads",
-             "reference", "targets")
+             "reference", "targets", "extra_evals")
 ENTRY_KEYS = ("methods", "fractions", "coreset")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -52,6 +53,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise SpecError(f"benchmark spec {path} must hold a mapping (name, base, objectives, methods, seeds)")
     _check_spec(spec, f"benchmark spec {path}")
+    check_extra_evals(spec, path)
     return spec
 
 

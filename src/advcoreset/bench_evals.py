@@ -1,0 +1,98 @@
+"""Extra evaluations of a benchmark's finished runs, beyond the one PGD attack a training run ends with.
+
+A spec names them under ``extra_evals``; each is an ``advcoreset eval`` of the run's ``last.pt`` on the
+run's test set, written to ``RUN/eval_<name>.json`` and shown as a column of the table::
+
+    extra_evals:
+      pgd50x3: {pgd_steps: 50, restarts: 3, label: PGD-50x3}   # optional: n (test images), label
+
+A run whose file exists is not evaluated again, so the extra evaluations resume like the runs do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from advcoreset.config import ConfigError
+
+_KEYS = {"pgd_steps", "restarts", "n", "label"}
+
+
+class FinishedRun(Protocol):
+    key: str
+    folder: Path
+
+
+def check_extra_evals(spec: dict[str, Any], path: str | Path) -> None:
+    """Raise ``ConfigError`` naming the spec file and the entry if ``spec["extra_evals"]`` is malformed."""
+    evals = spec.get("extra_evals")
+    if evals is None:
+        return
+    if not isinstance(evals, dict):
+        raise ConfigError(f"benchmark spec {path}: extra_evals must map names to settings, "
+                          f"e.g. {{pgd50x3: {{pgd_steps: 50, restarts: 3}}}}")
+    for name, ev in evals.items():
+        where = f"benchmark spec {path}: extra_evals.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
+            raise ConfigError(f"{where}: use letters, digits and '_' in the name (it becomes eval_<name>.json)")
+        if not isinstance(ev, dict) or "pgd_steps" not in ev:
+            raise ConfigError(f"{where} must be a mapping with pgd_steps (and optionally restarts, n, label)")
+        unknown = sorted(set(ev) - _KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(_KEYS)}")
+        for key in ("pgd_steps", "restarts", "n"):
+            value = ev.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{where}.{key} = {value!r}: give a positive integer")
+
+
+def eval_command(folder: Path, ev: dict[str, Any], output: Path) -> list[str]:
+    """The ``advcoreset eval`` command line of one extra evaluation of the run in ``folder``."""
+    cmd = [sys.executable, "-m", "advcoreset.cli", "eval", str(folder), "--pgd-steps", str(ev["pgd_steps"]),
+           "--restarts", str(ev.get("restarts", 1)), "--output", str(output)]
+    if "n" in ev:
+        cmd += ["--n", str(ev["n"])]
+    return cmd
+
+
+def _evaluate(run: FinishedRun, name: str, ev: dict[str, Any], log_dir: Path, threads: int | None) -> int:
+    final = run.folder / f"eval_{name}.json"
+    partial = final.with_suffix(".json.partial")  # renamed when complete: a killed eval leaves no result
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    log = log_dir / (run.key.replace("/", "__") + f".eval_{name}.log")
+    with open(log, "a") as f:
+        rc = subprocess.run(eval_command(run.folder, ev, partial), stdout=f, stderr=subprocess.STDOUT,
+                            env=env).returncode
+    if rc == 0:
+        partial.replace(final)
+    return rc
+
+
+def run_extra_evals(runs: list[Any], spec: dict[str, Any], out: Path, jobs: int) -> list[str]:
+    """Evaluate every finished run of ``runs`` that lacks one of the spec's extra evaluations, ``jobs`` at a
+    time; returns "<run key>:<eval name>" for each that failed (its log is in ``out/logs``)."""
+    evals = spec.get("extra_evals") or {}
+    todo = [(r, name) for r in runs for name in evals
+            if (r.folder / "results.json").exists() and not (r.folder / f"eval_{name}.json").exists()]
+    if not todo:
+        return []
+    print(f"bench: {len(todo)} extra evaluations to run ({jobs} at a time)", flush=True)
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = pool.map(lambda t: (t, _evaluate(t[0], t[1], evals[t[1]], log_dir, spec.get("threads"))), todo)
+        for i, ((run, name), rc) in enumerate(results, 1):
+            print(f"[{i}/{len(todo)}] {run.key} eval {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'}",
+                  flush=True)
+            if rc != 0:
+                failed.append(f"{run.key}:{name}")
+    return failed

@@ -1,0 +1,232 @@
+"""The tables of ``advcoreset bench``: per-run records, seed means, target checks and the Markdown table.
+
+A run's record comes from its folder (``results.json``, ``metrics.jsonl`` and any ``eval_<name>.json``
+of the spec's ``extra_evals``). Run folders are not committed, so where a folder is gone the record is
+taken from the results folder's previous ``table.json``: ``advcoreset bench SPEC --report`` re-renders a
+committed study without its runs. The plots are in ``advcoreset.bench_plots``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+METRICS = ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error")
+
+
+class RunLike(Protocol):
+    """What the report needs of a ``bench.Run``."""
+
+    objective: str
+    method: str
+    fraction: float | None
+    seed: int
+    folder: Path
+
+
+def _record_key(objective: str, method: str, fraction: float | None, seed: int) -> tuple[Any, ...]:
+    return objective, method, None if fraction is None else round(float(fraction), 9), int(seed)
+
+
+def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """One run's record from its folder; None while it has no ``results.json``.
+
+    Accuracies are fractions in [0, 1], times seconds; ``evals`` maps each extra evaluation's name to the
+    PGD accuracy its ``eval_<name>.json`` holds (missing ones are left out)."""
+    res_path = run.folder / "results.json"
+    if not res_path.exists():
+        return None
+    res = json.loads(res_path.read_text())
+    lines = [json.loads(ln) for ln in (run.folder / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    errors = [s["grad_error"] for s in lines if s.get("kind") == "selection" and s.get("grad_error") is not None]
+    pgd_key = next((k for k in res if k.startswith("test_pgd") and k.endswith("_acc")), None)
+    times = res.get("times", {})
+    evals = {}
+    for name in extra_evals or {}:
+        path = run.folder / f"eval_{name}.json"
+        if path.exists():
+            ev = json.loads(path.read_text())
+            evals[name] = next((v for k, v in ev.items() if k.startswith("pgd") and k.endswith("_acc")), None)
+    return {
+        "objective": run.objective, "method": run.method, "fraction": run.fraction, "seed": run.seed,
+        "clean": res.get("test_clean_acc"), "pgd": res.get(pgd_key) if pgd_key else None, "pgd_key": pgd_key,
+        "autoattack": res.get("test_autoattack_acc"),
+        "ppgd": res.get("test_ppgd_acc"), "lpa": res.get("test_lpa_acc"),
+        "time": res.get("time_train_total"),
+        "selection_time": times.get("selection_attack", 0.0) + times.get("selection_solver", 0.0),
+        "grad_error": statistics.fmean(errors) if errors else None,
+        "autoattack_info": res.get("test_autoattack"),
+        "evals": evals,
+    }
+
+
+def collect(runs: Sequence[RunLike], out: Path, extra_evals: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The records of every finished run of ``runs``: from its folder where it has one, else from
+    ``out/table.json`` (a committed study whose run folders are not in the repository)."""
+    previous: dict[tuple[Any, ...], dict[str, Any]] = {}
+    old = out / "table.json"
+    if old.is_file():
+        for rec in json.loads(old.read_text()).get("runs", []):
+            previous[_record_key(rec["objective"], rec["method"], rec["fraction"], rec["seed"])] = rec
+    records = []
+    for run in runs:
+        rec = read_run(run, extra_evals)
+        if rec is None:
+            rec = previous.get(_record_key(run.objective, run.method, run.fraction, run.seed))
+        if rec is not None:
+            records.append(rec)
+    return records
+
+
+def _stat(values: list[float | None]) -> tuple[float | None, float | None]:
+    v = [x for x in values if x is not None]
+    if not v:
+        return None, None
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order: Sequence[str]) -> dict[str, Any]:
+    """Seed means and standard deviations per (objective, method, fraction), speed-ups against Full of the
+    same objective (and against the spec's ``reference`` objective's Full), in the spec's order."""
+    groups: dict[tuple[str, str, float | None], list[dict[str, Any]]] = {}
+    for r in per_run:
+        groups.setdefault((r["objective"], r["method"], r["fraction"]), []).append(r)
+    names = list(spec.get("extra_evals") or {})
+    rows = []
+    for (obj, method, frac), rs in groups.items():
+        row: dict[str, Any] = {"objective": obj, "method": method, "fraction": frac, "seeds": len(rs)}
+        for key in METRICS:
+            row[key], row[key + "_std"] = _stat([r[key] for r in rs])
+        for name in names:
+            row["eval_" + name], row["eval_" + name + "_std"] = _stat([r.get("evals", {}).get(name) for r in rs])
+        rows.append(row)
+    full_time = {r["objective"]: r["time"] for r in rows if r["method"] == "full"}
+    ref = spec.get("reference")  # e.g. the PGD-AT full row, to place plain Fast-AT against it
+    for row in rows:
+        base = full_time.get(row["objective"])
+        row["speedup"] = base / row["time"] if base and row["time"] else None
+        if ref and ref in full_time and row["time"]:
+            row["speedup_vs_reference"] = full_time[ref] / row["time"]
+    order = {m: i for i, m in enumerate(method_order)}
+    objs = list(spec["objectives"])
+    rows.sort(key=lambda r: (objs.index(r["objective"]) if r["objective"] in objs else len(objs),
+                             r["fraction"] or 0, order.get(r["method"], len(order))))
+    aa = next((r["autoattack_info"] for r in per_run if r.get("autoattack_info")), None)
+    return {"name": spec["name"], "rows": rows, "runs": per_run, "autoattack": aa, "reference": ref,
+            "pgd_key": next((r["pgd_key"] for r in per_run if r["pgd_key"]), None)}
+
+
+def check_targets(table: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any]]:
+    """The spec's ``targets`` checked against the aggregated rows: one dict per check with ``what``,
+    ``value``, ``target`` and ``ok`` (None where a row or a number it needs is missing).
+
+    ``targets``: ``objective``, ``fraction``, ``min_speedup`` (every coreset method at that fraction vs
+    Full), ``max_pgd_drop`` and ``max_aa_drop`` (Full's PGD / AutoAttack accuracy minus the method's, as a
+    fraction: 0.02 = 2 points), ``beat_random`` (methods whose PGD accuracy must be >= Random's at the same
+    fraction) and ``beat_random_by_spread`` (if true, > Random's by more than the larger of the two rows'
+    seed standard deviations)."""
+    obj, frac = targets["objective"], float(targets["fraction"])
+    rows = {r["method"]: r for r in table["rows"] if r["objective"] == obj
+            and (r["fraction"] is None or abs(r["fraction"] - frac) < 1e-9)}
+    full, rnd = rows.get("full"), rows.get("random")
+    checks: list[dict[str, Any]] = []
+    for m, r in rows.items():
+        if m == "full":
+            continue
+        if "min_speedup" in targets:
+            sp = r.get("speedup")
+            checks.append({"what": f"{m} speed-up vs full", "value": sp, "target": f">= {targets['min_speedup']}x",
+                           "ok": None if sp is None else sp >= targets["min_speedup"]})
+        for key, label, limit in (("pgd", "PGD", "max_pgd_drop"), ("autoattack", "AutoAttack", "max_aa_drop")):
+            if limit not in targets or full is None:
+                continue
+            a, b = full.get(key), r.get(key)
+            drop = None if a is None or b is None else a - b
+            checks.append({"what": f"{m} {label} drop vs full (points)", "value": None if drop is None else 100 * drop,
+                           "target": f"<= {100 * targets[limit]:g}",
+                           "ok": None if drop is None else drop <= targets[limit] + 1e-12})
+    by_spread = bool(targets.get("beat_random_by_spread"))
+    for m in targets.get("beat_random", []):
+        r = rows.get(m)
+        if r is None or rnd is None or r.get("pgd") is None or rnd.get("pgd") is None:
+            checks.append({"what": f"{m} PGD minus random (points)", "value": None, "target": ">= 0", "ok": None})
+            continue
+        gap = r["pgd"] - rnd["pgd"]
+        if by_spread:
+            spread = max(r.get("pgd_std") or 0.0, rnd.get("pgd_std") or 0.0)
+            checks.append({"what": f"{m} PGD minus random (points)", "value": 100 * gap,
+                           "target": f"> seed spread {100 * spread:.2f}", "ok": gap > spread})
+        else:
+            checks.append({"what": f"{m} PGD minus random (points)", "value": 100 * gap, "target": ">= 0",
+                           "ok": gap >= 0})
+    return checks
+
+
+def _fmt(m: float | None, s: float | None, pct: bool = True) -> str:
+    if m is None:
+        return "-"
+    return f"{100 * m:.1f} ± {100 * (s or 0):.1f}" if pct else f"{m:.0f} ± {s or 0:.0f}"
+
+
+def autoattack_note(aa: dict[str, Any]) -> str:
+    """One line naming the AutoAttack that ran: version, attacks with their budgets (target classes
+    included), images, and whether it is the standard one or a reduced budget."""
+    budget_keys = {"iterations": "iterations", "restarts": "restarts", "target_classes": "target classes",
+                   "n_targets": "target classes", "queries": "queries"}
+    parts = ", ".join(
+        f"{a.get('name')} ({', '.join(f'{budget_keys[k]} {v}' for k, v in a.items() if k in budget_keys)})"
+        for a in aa.get("attacks", []))
+    note = ("standard budgets, comparable to RobustBench" if aa.get("comparable_to_robustbench") else
+            "reduced budgets, NOT the standard AutoAttack: its accuracy is an upper bound on what standard "
+            "AutoAttack would report")
+    return (f"AutoAttack: version `{aa.get('version')}`, {aa.get('norm')} eps {aa.get('eps')}, on the first "
+            f"{aa.get('n', '?')} test images: {parts} ({note}).")
+
+
+def _row_cells(r: dict[str, Any], ref: str | None, perceptual: bool, names: list[str]) -> list[str]:
+    sp = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
+    if ref and r["objective"] != ref and r["method"] == "full" and r.get("speedup_vs_reference"):
+        sp += f" ({r['speedup_vs_reference']:.2f}x vs {ref})"
+    ge = f"{r['grad_error']:.3f}" if r.get("grad_error") is not None else "-"
+    frac = "-" if r["fraction"] is None else f"{r['fraction']:g}"
+    cells = [r["objective"], r["method"], frac, _fmt(r["clean"], r["clean_std"]), _fmt(r["pgd"], r["pgd_std"])]
+    cells += [_fmt(r.get("eval_" + n), r.get("eval_" + n + "_std")) for n in names]
+    cells.append(_fmt(r["autoattack"], r["autoattack_std"]))
+    if perceptual:
+        cells += [_fmt(r["ppgd"], r["ppgd_std"]), _fmt(r["lpa"], r["lpa_std"])]
+    return cells + [_fmt(r["time"], r["time_std"], pct=False), _fmt(r["selection_time"], None, pct=False), sp, ge,
+                    str(r["seeds"])]
+
+
+def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
+    """The study as Markdown: one row per (objective, method, fraction), the AutoAttack note, the targets."""
+    pgd = (table.get("pgd_key") or "pgd").replace("test_", "").replace("_acc", "").upper()
+    extra = spec.get("extra_evals") or {}
+    names = list(extra)
+    perceptual = any(r.get("ppgd") is not None for r in table["rows"])
+    heads = ["objective", "method", "fraction", "clean %", f"{pgd} %"]
+    heads += [f"{extra[n].get('label', n) if isinstance(extra[n], dict) else n} %" for n in names]
+    heads += ["AutoAttack %"] + (["PPGD %", "LPA %"] if perceptual else [])
+    heads += ["train time s", "selection s", "speed-up", "grad error", "seeds"]
+    lines = [f"# Benchmark `{table['name']}`", "", spec.get("description", "").strip(), "",
+             "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in table["rows"]:
+        lines.append("| " + " | ".join(_row_cells(r, table.get("reference"), perceptual, names)) + " |")
+    if table.get("autoattack"):
+        lines += ["", autoattack_note(table["autoattack"])]
+    if spec.get("targets"):
+        t = spec["targets"]
+        lines += ["", f"Targets ({t['objective']}, fraction {t['fraction']}, seed means):", "",
+                  "| check | value | target | met |", "|---|---|---|---|"]
+        for c in check_targets(table, t):
+            v = "-" if c["value"] is None else f"{c['value']:.2f}"
+            met = "n/a" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
+            lines.append(f"| {c['what']} | {v} | {c['target']} | {met} |")
+    lines += ["", "Mean ± standard deviation over seeds. Train time includes warm start and selection, excludes "
+              "evaluation. Speed-up is against Full of the same objective. Grad error is the relative "
+              "gradient approximation error ||sum g - sum w g|| / ||sum g|| of the coreset, averaged over "
+              "selection rounds."]
+    return "\n".join(lines) + "\n"
