@@ -139,7 +139,8 @@ class OptimConfig:
     grad_clip: float | None = None
     weight_norm: str = "auto"
     """How coreset weights enter the loss. auto (default): the selector's own rule, resample for CRAIG, batch
-    for every other method (resampling lifted CRAIG by 1 PGD-20 point and cost GradMatch 1.1 in ``configs/bench_targets_120_i10*.yaml``).
+    for every other method (resampling lifted CRAIG by 1 PGD-20 point and cost GradMatch 1.1 in
+    ``configs/bench_targets_120_i10*.yaml``).
     batch: sum_j w_j l_j / sum_j w_j over each mini-batch (the
     paper's rule): every step is a convex combination of per-example losses, so a few heavy CRAIG weights
     cannot blow up a step. epoch: sum_j w_j l_j / (B * mean weight of the epoch), unbiased for the epoch's

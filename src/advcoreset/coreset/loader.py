@@ -75,8 +75,9 @@ class CoresetLoader:
         self.source = as_source(dataset, dev)
         self.model, self.objective = model, resolve_objective(objective, **(objective_options or {}))
         self.layer = last_layer(model, self.source.sample())
-        self.warm_epochs, self.interval, self.weight_rule, self.batch_size = warm_epochs, interval, rule, batch_size
-        self.grad_features, self.progress, self.autocast, self.num_classes = grad_features, progress, autocast, num_classes
+        self.warm_epochs, self.interval, self.weight_rule = warm_epochs, interval, rule
+        self.batch_size, self.grad_features, self.num_classes = batch_size, grad_features, num_classes
+        self.progress, self.autocast = progress, autocast
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self.epoch = 0
         """Epochs completed."""

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from advcoreset.config import Config, ConfigError
 from advcoreset.data import DataSplits, ImageArrays, default_augment, prepare_data
 from advcoreset.data.datasets import run_stats
-from advcoreset.data.sources import DataSource, DatasetSource, TensorSource, dataset_tensors
+from advcoreset.data.sources import DatasetSource, DataSource, TensorSource, dataset_tensors
 from advcoreset.models import create_model
 
 
