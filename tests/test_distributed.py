@@ -1,0 +1,231 @@
+"""Distributed pieces: 2 gloo ranks under torchrun (one launch for the module) against one process."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from advcoreset.config import SelectionConfig
+from advcoreset.data.loader import iterate_batches
+from advcoreset.evaluation.robust import accuracy
+from advcoreset.selection import RandomSelector, approximation_error, build_selector, class_budget
+from advcoreset.selection.distributed import class_owners, round_bytes, select_sharded, shard_range
+from advcoreset.training.distributed import (
+    DistEnv,
+    DistributedError,
+    convert_sync_bn,
+    init_distributed,
+    launch_info,
+    loss_norm,
+    rank_batches,
+    reduce_accuracies,
+    use_sync_bn,
+)
+
+_spec = importlib.util.spec_from_file_location("distributed_worker", Path(__file__).with_name("distributed_worker.py"))
+assert _spec is not None and _spec.loader is not None
+W = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(W)
+
+# Two ranks sum a global batch's gradient in another order than one process (DDP averages per-rank
+# sums), so float32 weights agree to rounding (a few ulps of weights of size ~0.3), not bit for bit;
+# 1e-5 is far above that rounding and far below a wrong normaliser, which scales a step by 2.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("dist")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).with_name("distributed_worker.py")), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def _train_one_process(indices: torch.Tensor, weights: torch.Tensor, batch: int) -> nn.Module:
+    """The single-process path as the trainer runs it: iterate_batches, weighted mean per batch."""
+    images, labels = W.images_labels()
+    model = W.tiny_model()
+    opt, obj = W.optimizer(model), W.objective()
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(W.EPOCHS):
+        for b in iterate_batches(images, labels, indices, weights, batch, gen):
+            out = obj.loss_at(model, b.x, obj.attack(model, b.x, b.y), b.y, b.w)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+    return model
+
+
+@pytest.mark.parametrize("run", ["full", "coreset"])
+def test_two_ranks_reach_the_single_process_weights(ranks: list[dict[str, Any]], run: str) -> None:
+    idx, w, batch = W.train_runs()[run]
+    ref = _train_one_process(idx, w, batch).state_dict()
+    start = W.tiny_model().state_dict()
+    for key, value in ref.items():
+        assert not torch.allclose(value, start[key], atol=1e-3), f"{key} did not train"
+        for r in ranks:
+            torch.testing.assert_close(r[f"train_{run}"][key], value, atol=ATOL, rtol=0)
+        assert torch.equal(ranks[0][f"train_{run}"][key], ranks[1][f"train_{run}"][key])
+
+
+def test_evaluation_split_over_ranks_sums_counts(ranks: list[dict[str, Any]]) -> None:
+    images, labels = W.images_labels()
+    idx, w, batch = W.train_runs()["full"]
+    whole = accuracy(_train_one_process(idx, w, batch), images, labels)
+    assert ranks[0]["eval_clean_acc"] == ranks[1]["eval_clean_acc"] == pytest.approx(whole, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ["craig", "gradmatch"])
+def test_gather_equals_single_process_selection(ranks: list[dict[str, Any]], method: str) -> None:
+    grads, labels = W.grad_problem()
+    _, cfg, _ = W.SELECTIONS[f"gather_{method}"]
+    ref = build_selector(cfg, W.SELECTION_SEED).select(grads, labels, torch.Generator().manual_seed(W.SOLVER_SEED))
+    # The guarantee holds when the solver draws no randomness; make sure this problem is such a case.
+    assert all(c.get("filled", 0) == 0 and not c.get("partitioned", False) for c in ref.stats["classes"].values())
+    for r in ranks:
+        got = r[f"sel_gather_{method}"]
+        assert torch.equal(got["indices"], ref.indices)
+        assert torch.equal(got["weights"], ref.weights)
+        assert got["grad_error"] == pytest.approx(approximation_error(grads, ref.indices, ref.weights), abs=1e-6)
+
+
+def test_gradient_free_selector_runs_on_every_rank_like_one_process(ranks: list[dict[str, Any]]) -> None:
+    _, labels = W.grad_problem()
+    ref = RandomSelector(0.2).select(None, labels, torch.Generator().manual_seed(W.GENERATOR_SEED))
+    for r in ranks:
+        assert torch.equal(r["sel_random"]["indices"], ref.indices)
+        assert r["sel_random"]["bytes_total"] == 0
+
+
+@pytest.mark.parametrize("name", ["partition_craig", "partition2_craig", "partition2_gradmatch"])
+def test_partition_error_is_reported_and_below_random(ranks: list[dict[str, Any]], name: str) -> None:
+    grads, labels = W.grad_problem()
+    got = ranks[0][f"sel_{name}"]
+    assert torch.equal(got["indices"], ranks[1][f"sel_{name}"]["indices"])
+    err = approximation_error(grads, got["indices"], got["weights"])
+    assert got["grad_error"] == pytest.approx(err, abs=1e-6)
+    rand = [approximation_error(grads, s.indices, s.weights) for s in
+            (RandomSelector(0.2).select(None, labels, torch.Generator().manual_seed(i)) for i in range(20))]
+    assert err < sum(rand) / len(rand)
+    # The second round keeps exactly the single-process budget; one round rounds up at most once per
+    # class on each rank but the first.
+    budget = sum(class_budget(0.2, int(n)) for n in torch.bincount(labels))
+    size = got["indices"].numel()
+    assert size == budget if name.startswith("partition2") else budget <= size <= budget + W.CLASSES
+
+
+def _rows_leaving(rows_of_rank: list[torch.Tensor], labels: torch.Tensor) -> int:
+    owners = class_owners(torch.bincount(labels), 2)
+    return sum(int((owners[labels[rows]] != r).sum()) for r, rows in enumerate(rows_of_rank))
+
+
+def test_bytes_counted_match_the_shape_formula(ranks: list[dict[str, Any]]) -> None:
+    grads, labels = W.grad_problem()
+    d, world = grads.shape[1], 2
+    rows = [W.rank_rows(r, world) for r in range(world)]
+    for name, (mode, cfg, second) in W.SELECTIONS.items():
+        if name == "random":
+            continue
+        got = ranks[0][f"sel_{name}"]
+        if not second:
+            moved = _rows_leaving(rows, labels) if mode == "gather" else 0
+        else:  # the first round's proposals are what travels
+            first = SelectionConfig(method=cfg.method, fraction=min(1.0, cfg.fraction * world))
+            props = [rw[build_selector(first, W.SELECTION_SEED).select(
+                grads[rw], labels[rw], torch.Generator().manual_seed(W.SOLVER_SEED + r)).indices]
+                for r, rw in enumerate(rows)]
+            moved = _rows_leaving(props, labels)
+        want = round_bytes(mode, world, d, got["indices"].numel(), 3, moved, second_round=second)
+        assert got["bytes_total"] == want["total"], name
+        assert ranks[0][f"sel_{name}"]["bytes_total"] == ranks[1][f"sel_{name}"]["bytes_total"]
+
+
+# ----------------------------------------------------------------------------- single-process pieces
+def test_launch_info_reads_torchrun_and_rejects_half_launches() -> None:
+    assert launch_info({}) == (0, 1, 0)
+    full = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    assert launch_info(full) == (3, 4, 1)
+    with pytest.raises(DistributedError, match="RANK is not set"):
+        launch_info({"WORLD_SIZE": "2"})
+    with pytest.raises(DistributedError, match="MASTER_ADDR"):
+        launch_info({k: v for k, v in full.items() if k != "MASTER_ADDR"})
+    with pytest.raises(DistributedError, match="RANK=4"):
+        launch_info({**full, "RANK": "4"})
+    with pytest.raises(DistributedError, match="not an integer"):
+        launch_info({**full, "WORLD_SIZE": "two"})
+
+
+def test_without_torchrun_the_world_is_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    env = init_distributed("cpu")
+    assert (env.rank, env.world_size, env.backend, env.is_main) == (0, 1, None, True)
+    assert not dist.is_initialized()
+
+
+def test_one_rank_batches_are_the_single_process_batches() -> None:
+    images, labels = W.images_labels()
+    idx, w, _ = W.train_runs()["coreset"]
+    want = list(iterate_batches(images, labels, idx, w, 16, torch.Generator().manual_seed(9)))
+    got = list(rank_batches(idx, w, torch.Generator().manual_seed(9), 0, 1, 16))
+    assert [b.indices.tolist() for b in got] == [b.idx.tolist() for b in want]
+    for g, b in zip(got, want, strict=True):
+        assert torch.equal(g.weights, b.w) and g.global_weight == b.w.sum() and loss_norm(g, 1) == b.w.sum()
+
+
+def test_ranks_split_each_global_batch_disjointly() -> None:
+    idx, w = torch.arange(100, 141), torch.rand(41)
+    per_rank = [list(rank_batches(idx, w, torch.Generator().manual_seed(0), r, 3, 16)) for r in range(3)]
+    one = list(rank_batches(idx, w, torch.Generator().manual_seed(0), 0, 1, 16))
+    for step, whole in enumerate(one):
+        parts = [p[step] for p in per_rank]
+        real = torch.cat([p.indices for p in parts if not p.padded])
+        assert real.tolist() == whole.indices.tolist()
+        assert all(p.global_weight == whole.global_weight for p in parts)
+        assert sum(float(p.weights.sum()) for p in parts) == pytest.approx(float(whole.weights.sum()))
+    last = [p[-1] for p in per_rank]  # a global batch of 41 - 32 = 9 over 3 ranks: 3 each
+    assert [p.indices.numel() for p in last] == [3, 3, 3]
+    tiny = [list(rank_batches(idx[:2], w[:2], torch.Generator(), r, 3, 16))[0] for r in range(3)]
+    assert [p.padded for p in tiny] == [True, False, False] and float(tiny[0].weights.sum()) == 0.0
+
+
+def test_sync_bn_is_on_for_cuda_ranks_only() -> None:
+    cpu2 = DistEnv(0, 2, 0, torch.device("cpu"), "gloo")
+    cuda2 = DistEnv(0, 2, 0, torch.device("cuda", 0), "nccl")
+    assert not use_sync_bn(None, DistEnv()) and not use_sync_bn(True, DistEnv())
+    assert not use_sync_bn(None, cpu2) and use_sync_bn(None, cuda2) and not use_sync_bn(False, cuda2)
+    with pytest.raises(DistributedError, match="sync_bn"):
+        use_sync_bn(True, cpu2)
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    bn[1].running_mean.fill_(0.5)
+    conv = convert_sync_bn(bn, cuda2)
+    assert isinstance(conv[1], nn.SyncBatchNorm) and torch.equal(conv[1].running_mean, torch.full((2,), 0.5))
+    assert convert_sync_bn(bn, cpu2) is bn
+
+
+def test_reduce_and_owners_single_process() -> None:
+    assert reduce_accuracies({"a": 0.75}, 8, DistEnv()) == {"a": 0.75}
+    owners = class_owners(torch.tensor([100, 90, 10, 10, 10]), 2)
+    assert owners.tolist() == [0, 1, 1, 1, 1]  # 100^2 alone outweighs the rest
+    assert shard_range(10, 2, 3) == (6, 10) and shard_range(10, 0, 3) == (0, 3)
+
+
+def test_bad_modes_fail_before_any_communication() -> None:
+    labels = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="selection.distributed"):
+        select_sharded("scatter", SelectionConfig(method="craig"), 0, None, labels, torch.Generator(), 0)
+    with pytest.raises(ValueError, match="gradient shard"):
+        select_sharded("gather", SelectionConfig(method="craig"), 0, None, labels, torch.Generator(), 0)
+    with pytest.raises(ValueError, match="mode must be"):
+        round_bytes("ring", 2, 10, 5, 2, 0)
