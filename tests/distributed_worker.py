@@ -18,8 +18,16 @@ from advcoreset.data.loader import to_float
 from advcoreset.evaluation.robust import accuracy
 from advcoreset.objectives import Objective, build_objective
 from advcoreset.selection.distributed import GradShard, select_sharded
-from advcoreset.training.distributed import DistEnv, init_distributed, loss_norm, rank_batches, reduce_accuracies
-from advcoreset.training.distributed import shard_range, shutdown, wrap_ddp
+from advcoreset.training.distributed import (
+    DistEnv,
+    init_distributed,
+    loss_norm,
+    rank_batches,
+    reduce_accuracies,
+    shard_range,
+    shutdown,
+    wrap_ddp,
+)
 
 N, CLASSES, SIDE = 96, 3, 8
 EPOCHS = 2
