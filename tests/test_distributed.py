@@ -18,7 +18,7 @@ from advcoreset.config import SelectionConfig
 from advcoreset.data.loader import iterate_batches
 from advcoreset.evaluation.robust import accuracy
 from advcoreset.selection import RandomSelector, approximation_error, build_selector, class_budget
-from advcoreset.selection.distributed import class_owners, round_bytes, select_sharded, shard_range
+from advcoreset.selection.distributed import GradShard, class_owners, round_bytes, select_sharded, shard_range
 from advcoreset.training.distributed import (
     DistEnv,
     DistributedError,
@@ -219,6 +219,18 @@ def test_reduce_and_owners_single_process() -> None:
     owners = class_owners(torch.tensor([100, 90, 10, 10, 10]), 2)
     assert owners.tolist() == [0, 1, 1, 1, 1]  # 100^2 alone outweighs the rest
     assert shard_range(10, 2, 3) == (6, 10) and shard_range(10, 0, 3) == (0, 3)
+
+
+@pytest.mark.parametrize("mode", ["gather", "partition"])
+def test_a_world_of_one_selects_exactly_like_the_selector(mode: str) -> None:
+    grads, labels = W.grad_problem()
+    cfg = SelectionConfig(method="gradmatch", fraction=0.2)
+    perm = torch.randperm(150, generator=torch.Generator().manual_seed(0))  # shard rows in any order
+    got = select_sharded(mode, cfg, 0, GradShard(grads[perm], labels[perm], perm), labels,
+                         torch.Generator().manual_seed(1), 0)
+    ref = build_selector(cfg, 0).select(grads, labels, torch.Generator().manual_seed(1))
+    assert torch.equal(got.selection.indices, ref.indices) and torch.equal(got.selection.weights, ref.weights)
+    assert got.bytes_total == 0 and got.grad_error == approximation_error(grads, ref.indices, ref.weights)
 
 
 def test_bad_modes_fail_before_any_communication() -> None:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from advcoreset.config import SelectionConfig
 from advcoreset.data.loader import to_float
 from advcoreset.objectives.base import Objective, eval_mode
-from advcoreset.selection.base import Selection
+from advcoreset.selection.base import Selection, approximation_error
 from advcoreset.selection.craig import craig
 from advcoreset.selection.gradients import last_layer_grads
 from advcoreset.selection.gradmatch import gradmatch_solve
@@ -337,9 +337,22 @@ def select_sharded(mode: str, cfg: SelectionConfig, seed: int, shard: GradShard 
         return ShardedSelection(selector.select(None, all_labels, generator), mode, 0, 0, {"solver": 0.0})
     if shard is None:
         raise ValueError(f"selection.method={cfg.method!r} needs this rank's gradient shard, got None")
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return _one_process(selector, mode, _sorted(shard), generator)
     if mode == "gather":
         return gather_select(cfg, seed, shard, num_classes, solver_seed)
     return partition_select(cfg, seed, shard, num_classes, solver_seed, second_round)
+
+
+def _one_process(selector: Any, mode: str, shard: GradShard, generator: torch.Generator) -> ShardedSelection:
+    """A world of one: the plain selector on the whole (sorted) shard with the run's generator, exactly
+    the single-process selection; nothing moves."""
+    t0 = time.perf_counter()
+    sel = selector.select(shard.grads, shard.labels, generator)
+    solver_s = time.perf_counter() - t0
+    err = approximation_error(shard.grads, sel.indices.to(shard.grads.device), sel.weights.to(shard.grads.device))
+    glob = Selection(shard.indices[sel.indices.to(shard.indices.device)], sel.weights, sel.stats)
+    return ShardedSelection(glob, mode, 0, 0, {"communication": 0.0, "solver": solver_s}, err)
 
 
 class _GivenPoints(Objective):
