@@ -1,12 +1,16 @@
-"""The multi-rank half of tests/test_distributed.py: ``torchrun --nproc_per_node=2 distributed_worker.py OUT``.
+"""The multi-rank half of tests/test_distributed.py: ``torchrun ... distributed_worker.py OUT [KILL_RANK]``.
 
 Every rank trains the tiny problems through ``advcoreset.training.distributed`` and runs the sharded
 selections, then saves what it got to OUT/rank<r>.pt; the test compares that with single-process runs
-of the same problems (defined here, so both sides build exactly the same data and model).
+of the same problems (defined here, so both sides build exactly the same data and model). With
+KILL_RANK, that rank then dies by SIGKILL while the others enter a collective: they must notice (and
+write OUT/peer_lost_rank<r>) instead of waiting forever.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -111,9 +115,9 @@ SELECTIONS = {  # name -> (mode, config, second round)
 SELECTION_SEED, SOLVER_SEED, GENERATOR_SEED = 0, 7, 5
 
 
-def main(out: Path) -> None:
+def main(out: Path, kill_rank: int | None) -> None:
     torch.set_num_threads(1)
-    env = init_distributed("cpu")
+    env = init_distributed("cpu", timeout_s=60)
     res: dict[str, object] = {"world_size": env.world_size}
     for name, (idx, w, batch) in train_runs().items():
         model = train_ranked(env, idx, w, batch)
@@ -133,8 +137,21 @@ def main(out: Path) -> None:
                               "bytes_sent": r.bytes_sent, "bytes_total": r.bytes_total,
                               "grad_error": r.grad_error, "times": r.times}
     torch.save(res, out / f"rank{env.rank}.pt")
+    if kill_rank is not None:
+        _die_or_notice(env, kill_rank, out)
     shutdown(env)
 
 
+def _die_or_notice(env: DistEnv, kill_rank: int, out: Path) -> None:
+    torch.distributed.barrier()  # every rank has saved its results
+    if env.rank == kill_rank:
+        os.kill(os.getpid(), signal.SIGKILL)
+    try:
+        torch.distributed.all_reduce(torch.ones(1))
+    except Exception as e:  # noqa: BLE001 - any failure of the collective is the expected outcome
+        (out / f"peer_lost_rank{env.rank}").write_text(type(e).__name__)
+        sys.exit(3)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)

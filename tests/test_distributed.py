@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,15 +43,48 @@ _spec.loader.exec_module(W)
 ATOL = 1e-5
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def launch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One job for the module: two torchrun "nodes" of one rank each on a loopback rendezvous (so RANK
+    and LOCAL_RANK differ), which train, evaluate and select; then rank 1 is killed with SIGKILL."""
     out = tmp_path_factory.mktemp("dist")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).with_name("distributed_worker.py")), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    port = _free_port()
+    agents = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={r}",
+         "--master_addr=127.0.0.1", f"--master_port={port}", str(Path(__file__).with_name("distributed_worker.py")),
+         str(out), "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    logs, codes = [], []
+    for a in agents:
+        try:
+            logs.append(a.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for b in agents:
+                b.kill()
+            pytest.fail("the 2-node job hung past 240 s")
+        codes.append(a.returncode)
+    missing = [r for r in range(2) if not (out / f"rank{r}.pt").exists()]
+    assert not missing, f"ranks {missing} wrote no results:\n" + "\n".join(x[-3000:] for x in logs)
+    return {"ranks": [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)], "codes": codes,
+            "peer_lost": (out / "peer_lost_rank0").exists(), "logs": logs}
+
+
+@pytest.fixture(scope="module")
+def ranks(launch: dict[str, Any]) -> list[dict[str, Any]]:
+    return launch["ranks"]
+
+
+def test_two_nodes_rendezvous_and_a_killed_rank_stops_the_job(launch: dict[str, Any]) -> None:
+    assert [r["world_size"] for r in launch["ranks"]] == [2, 2]
+    # rank 1's SIGKILL: its agent fails, and rank 0 sees its collective fail instead of waiting for ever
+    assert launch["codes"][1] != 0 and launch["codes"][0] != 0, launch["logs"]
+    assert launch["peer_lost"], launch["logs"][0][-3000:]
 
 
 def _train_one_process(indices: torch.Tensor, weights: torch.Tensor, batch: int) -> nn.Module:
