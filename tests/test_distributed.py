@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from advcoreset.config import SelectionConfig
-from advcoreset.data.loader import iterate_batches
+from advcoreset.data.loader import iterate_batches, random_crop_flip
 from advcoreset.evaluation.robust import accuracy
 from advcoreset.selection import RandomSelector, approximation_error, build_selector, class_budget
 from advcoreset.selection.distributed import GradShard, class_owners, round_bytes, select_sharded, shard_range
@@ -28,7 +28,9 @@ from advcoreset.training.distributed import (
     launch_info,
     loss_norm,
     rank_batches,
+    rank_crop_flip,
     reduce_accuracies,
+    seed_rank,
     use_sync_bn,
 )
 
@@ -232,6 +234,37 @@ def test_ranks_split_each_global_batch_disjointly() -> None:
     assert [p.indices.numel() for p in last] == [3, 3, 3]
     tiny = [list(rank_batches(idx[:2], w[:2], torch.Generator(), r, 3, 16))[0] for r in range(3)]
     assert [p.padded for p in tiny] == [True, False, False] and float(tiny[0].weights.sum()) == 0.0
+
+
+@pytest.mark.parametrize(("padding", "flip"), [(2, True), (2, False), (0, True)])
+def test_rank_augmentation_is_the_global_batch_augmentation(padding: int, flip: bool) -> None:
+    images = torch.rand(41, 1, 6, 6)
+    idx, w = torch.arange(41), torch.ones(41)
+    one = [random_crop_flip(images[b.indices], padding, flip, g) for g in [torch.Generator().manual_seed(4)]
+           for b in list(rank_batches(idx, w, g, 0, 1, 32))]
+    for world in (2, 3):
+        per_rank = []
+        for r in range(world):
+            g = torch.Generator().manual_seed(4)
+            per_rank.append([rank_crop_flip(images[b.indices], b, padding, flip, g)
+                             for b in list(rank_batches(idx, w, g, r, world, 32))])
+        for step, whole in enumerate(one):
+            assert torch.equal(torch.cat([p[step] for p in per_rank]), whole)
+    tiny = list(rank_batches(idx[:1], w[:1], torch.Generator(), 1, 2, 32))[0]  # a padded stand-in
+    assert rank_crop_flip(images[tiny.indices], tiny, padding, flip, torch.Generator()).shape == (1, 1, 6, 6)
+
+
+def test_seed_rank_separates_ranks_and_leaves_one_process_alone() -> None:
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    seed_rank(0, DistEnv())
+    assert torch.equal(torch.rand(3), want)
+    draws = []
+    for r in range(2):
+        seed_rank(0, DistEnv(r, 2, r, torch.device("cpu"), "gloo"))
+        draws.append(torch.rand(3))
+    assert not torch.equal(draws[0], draws[1])
 
 
 def test_sync_bn_is_on_for_cuda_ranks_only() -> None:

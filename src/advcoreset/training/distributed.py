@@ -30,7 +30,7 @@ from advcoreset.selection.distributed import shard_range
 
 __all__ = ["DistEnv", "DistributedError", "RankBatch", "convert_sync_bn", "default_threads", "global_weight_sum",
            "init_distributed", "launch_info", "loss_norm", "rank_batches", "rank_device", "reduce_accuracies",
-           "shard_range", "shutdown", "sum_counts", "unwrap", "use_sync_bn", "wrap_ddp"]
+           "rank_crop_flip", "seed_rank", "shard_range", "shutdown", "sum_counts", "unwrap", "use_sync_bn", "wrap_ddp"]
 
 
 class DistributedError(ValueError):
@@ -194,6 +194,37 @@ def rank_batches(indices: Tensor, weights: Tensor, generator: torch.Generator, r
         mine = sel[:1] if padded else sel[lo:hi]
         w = torch.zeros_like(w_all[:1]) if padded else w_all[lo:hi]
         yield RankBatch(indices[mine], w, lo, hi, sel.numel(), w_all.sum(), padded)
+
+
+def rank_crop_flip(x: Tensor, batch: RankBatch, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """``data.loader.random_crop_flip`` of the whole global batch, applied to this rank's slice only.
+
+    The random draws are made for all ``batch.global_size`` examples, in the loader's order (crop offsets
+    (2, B) when ``padding``, then flip coins (B,) when ``flip``), so the generator advances alike on every
+    rank and each example gets the augmentation one process would give it.
+    x: (b, C, H, W) float, this rank's images (a padded stand-in included) -> (b, C, H, W)."""
+    n, lo, hi = batch.global_size, batch.start, batch.stop
+    rows = slice(0, 1) if batch.padded else slice(lo, hi)
+    b, _, h, w = x.shape
+    if padding > 0:
+        xp = nn.functional.pad(x, (padding, padding, padding, padding))
+        off = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)[:, rows].to(x.device)
+        r = torch.arange(h, device=x.device).unsqueeze(0) + off[0].unsqueeze(1)
+        c = torch.arange(w, device=x.device).unsqueeze(0) + off[1].unsqueeze(1)
+        bi = torch.arange(b, device=x.device).view(b, 1, 1)
+        x = xp.permute(0, 2, 3, 1)[bi, r.unsqueeze(2), c.unsqueeze(1)].permute(0, 3, 1, 2)
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5)[rows].to(x.device).view(b, 1, 1, 1)
+        x = torch.where(mask, x.flip(3), x)
+    return x.contiguous()
+
+
+def seed_rank(seed: int, env: DistEnv) -> None:
+    """Give each rank its own global random stream (attack random starts draw from it). Call after the
+    model is built, so that every rank built the same initial weights. A world of one is left untouched:
+    its stream stays the single-process one."""
+    if env.is_distributed:
+        torch.manual_seed(seed * 1_000_003 + env.rank + 1)
 
 
 def loss_norm(batch: RankBatch, world: int, global_norm: Tensor | float | None = None) -> Tensor | float:
