@@ -23,6 +23,7 @@ all-gather ``size * (world - 1)``, all-reduce ``2 (world - 1) / world * size`` (
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -114,8 +115,7 @@ class _Comm:
         self._timed(dist.all_to_all_single, recv_counts, counts)
         recv = recv_counts.tolist()
         out = torch.empty((sum(recv), *rows.shape[1:]), dtype=rows.dtype, device=self.device)
-        per_row = rows[0].numel() * rows.element_size() if rows.dim() > 1 else rows.element_size()
-        self.bytes += (sum(send) - send[self.rank]) * per_row
+        self.bytes += (sum(send) - send[self.rank]) * math.prod(rows.shape[1:]) * rows.element_size()
         self._timed(dist.all_to_all_single, out, rows.contiguous(), recv, send)
         return out
 
@@ -214,21 +214,21 @@ def _merge_stats(local: dict[str, Any], mode: str) -> dict[str, Any]:
     classes: dict[str, Any] = {}
     for p in parts:
         classes.update(p.get("classes", {}))
-    return {"method": local.get("method"), "mode": mode, "classes": dict(sorted(classes.items(), key=lambda kv:
-            int(kv[0]))), "solver_seconds_max": max(float(p.get("solver_seconds", 0.0)) for p in parts)}
+    ordered = dict(sorted(classes.items(), key=lambda kv: int(kv[0])))
+    return {"method": local.get("method"), "mode": mode, "classes": ordered,
+            "solver_seconds_max": max(float(p.get("solver_seconds", 0.0)) for p in parts)}
 
 
 def _grad_error(comm: _Comm, shard: GradShard, sel: Selection, block: int = 1024) -> float:
     """Whole-set relative gradient error from per-rank float64 sums (one all-reduce of 2 d numbers)."""
-    pos = torch.searchsorted(sel.indices, shard.indices.to(sel.indices.device)).clamp_max(
-        max(sel.indices.numel() - 1, 0))
-    hit = sel.indices.numel() > 0
-    w = torch.zeros(shard.indices.numel(), dtype=torch.float64, device=shard.grads.device)
-    if hit:
-        found = sel.indices[pos] == shard.indices.to(sel.indices.device)
-        w = torch.where(found, sel.weights[pos].double(), torch.zeros_like(sel.weights[pos].double())
-                        ).to(shard.grads.device)
-    sums = torch.zeros(2, shard.grads.shape[1], dtype=torch.float64, device=shard.grads.device)
+    dev = shard.grads.device
+    w = torch.zeros(shard.indices.numel(), dtype=torch.float64, device=dev)
+    if sel.indices.numel():
+        mine, chosen = shard.indices.to(dev), sel.indices.to(dev)
+        pos = torch.searchsorted(chosen, mine).clamp_max(chosen.numel() - 1)
+        found = chosen[pos] == mine
+        w[found] = sel.weights.to(dev)[pos[found]].double()
+    sums = torch.zeros(2, shard.grads.shape[1], dtype=torch.float64, device=dev)
     for i in range(0, shard.grads.shape[0], block):
         g = shard.grads[i:i + block].double()
         sums[0] += g.sum(0)
@@ -302,7 +302,7 @@ def _weighted_round(cfg: SelectionConfig, cand: GradShard, w1: Tensor, sizes: Te
                     gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Per owned class: keep ceil(fraction * n_c) of the proposals, weighted to stand for the whole class.
     cand: proposals (m, d) in global order, w1: (m,) their first-round weights."""
-    picks, weights = [], []
+    picks, weights = [cand.indices[:0]], [torch.empty(0)]
     for c in torch.unique(cand.labels).tolist():
         rows = torch.nonzero(cand.labels == c).squeeze(1)
         g, u = cand.grads[rows], w1[rows]
@@ -318,8 +318,6 @@ def _weighted_round(cfg: SelectionConfig, cand: GradShard, w1: Tensor, sizes: Te
                 i, w = res.indices, res.weights
         picks.append(cand.indices[rows[i.to(rows.device)]])
         weights.append(w.float().cpu())
-    if not picks:
-        return cand.indices[:0], torch.empty(0)
     return torch.cat(picks), torch.cat(weights)
 
 
