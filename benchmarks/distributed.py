@@ -7,11 +7,12 @@ second round), the payload bytes one round sends by ``advcoreset.selection.distr
 one coreset epoch of DDP gradient all-reduce for scale. Writes benchmarks/results/distributed/volume.{json,md}.
 
     python benchmarks/distributed.py                      # volume tables only (seconds, no data)
-    python benchmarks/distributed.py --measure [--n 6000] [--layouts 1x2,2x1] [--device cpu]
+    python benchmarks/distributed.py --measure [--n 6000] [--layouts 1x2,2x1] [--device cpu] [--model small_cnn]
 
-``--measure`` times, on real Fashion-MNIST and the small CNN, one selection round per mode (attack,
-gradient, communication, solver) and one coreset epoch, for each layout PROCESSESxTHREADS, each under
-``torchrun --standalone``; it writes benchmarks/results/distributed/measure_<device>.json. Timings are
+``--measure`` times, on real Fashion-MNIST and an untrained model (the cost of a round does not depend
+on the weights), one selection round per mode (attack, gradient, communication, solver; CRAIG at
+fraction 0.3) and one coreset epoch, for each layout PROCESSESxTHREADS, each under
+``torchrun --standalone``; it writes benchmarks/results/distributed/measure_<device>_<model>.json. Timings are
 only meaningful on an otherwise idle machine; see docs/distributed.md for the planned runs.
 """
 
@@ -98,7 +99,7 @@ def write_volume(rows: list[dict[str, Any]]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- --measure
-def worker(n: int, threads: int, device: str, dest: Path) -> None:
+def worker(n: int, threads: int, device: str, model_name: str, dest: Path) -> None:
     """One rank of a measured layout (run under torchrun): a selection round per mode, then an epoch."""
     import torch
 
@@ -115,9 +116,11 @@ def worker(n: int, threads: int, device: str, dest: Path) -> None:
     data = prepare_data(DataConfig(train_subset=n), 0)
     images, labels = data.train.images.to(env.device), data.train.labels.to(env.device)
     torch.manual_seed(0)
-    model = create_model("small_cnn", 1, 10, 28).to(env.device)
+    model = D.convert_sync_bn(create_model(model_name, 1, 10, 28), env).to(env.device)
+    D.seed_rank(0, env)
     obj = build_objective(ObjectiveConfig())
-    res: dict[str, Any] = {"world_size": env.world_size, "threads": threads, "n": n, "device": str(env.device)}
+    res: dict[str, Any] = {"world_size": env.world_size, "threads": threads, "n": n, "device": str(env.device),
+                           "model": model_name}
     shard, t_grad = shard_grads(model, obj, images, labels, env.rank, env.world_size, 128)
     for mode, second in MODES:
         r = select_sharded(mode, SelectionConfig(method="craig", fraction=FRACTION), 0, shard, labels.cpu(),
@@ -144,32 +147,33 @@ def worker(n: int, threads: int, device: str, dest: Path) -> None:
     D.shutdown(env)
 
 
-def measure(n: int, layouts: list[tuple[int, int]], device: str) -> None:
+def measure(n: int, layouts: list[tuple[int, int]], device: str, model: str) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     results = []
     for procs, threads in layouts:
         tmp = OUT / f".measure_{procs}x{threads}.json"
         # positional worker arguments: torchrun's own parser would claim options such as --n
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-               __file__, "worker", str(n), str(threads), device, str(tmp)]
+               __file__, "worker", str(n), str(threads), device, model, str(tmp)]
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         results.append({"layout": f"{procs}x{threads}", **json.loads(tmp.read_text())})
         tmp.unlink()
-    path = OUT / f"measure_{device}.json"
+    path = OUT / f"measure_{device}_{model}.json"
     path.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
 
 def main() -> None:
     if sys.argv[1:2] == ["worker"]:
-        n, threads, device, out = sys.argv[2:6]
-        worker(int(n), int(threads), device, Path(out))
+        n, threads, device, model, out = sys.argv[2:7]
+        worker(int(n), int(threads), device, model, Path(out))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--measure", action="store_true", help="also time the layouts (needs an idle machine)")
     ap.add_argument("--n", type=int, default=6000, help="Fashion-MNIST training images for --measure")
     ap.add_argument("--layouts", default="1x2,2x1", help="PROCESSESxTHREADS, comma-separated")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (one GPU per process)")
+    ap.add_argument("--model", default="small_cnn", help="model for --measure (Fashion-MNIST 28x28 inputs)")
     args = ap.parse_args()
     layouts = []
     for item in args.layouts.split(","):
@@ -179,7 +183,7 @@ def main() -> None:
         layouts.append((int(p), int(t)))
     write_volume(volume_rows())
     if args.measure:
-        measure(args.n, layouts, args.device)
+        measure(args.n, layouts, args.device, args.model)
 
 
 if __name__ == "__main__":
