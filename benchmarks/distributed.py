@@ -117,7 +117,7 @@ def worker(n: int, threads: int, device: str, model_name: str, dest: Path) -> No
     images, labels = data.train.images.to(env.device), data.train.labels.to(env.device)
     torch.manual_seed(0)
     model = D.convert_sync_bn(create_model(model_name, 1, 10, 28), env).to(env.device)
-    D.seed_rank(0, env)
+    D.seed_rank(0, env, epoch=0)
     obj = build_objective(ObjectiveConfig())
     res: dict[str, Any] = {"world_size": env.world_size, "threads": threads, "n": n, "device": str(env.device),
                            "model": model_name}

@@ -254,17 +254,19 @@ def test_rank_augmentation_is_the_global_batch_augmentation(padding: int, flip: 
     assert rank_crop_flip(images[tiny.indices], tiny, padding, flip, torch.Generator()).shape == (1, 1, 6, 6)
 
 
-def test_seed_rank_separates_ranks_and_leaves_one_process_alone() -> None:
+def test_seed_rank_separates_ranks_and_epochs_and_leaves_one_process_alone() -> None:
     torch.manual_seed(5)
     want = torch.rand(3)
     torch.manual_seed(5)
-    seed_rank(0, DistEnv())
+    seed_rank(0, DistEnv(), epoch=3)
     assert torch.equal(torch.rand(3), want)
-    draws = []
-    for r in range(2):
-        seed_rank(0, DistEnv(r, 2, r, torch.device("cpu"), "gloo"))
-        draws.append(torch.rand(3))
-    assert not torch.equal(draws[0], draws[1])
+    draws = {}
+    for r, epoch in [(0, 0), (1, 0), (0, 1), (0, 0)]:
+        seed_rank(0, DistEnv(r, 2, r, torch.device("cpu"), "gloo"), epoch)
+        draws.setdefault((r, epoch), []).append(torch.rand(3))
+    assert torch.equal(*draws[(0, 0)])  # the same (seed, epoch, rank): the same stream, as after a resume
+    assert not torch.equal(draws[(0, 0)][0], draws[(1, 0)][0])
+    assert not torch.equal(draws[(0, 0)][0], draws[(0, 1)][0])
 
 
 def test_sync_bn_is_on_for_cuda_ranks_only() -> None:

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -219,12 +220,13 @@ def rank_crop_flip(x: Tensor, batch: RankBatch, padding: int, flip: bool, genera
     return x.contiguous()
 
 
-def seed_rank(seed: int, env: DistEnv) -> None:
-    """Give each rank its own global random stream (attack random starts draw from it). Call after the
-    model is built, so that every rank built the same initial weights. A world of one is left untouched:
-    its stream stays the single-process one."""
+def seed_rank(seed: int, env: DistEnv, epoch: int = 0) -> None:
+    """Give each rank its own global random stream (attack random starts draw from it), derived from
+    (seed, epoch, rank). Called at the start of every epoch, after the model is built, it makes a resumed
+    job draw what an uninterrupted one draws, although the checkpoint holds rank 0's stream only. A world
+    of one is left untouched: its stream stays the single-process one."""
     if env.is_distributed:
-        torch.manual_seed(seed * 1_000_003 + env.rank + 1)
+        torch.manual_seed(int(np.random.SeedSequence([seed, epoch, env.rank]).generate_state(1)[0]))
 
 
 def loss_norm(batch: RankBatch, world: int, global_norm: Tensor | float | None = None) -> Tensor | float:
