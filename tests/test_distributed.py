@@ -29,6 +29,7 @@ from advcoreset.training.distributed import (
     loss_norm,
     rank_batches,
     rank_crop_flip,
+    rank_device,
     reduce_accuracies,
     seed_rank,
     use_sync_bn,
@@ -208,6 +209,10 @@ def test_without_torchrun_the_world_is_one_process(monkeypatch: pytest.MonkeyPat
     env = init_distributed("cpu")
     assert (env.rank, env.world_size, env.backend, env.is_main) == (0, 1, None, True)
     assert not dist.is_initialized()
+    assert rank_device("cpu", 1, 2) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DistributedError, match="CUDA is not available"):
+            rank_device("cuda", 0, 2)
 
 
 def test_one_rank_batches_are_the_single_process_batches() -> None:
