@@ -25,6 +25,7 @@ from advcoreset.training.distributed import (
     DistributedError,
     convert_sync_bn,
     init_distributed,
+    iterate_rank_batches,
     launch_info,
     loss_norm,
     rank_batches,
@@ -223,6 +224,21 @@ def test_one_rank_batches_are_the_single_process_batches() -> None:
     assert [b.indices.tolist() for b in got] == [b.idx.tolist() for b in want]
     for g, b in zip(got, want, strict=True):
         assert torch.equal(g.weights, b.w) and g.global_weight == b.w.sum() and loss_norm(g, 1) == b.w.sum()
+
+
+def test_rank_loader_is_the_loader_for_one_rank_and_splits_it_for_two() -> None:
+    images, labels = W.images_labels()
+    idx, w, _ = W.train_runs()["coreset"]
+    want = list(iterate_batches(images, labels, idx, w, 16, torch.Generator().manual_seed(9), padding=2, flip=True))
+    one = list(iterate_rank_batches(images, labels, idx, w, 16, torch.Generator().manual_seed(9), DistEnv(),
+                                    padding=2, flip=True))
+    two = [list(iterate_rank_batches(images, labels, idx, w, 16, torch.Generator().manual_seed(9),
+                                     DistEnv(r, 2, r, torch.device("cpu"), "gloo"), padding=2, flip=True))
+           for r in range(2)]
+    for step, b in enumerate(want):
+        got = one[step][0]
+        assert all(torch.equal(getattr(got, f), getattr(b, f)) for f in ("x", "y", "w", "idx"))
+        assert torch.equal(torch.cat([two[r][step][0].x for r in range(2)]), b.x)
 
 
 def test_ranks_split_each_global_batch_disjointly() -> None:

@@ -10,6 +10,7 @@ behaviour. The loop calls, per run and per step:
 - ``rank_batches(indices, weights, generator, rank, world, global_batch)``: the epoch's global order (the
   same permutation on every rank, drawn from the shared generator exactly as one process draws it), cut
   into global batches of ``optim.batch_size``, each split into disjoint contiguous per-rank slices.
+- ``iterate_rank_batches``: the same as a drop-in for ``data.iterate_batches`` (augmentation included).
 - ``loss_norm(batch, world)``: the normaliser to pass as ``norm=`` to the objective, so that DDP's gradient
   average over ranks equals the single-process weighted-mean gradient of the whole global batch.
 - ``shard_range`` and ``reduce_accuracies``: evaluation split across ranks, correct counts summed.
@@ -27,11 +28,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from advcoreset.data.loader import Batch, to_float
 from advcoreset.selection.distributed import shard_range
 
 __all__ = ["DistEnv", "DistributedError", "RankBatch", "convert_sync_bn", "default_threads", "global_weight_sum",
-           "init_distributed", "launch_info", "loss_norm", "rank_batches", "rank_device", "reduce_accuracies",
-           "rank_crop_flip", "seed_rank", "shard_range", "shutdown", "sum_counts", "unwrap", "use_sync_bn", "wrap_ddp"]
+           "init_distributed", "iterate_rank_batches", "launch_info", "loss_norm", "rank_batches", "rank_crop_flip",
+           "rank_device", "reduce_accuracies", "seed_rank", "shard_range", "shutdown", "sum_counts", "unwrap",
+           "use_sync_bn", "wrap_ddp"]
 
 
 class DistributedError(ValueError):
@@ -218,6 +221,25 @@ def rank_crop_flip(x: Tensor, batch: RankBatch, padding: int, flip: bool, genera
         mask = (torch.rand(n, generator=generator) < 0.5)[rows].to(x.device).view(b, 1, 1, 1)
         x = torch.where(mask, x.flip(3), x)
     return x.contiguous()
+
+
+def iterate_rank_batches(images: Tensor, labels: Tensor, indices: Tensor, weights: Tensor, batch_size: int,
+                         generator: torch.Generator, env: DistEnv, *, padding: int = 0, flip: bool = False,
+                         memory_format: torch.memory_format = torch.contiguous_format
+                         ) -> Iterator[tuple[Batch, RankBatch]]:
+    """Drop-in for ``data.loader.iterate_batches`` in a DDP loop: this rank's ``Batch`` of every global
+    batch of ``batch_size``, augmented as one process would augment it, with its ``RankBatch`` (for
+    ``loss_norm`` and for leaving stand-ins out of the epoch's counts). A world of one yields exactly
+    ``iterate_batches``' batches.
+
+    images: (N, C, H, W) uint8 on the training device; labels: (N,); indices, weights: (k,)."""
+    for rb in rank_batches(indices, weights, generator, env.rank, env.world_size, batch_size):
+        dev_idx = rb.indices.to(images.device)
+        x = to_float(images[dev_idx])
+        if padding or flip:
+            x = rank_crop_flip(x, rb, padding, flip, generator)
+        yield Batch(x.contiguous(memory_format=memory_format), labels[dev_idx], rb.weights.to(images.device),
+                    rb.indices), rb
 
 
 def seed_rank(seed: int, env: DistEnv, epoch: int = 0) -> None:
