@@ -41,7 +41,8 @@ def main() -> None:
             loss.backward()
             opt.step()
             seen += len(yb)
-        print(json.dumps({"epoch": epoch + 1, "trained_on": seen, "grad_error": (loader.stats or {}).get("grad_error")}))
+        grad_error = (loader.stats or {}).get("grad_error")
+        print(json.dumps({"epoch": epoch + 1, "trained_on": seen, "grad_error": grad_error}))
 
     with torch.no_grad():
         acc = (model(x[1400:]).argmax(1) == y[1400:]).float().mean().item()

@@ -114,6 +114,11 @@ class SelectionConfig:
     less robust than a random subset (README, "Selection: gradient error and overhead")."""
     max_class_size: int = 20000
     """CRAIG: classes larger than this use partitioned greedy instead of the exact O(n^2) one."""
+    distributed: str = "gather"
+    """Selection under torchrun (world > 1): gather (exact: gradients go to the rank owning their class) or
+    partition (GreeDi-style: each rank solves its own slice, only indices and weights travel)."""
+    partition_rounds: int = 1
+    """partition: 2 adds a second solve on the union of the ranks' candidates (exact budget)."""
 
 
 @dataclass
@@ -137,6 +142,9 @@ class OptimConfig:
     pct_start: float = 0.3
     """One-cycle: fraction of steps spent warming up."""
     grad_clip: float | None = None
+    sync_bn: bool | None = None
+    """Under torchrun: BatchNorm as SyncBatchNorm. None (auto): on for CUDA ranks when world > 1; PyTorch has
+    no CPU kernel, so true on CPU ranks is an error."""
     weight_norm: str = "auto"
     """How coreset weights enter the loss. auto (default): the selector's own rule, resample for CRAIG, batch
     for every other method (resampling lifted CRAIG by 1 PGD-20 point and cost GradMatch 1.1 in
@@ -276,6 +284,9 @@ class Config:
         _check(s.lam >= 0, "selection.lam", s.lam, "must be >= 0")
         _check(s.selection_batch_size >= 1, "selection.selection_batch_size", s.selection_batch_size,
                "must be >= 1")
+        _check(s.distributed in ("gather", "partition"), "selection.distributed", s.distributed,
+               "must be gather or partition")
+        _check(s.partition_rounds in (1, 2), "selection.partition_rounds", s.partition_rounds, "must be 1 or 2")
         if s.attack_steps is not None:
             _check(s.attack_steps >= 0, "selection.attack_steps", s.attack_steps, "must be >= 0")
         if s.attack_alpha is not None:

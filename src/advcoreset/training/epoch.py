@@ -77,6 +77,11 @@ class EpochContext:
     autocast: Callable[[], AbstractContextManager[Any]]
     checkpoint: str
     """The last good checkpoint, named in the error when the loss stops being finite."""
+    ddp: nn.Module | None = None
+    """Under torchrun: the DistributedDataParallel wrapper of ``model`` the loss runs through (attacks use
+    ``model`` itself: their input-gradient passes must not enter DDP's gradient reduction)."""
+    reduce: Callable[[Tensor], Tensor] | None = None
+    """Under torchrun: sum of a float64 vector over the ranks, so every rank judges the loss alike."""
 
 
 def _step(ctx: EpochContext, b: Batch, norm: Tensor | None, timer: StepTimer) -> Any:
@@ -85,7 +90,7 @@ def _step(ctx: EpochContext, b: Batch, norm: Tensor | None, timer: StepTimer) ->
         x_adv = ctx.objective.attack(model, b.x, b.y)
     with timer.section("update"):
         with ctx.autocast():
-            out = ctx.objective.loss_at(model, b.x, x_adv, b.y, b.w, norm=norm)
+            out = ctx.objective.loss_at(ctx.ddp or model, b.x, x_adv, b.y, b.w, norm=norm)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         if ctx.optim.grad_clip:
@@ -94,11 +99,22 @@ def _step(ctx: EpochContext, b: Batch, norm: Tensor | None, timer: StepTimer) ->
     return out
 
 
+def _totals(ctx: EpochContext, loss_sum: Tensor, correct: Tensor, seen: int) -> tuple[float, float, int]:
+    """(loss sum, correct, seen) of the epoch so far, over all ranks under torchrun."""
+    if ctx.reduce is None:
+        return float(loss_sum), float(correct), seen
+    t = ctx.reduce(torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), dtype=torch.float64,
+                                                                                   device=loss_sum.device)]))
+    return float(t[0]), float(t[1]), int(t[2])
+
+
 def train_epoch(ctx: EpochContext, batches: Iterator[Batch], n_batches: int,
-                loss_norm: Callable[[Batch], Tensor | None], bar: Any = None) -> dict[str, float]:
+                loss_norm: Callable[[Batch], Tensor | float | None], bar: Any = None,
+                counted: Callable[[Batch], bool] | None = None) -> dict[str, float]:
     """One pass over ``batches`` (``n_batches`` of them); ``loss_norm(batch)`` is the weighted loss's
-    normaliser (None: the batch's weight sum). Returns the epoch's loss, adversarial accuracy, examples
-    seen, last LR and ``time_*`` seconds (data, attack, update, epoch_wall)."""
+    normaliser (None: the batch's weight sum); ``counted(batch)`` False leaves a batch (a rank's weight-0
+    stand-in) out of the epoch's statistics. Returns the epoch's loss, adversarial accuracy, examples
+    seen (all ranks), last LR and ``time_*`` seconds (data, attack, update, epoch_wall)."""
     ctx.model.train()
     timer = StepTimer(ctx.device)
     loss_sum = torch.zeros((), device=ctx.device)
@@ -112,21 +128,24 @@ def train_epoch(ctx: EpochContext, batches: Iterator[Batch], n_batches: int,
         for g in ctx.optimizer.param_groups:
             g["lr"] = lr
         out = _step(ctx, b, loss_norm(b), timer)
-        loss_sum += out.per_example.float().sum()
-        correct += (out.logits.argmax(1) == b.y).sum()
-        seen += b.y.numel()
+        if counted is None or counted(b):
+            loss_sum += out.per_example.float().sum()
+            correct += (out.logits.argmax(1) == b.y).sum()
+            seen += b.y.numel()
         if (i + 1) % 50 == 0 or i + 1 == n_batches:  # the only host syncs of the loop
-            avg = float(loss_sum) / seen
+            tot_loss, tot_correct, tot_seen = _totals(ctx, loss_sum, correct, seen)
+            avg = tot_loss / max(tot_seen, 1)
             if not math.isfinite(avg):
                 raise TrainingError(
                     f"the training loss became {avg} in epoch {ctx.epoch + 1} (batch {i + 1}); the last good "
                     f"checkpoint {ctx.checkpoint} (epoch {ctx.epoch}) is untouched. Lower optim.lr, or check "
                     "the data for NaN/inf pixels.")
             if bar is not None:
-                bar.set_postfix(loss=f"{avg:.3f}", acc=f"{float(correct) / seen:.3f}", lr=f"{lr:.3g}")
+                bar.set_postfix(loss=f"{avg:.3f}", acc=f"{tot_correct / max(tot_seen, 1):.3f}", lr=f"{lr:.3g}")
         if bar is not None:
             bar.update(1)
     times = timer.totals()
     times["epoch_wall"] = time.perf_counter() - t_start
-    return {"train_loss": float(loss_sum) / max(seen, 1), "train_adv_acc": float(correct) / max(seen, 1),
-            "n_train": seen, "lr": lr, **{f"time_{k}": v for k, v in times.items()}}
+    tot_loss, tot_correct, tot_seen = _totals(ctx, loss_sum, correct, seen)
+    return {"train_loss": tot_loss / max(tot_seen, 1), "train_adv_acc": tot_correct / max(tot_seen, 1),
+            "n_train": tot_seen, "lr": lr, **{f"time_{k}": v for k, v in times.items()}}

@@ -28,6 +28,15 @@ from advcoreset.optimizers import build_optimizer
 from advcoreset.selection import Selection, build_selector
 from advcoreset.training.build import RunData, builtin_data, builtin_model, eval_alpha, resolve_device, user_data
 from advcoreset.training.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from advcoreset.training.distributed import (
+    convert_sync_bn,
+    default_threads,
+    init_distributed,
+    seed_rank,
+    shutdown,
+    sum_counts,
+    wrap_ddp,
+)
 from advcoreset.training.epoch import EpochContext, TrainingError, train_epoch
 from advcoreset.training.evaluate import evaluate_model
 from advcoreset.training.logging import MetricsLog, progress_mode
@@ -68,9 +77,13 @@ class Trainer:
             raise ConfigError("an optimizer was given without its model: pass model=... too")
         if data is not None and train_set is not None:
             raise ConfigError("pass either data (DataSplits) or train_set/test_set (Datasets), not both")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        self.env = init_distributed(cfg.device)
+        if self.env.is_distributed:  # one device per local rank
+            self.device = self.env.device
+        threads = cfg.threads or default_threads(self.env)
+        if threads:
+            torch.set_num_threads(threads)
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
         self.cuda = self.device.type == "cuda"
@@ -79,18 +92,27 @@ class Trainer:
                        else user_data(train_set, test_set, self.device, self.memory_format))
         self.run_data = rd
         self.model: nn.Module = (model if model is not None else builtin_model(cfg, rd)).to(self.device)
-        self.model = self.model.to(memory_format=self.memory_format)
+        self.model = convert_sync_bn(self.model.to(memory_format=self.memory_format), self.env, cfg.optim.sync_bn)
+        self.ddp = wrap_ddp(self.model, self.env) if self.env.is_distributed else None
+        """The DDP wrapper the loss runs through under torchrun; ``model`` stays the plain module (attacks,
+        selection, evaluation, checkpoints without ``module.`` keys)."""
         self.objective: Objective = build_objective(cfg.objective)
         sel_objective = build_selection_objective(cfg.objective, cfg.selection)
         selector = build_selector(cfg.selection, cfg.seed)
         self.optimizer = optimizer or build_optimizer(self.model.parameters(), cfg.optim)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         s = cfg.selection
-        self.loader = CoresetLoader(
-            rd.source, self.model, sel_objective, method=selector, fraction=s.fraction, warm_epochs=s.warm_epochs,
-            interval=s.interval, weight_rule=None if cfg.optim.weight_norm == "auto" else cfg.optim.weight_norm,
+        kw: dict[str, Any] = dict(
+            method=selector, fraction=s.fraction, warm_epochs=s.warm_epochs, interval=s.interval,
+            weight_rule=None if cfg.optim.weight_norm == "auto" else cfg.optim.weight_norm,
             batch_size=cfg.optim.batch_size, grad_features=s.grad_features, generator=self.generator,
             device=self.device, autocast=self._autocast, num_classes=rd.num_classes)
+        if self.env.is_distributed:
+            from advcoreset.training.ddp import ShardedCoresetLoader
+            self.loader: CoresetLoader = ShardedCoresetLoader(self.env, s, cfg.seed, rd.source, self.model,
+                                                              sel_objective, amp=self.cuda and cfg.amp, **kw)
+        else:
+            self.loader = CoresetLoader(rd.source, self.model, sel_objective, **kw)
         self.state = RunState()
 
     @property
@@ -162,8 +184,10 @@ class Trainer:
 
     # -------------------------------------------------------------------- epochs
     def _context(self) -> EpochContext:
+        env = self.env
         return EpochContext(self.model, self.objective, self.optimizer, self.cfg.optim, self.device,
-                            self.state.epoch, self._autocast, str(self.out / CHECKPOINT))
+                            self.state.epoch, self._autocast, str(self.out / CHECKPOINT), self.ddp,
+                            (lambda t: sum_counts(t, env)) if env.is_distributed else None)
 
     def train_epoch(self, indices: Tensor, weights: Tensor, bar: Any = None) -> dict[str, float]:
         """One pass over ``indices`` (k,) with ``weights`` (k,) under the run's weight rule (``optim.weight_norm``;
@@ -176,10 +200,13 @@ class Trainer:
         """Clean and PGD accuracy on the test subset (and validation robust accuracy if a split exists).
         ``final``: PGD with eval.pgd_steps and restarts, AutoAttack if asked, the objective's own threats."""
         rd = self.run_data
+        if self.env.is_distributed:
+            from advcoreset.training.ddp import evaluate_sharded
+            return evaluate_sharded(model or self.model, self.objective, self.cfg, rd.test, rd.val, self.env, final)
         return evaluate_model(model or self.model, self.objective, self.cfg, rd.test, rd.val, self.device, final)
 
     # ----------------------------------------------------------------------- run
-    def _open(self, resume: bool) -> MetricsLog:
+    def _open(self, resume: bool) -> MetricsLog | None:
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt_path = self.out / CHECKPOINT
         if resume:
@@ -189,16 +216,23 @@ class Trainer:
         elif ckpt_path.exists():
             raise TrainingError(f"{self.out} already holds a run ({ckpt_path}); pass --resume to continue it "
                                 "or choose another out_dir (nothing was overwritten)")
+        if not self.env.is_main:  # rank 0 alone writes
+            return None
         self.cfg.save(self.out / "config.yaml")
         log = MetricsLog(self.out, self.cfg.tensorboard)
         log.truncate_after(self.state.epoch)
         return log
 
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.write(record)
+
     def _train_one(self, record: dict[str, Any], mode: str) -> None:
         ld, cfg = self.loader, self.cfg
+        seed_rank(cfg.seed, self.env, self.state.epoch)
         srec = ld.start_epoch()
         if srec is not None:
-            self._log.write({"kind": "selection", **srec})
+            self._write({"kind": "selection", **srec})
             self._add_times({"selection_attack": srec["time_selection_attack"],
                              "selection_solver": srec["time_selection_solver"]})
             record.update({k: srec[k] for k in ("time_selection_attack", "time_selection_solver", "grad_error")})
@@ -209,7 +243,8 @@ class Trainer:
             bar = tqdm(total=len(ld), desc=f"epoch {self.state.epoch + 1}/{cfg.optim.epochs} [{record['phase']}]",
                        leave=False)
         try:
-            stats = train_epoch(self._context(), ld.epoch_batches(), len(ld), ld.loss_norm, bar)
+            stats = train_epoch(self._context(), ld.epoch_batches(), len(ld), ld.loss_norm, bar,
+                                getattr(ld, "counted", None))
         finally:
             if bar is not None:
                 bar.close()
@@ -227,21 +262,23 @@ class Trainer:
         vkey = f"val_pgd{cfg.eval.val_pgd_steps}_acc"
         if vkey in record and record[vkey] > self.state.best_val:
             self.state.best_val = record[vkey]
-            save_atomic({"model": self.model.state_dict(), "epoch": self.state.epoch, "config": cfg.to_dict(),
-                         "val_robust_acc": record[vkey]}, self.out / BEST)
+            if self.env.is_main:
+                save_atomic({"model": self.model.state_dict(), "epoch": self.state.epoch, "config": cfg.to_dict(),
+                             "val_robust_acc": record[vkey]}, self.out / BEST)
 
     def _epoch(self, mode: str) -> None:
         cfg = self.cfg
-        record: dict[str, Any] = {"kind": "epoch", "epoch": self.state.epoch + 1}
+        record: dict[str, Any] = {"kind": "epoch", "epoch": self.state.epoch + 1, "world_size": self.env.world_size}
         self._train_one(record, mode)
         last = self.state.epoch == cfg.optim.epochs
         if cfg.eval.every and (self.state.epoch % cfg.eval.every == 0) and not last:
             self._evaluate_epoch(record)
         record["time_train_total"] = self.train_seconds()
         # log first: a kill between the two leaves a line past the checkpoint, which resume drops
-        self._log.write(record)
-        save_atomic(self._checkpoint(), self.out / CHECKPOINT)
-        if mode in ("line", "bar"):
+        self._write(record)
+        if self.env.is_main:
+            save_atomic(self._checkpoint(), self.out / CHECKPOINT)
+        if mode in ("line", "bar") and self.env.is_main:
             print(epoch_line(record, cfg.optim.epochs), flush=True)
 
     def _final(self, mode: str) -> dict[str, Any]:
@@ -250,10 +287,12 @@ class Trainer:
         final_time = time.perf_counter() - t
         results: dict[str, Any] = {"kind": "final", "epoch": self.state.epoch, **final,
                                    "time_train_total": self.train_seconds(), "time_final_eval": final_time,
-                                   "times": dict(self.state.times), "device": str(self.device)}
-        self._log.write(results)
-        (self.out / "results.json").write_text(json.dumps(results, indent=2))
-        if mode in ("line", "bar"):
+                                   "times": dict(self.state.times), "device": str(self.device),
+                                   "world_size": self.env.world_size}
+        self._write(results)
+        if self.env.is_main:
+            (self.out / "results.json").write_text(json.dumps(results, indent=2))
+        if mode in ("line", "bar") and self.env.is_main:
             print(final_line(results), flush=True)
         return results
 
@@ -273,7 +312,8 @@ class Trainer:
                   flush=True)
             raise
         finally:
-            self._log.close()
+            if self._log is not None:
+                self._log.close()
 
     def train_seconds(self) -> float:
         """Training wall-clock so far: attack + update + data + selection (warm start included), no eval."""
@@ -286,5 +326,8 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, d
           optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
     """Train (and finally evaluate) the run described by ``cfg``, with any parts the caller brings; see
     ``Trainer`` and ``Trainer.run``."""
-    return Trainer(cfg, data, model=model, train_set=train_set, test_set=test_set,
-                   optimizer=optimizer).run(resume=resume, stop_after=stop_after)
+    trainer = Trainer(cfg, data, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer)
+    try:
+        return trainer.run(resume=resume, stop_after=stop_after)
+    finally:
+        shutdown(trainer.env)
