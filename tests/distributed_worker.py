@@ -2,9 +2,10 @@
 
 Every rank trains the tiny problems through ``advcoreset.training.distributed`` and runs the sharded
 selections, then saves what it got to OUT/rank<r>.pt; the test compares that with single-process runs
-of the same problems (defined here, so both sides build exactly the same data and model). With
-KILL_RANK, that rank then dies by SIGKILL while the others enter a collective: they must notice (and
-write OUT/peer_lost_rank<r>) instead of waiting forever.
+of the same problems (defined here, so both sides build exactly the same data and model). Then the real
+trainer runs ``trainer_config`` to the end in OUT/whole. With KILL_RANK, the same run starts again in
+OUT/killed and that rank dies by SIGKILL after epoch ``KILL_AFTER``, while the others enter the next
+epoch's collectives: they must notice (and write OUT/peer_lost_rank<r>) instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from advcoreset.config import AttackConfig, ObjectiveConfig, SelectionConfig
+from advcoreset.config import AttackConfig, Config, ObjectiveConfig, SelectionConfig, load_config
 from advcoreset.data.loader import to_float
 from advcoreset.evaluation.robust import accuracy
 from advcoreset.objectives import Objective, build_objective
 from advcoreset.selection.distributed import GradShard, select_sharded
+from advcoreset.training import Trainer
 from advcoreset.training.distributed import (
     DistEnv,
     init_distributed,
@@ -114,6 +116,22 @@ SELECTIONS = {  # name -> (mode, config, second round)
 }
 SELECTION_SEED, SOLVER_SEED, GENERATOR_SEED = 0, 7, 5
 
+# The real trainer on a tiny problem: a warm epoch on all data, then two CRAIG coresets (gather mode) whose
+# weights enter the loss per batch; crops drawn from the run generator; a deterministic attack, so one
+# process and two ranks attack alike.
+TRAINER_OVERRIDES = [
+    "data.name=digits", "data.train_subset=240", "data.test_subset=60", "data.val_size=40", "data.augment=crop",
+    "data.crop_padding=1", "model.width=4", "objective.attack.eps=0.1", "objective.attack.alpha=0.04",
+    "objective.attack.steps=2", "objective.attack.random_start=false", "selection.method=craig",
+    "selection.fraction=0.3", "selection.warm_epochs=1", "selection.interval=1", "optim.weight_norm=batch",
+    "optim.epochs=3", "optim.batch_size=64", "optim.lr=0.2", "eval.pgd_steps=2", "eval.val_pgd_steps=2",
+    "eval.every=1", "progress=none", "threads=1", "device=cpu"]
+KILL_AFTER = 2
+
+
+def trainer_config(out_dir: Path) -> Config:
+    return load_config(None, [*TRAINER_OVERRIDES, f"out_dir={out_dir}"])
+
 
 def main(out: Path, kill_rank: int | None) -> None:
     torch.set_num_threads(1)
@@ -137,19 +155,32 @@ def main(out: Path, kill_rank: int | None) -> None:
                               "bytes_sent": r.bytes_sent, "bytes_total": r.bytes_total,
                               "grad_error": r.grad_error, "times": r.times}
     torch.save(res, out / f"rank{env.rank}.pt")
+    Trainer(trainer_config(out / "whole")).run()  # Trainer.run keeps the process group (train() ends it)
     if kill_rank is not None:
-        _die_or_notice(env, kill_rank, out)
+        _die_or_notice(kill_rank, out)
     shutdown(env)
 
 
-def _die_or_notice(env: DistEnv, kill_rank: int, out: Path) -> None:
-    torch.distributed.barrier()  # every rank has saved its results
-    if env.rank == kill_rank:
-        os.kill(os.getpid(), signal.SIGKILL)
+class _DiesAfter(Trainer):
+    """The trainer, except that rank ``kill_rank`` dies by SIGKILL once epoch ``KILL_AFTER`` is saved."""
+
+    kill_rank = 1
+
+    def _epoch(self, mode: str) -> None:
+        super()._epoch(mode)
+        if self.state.epoch == KILL_AFTER:
+            torch.distributed.barrier()  # rank 0 has written this epoch's last.pt
+            if self.env.rank == self.kill_rank:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _die_or_notice(kill_rank: int, out: Path) -> None:
+    trainer = _DiesAfter(trainer_config(out / "killed"))
+    trainer.kill_rank = kill_rank
     try:
-        torch.distributed.all_reduce(torch.ones(1))
-    except Exception as e:  # noqa: BLE001 - any failure of the collective is the expected outcome
-        (out / f"peer_lost_rank{env.rank}").write_text(type(e).__name__)
+        trainer.run()
+    except Exception as e:  # noqa: BLE001 - any failure of the next collective is the expected outcome
+        (out / f"peer_lost_rank{trainer.env.rank}").write_text(type(e).__name__)
         sys.exit(3)
 
 

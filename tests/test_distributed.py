@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -76,7 +77,23 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     missing = [r for r in range(2) if not (out / f"rank{r}.pt").exists()]
     assert not missing, f"ranks {missing} wrote no results:\n" + "\n".join(x[-3000:] for x in logs)
     return {"ranks": [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)], "codes": codes,
-            "peer_lost": (out / "peer_lost_rank0").exists(), "logs": logs}
+            "peer_lost": (out / "peer_lost_rank0").exists(), "logs": logs, "out": out}
+
+
+@pytest.fixture(scope="module")
+def resumed(launch: dict[str, Any]) -> dict[str, Any]:
+    """``--resume`` of the killed trainer run, under torchrun (one node, two ranks), through the CLI."""
+    run = launch["out"] / "killed"
+    before = torch.load(run / "last.pt", weights_only=True)["epoch"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "advcoreset",
+           "train", "--out", str(run), "--resume"]
+    try:
+        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the resumed 2-rank job hung past 240 s")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return {"epoch_before": before, "run": run}
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +106,49 @@ def test_two_nodes_rendezvous_and_a_killed_rank_stops_the_job(launch: dict[str, 
     # rank 1's SIGKILL: its agent fails, and rank 0 sees its collective fail instead of waiting for ever
     assert launch["codes"][1] != 0 and launch["codes"][0] != 0, launch["logs"]
     assert launch["peer_lost"], launch["logs"][0][-3000:]
+
+
+def _state(run: Path) -> dict[str, Any]:
+    return torch.load(run / "last.pt", weights_only=True)
+
+
+def test_trainer_two_ranks_equal_one_process(launch: dict[str, Any], tmp_path: Path) -> None:
+    from advcoreset.training import Trainer, train
+    from advcoreset.training.logging import read_metrics
+
+    cfg = W.trainer_config(tmp_path / "one")
+    start = {k: p.detach().clone() for k, p in Trainer(cfg).model.named_parameters()}
+    train(cfg)
+    one, two = _state(tmp_path / "one"), _state(launch["out"] / "whole")
+    for key, value in one["model"].items():
+        assert key not in start or not torch.allclose(value, start[key], atol=1e-3), f"{key} did not train"
+        torch.testing.assert_close(two["model"][key], value, atol=ATOL, rtol=0)  # ATOL: see its comment
+    # gather selection on the same model and points: the single-process coreset, bit for bit
+    assert torch.equal(two["coreset"]["indices"], one["coreset"]["indices"])
+    assert torch.equal(two["coreset"]["weights"], one["coreset"]["weights"])
+    m1 = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    m2 = read_metrics(launch["out"] / "whole" / "metrics.jsonl")
+    e1, e2 = [r for r in m1 if r["kind"] == "epoch"], [r for r in m2 if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in e2] == [1, 2, 3]  # rank 0 alone logs
+    for a, b in zip(e1, e2, strict=True):  # statistics summed over the ranks' slices
+        assert (a["n_train"], a["world_size"], b["world_size"]) == (b["n_train"], 1, 2)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
+        assert b.get("test_clean_acc") == pytest.approx(a.get("test_clean_acc"), abs=1e-12)  # split evaluation
+    sel = [r for r in m2 if r["kind"] == "selection"]
+    assert len(sel) == 2 and all(r["distributed_mode"] == "gather" and r["bytes_total"] > 0 for r in sel)
+    assert sel[0]["grad_error"] == pytest.approx(
+        [r for r in m1 if r["kind"] == "selection"][0]["grad_error"], abs=1e-5)
+    res = json.loads((launch["out"] / "whole" / "results.json").read_text())
+    assert res["world_size"] == 2 and res["test_n"] == 60
+
+
+def test_resume_under_torchrun_reaches_the_uninterrupted_weights(launch: dict[str, Any],
+                                                                 resumed: dict[str, Any]) -> None:
+    assert resumed["epoch_before"] == W.KILL_AFTER < 3  # the kill left a run to finish
+    whole, again = _state(launch["out"] / "whole"), _state(resumed["run"])
+    assert again["epoch"] == 3
+    for key, value in whole["model"].items():
+        assert torch.equal(again["model"][key], value), key
 
 
 def _train_one_process(indices: torch.Tensor, weights: torch.Tensor, batch: int) -> nn.Module:
