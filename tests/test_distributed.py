@@ -391,3 +391,16 @@ def test_bad_modes_fail_before_any_communication() -> None:
         select_sharded("gather", SelectionConfig(method="craig"), 0, None, labels, torch.Generator(), 0)
     with pytest.raises(ValueError, match="mode must be"):
         round_bytes("ring", 2, 10, 5, 2, 0)
+
+
+def test_distributed_config_fields_are_checked() -> None:
+    from advcoreset.config import ConfigError, load_config
+
+    cfg = load_config(None, ["selection.distributed=partition", "selection.partition_rounds=2", "optim.sync_bn=false"])
+    assert (cfg.selection.distributed, cfg.selection.partition_rounds, cfg.optim.sync_bn) == ("partition", 2, False)
+    assert load_config(None, []).optim.sync_bn is None  # auto
+    for bad, field in [("selection.distributed=scatter", "selection.distributed"),
+                       ("selection.partition_rounds=3", "selection.partition_rounds"),
+                       ("optim.sync_bn=maybe", "optim.sync_bn")]:
+        with pytest.raises(ConfigError, match=field):
+            load_config(None, [bad])
