@@ -4,7 +4,8 @@ The loop names no attack, objective, selector or dataset: the config names them,
 them, and each part carries its own defaults (a selector its weight rule, an objective its extra
 evaluation, a dataset record its statistics and augmentation). Every epoch appends to ``metrics.jsonl``
 and rewrites ``last.pt`` atomically; ``resume=True`` continues from ``last.pt`` and reaches bit-identical
-weights on CPU.
+weights on CPU. Under ``torchrun`` (a world > 1) the loss runs through DistributedDataParallel, the coreset
+loader and evaluation are the sharded ones of ``training.ddp``, and rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class Trainer:
         auto: the selector's). Uniform weights give the plain mean loss under every rule."""
         n_batches = -(-indices.numel() // self.cfg.optim.batch_size)
         return train_epoch(self._context(), self.loader.batches_for(indices, weights), n_batches,
-                           self.loader.loss_norm, bar)
+                           self.loader.loss_norm, bar, getattr(self.loader, "counted", None))
 
     def evaluate(self, final: bool = False, model: nn.Module | None = None) -> dict[str, Any]:
         """Clean and PGD accuracy on the test subset (and validation robust accuracy if a split exists).
@@ -300,7 +301,7 @@ class Trainer:
         """Train to ``optim.epochs`` (or stop after ``stop_after`` completed epochs, for tests), then
         evaluate; returns (and writes to results.json) the final metrics."""
         self._log = self._open(resume)
-        mode = progress_mode(self.cfg.progress)
+        mode = progress_mode(self.cfg.progress) if self.env.is_main else "none"
         try:
             while self.state.epoch < self.cfg.optim.epochs:
                 if stop_after is not None and self.state.epoch >= stop_after:
