@@ -127,6 +127,8 @@ TRAINER_OVERRIDES = [
     "optim.epochs=3", "optim.batch_size=64", "optim.lr=0.2", "eval.pgd_steps=2", "eval.val_pgd_steps=2",
     "eval.every=1", "progress=none", "threads=1", "device=cpu"]
 KILL_AFTER = 2
+PARTITION = ["selection.distributed=partition", "selection.partition_rounds=2", "optim.weight_norm=epoch",
+             "optim.epochs=2", "eval.every=0"]
 
 
 def trainer_config(out_dir: Path) -> Config:
@@ -156,6 +158,7 @@ def main(out: Path, kill_rank: int | None) -> None:
                               "grad_error": r.grad_error, "times": r.times}
     torch.save(res, out / f"rank{env.rank}.pt")
     Trainer(trainer_config(out / "whole")).run()  # Trainer.run keeps the process group (train() ends it)
+    Trainer(load_config(None, [*TRAINER_OVERRIDES, *PARTITION, f"out_dir={out / 'partition'}"])).run()
     if kill_rank is not None:
         _die_or_notice(kill_rank, out)
     shutdown(env)

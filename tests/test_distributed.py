@@ -142,6 +142,18 @@ def test_trainer_two_ranks_equal_one_process(launch: dict[str, Any], tmp_path: P
     assert res["world_size"] == 2 and res["test_n"] == 60
 
 
+def test_trainer_partition_mode_runs_and_reports(launch: dict[str, Any]) -> None:
+    from advcoreset.training.logging import read_metrics
+
+    run = launch["out"] / "partition"
+    sel = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "selection"]
+    assert len(sel) == 1 and sel[0]["distributed_mode"] == "partition" and 0 < sel[0]["grad_error"] < 1
+    assert set(sel[0]["time_selection_split"]) == {"attack", "gradient", "communication", "solver"}
+    chosen = torch.load(run / "last.pt", weights_only=True)["coreset"]["indices"]
+    assert chosen.numel() == sel[0]["coreset_size"] == 80  # two rounds keep the exact budget: 0.3 x 24 per class
+    assert json.loads((run / "results.json").read_text())["world_size"] == 2
+
+
 def test_resume_under_torchrun_reaches_the_uninterrupted_weights(launch: dict[str, Any],
                                                                  resumed: dict[str, Any]) -> None:
     assert resumed["epoch_before"] == W.KILL_AFTER < 3  # the kill left a run to finish
