@@ -195,3 +195,25 @@ def test_fullscale_spec_is_the_issue_s_study():
     assert {r.config["objective"]["name"] for r in runs if r.objective == "pgd_linf"} == {"pgd"}
     assert all(r.config["objective"]["attack"]["steps"] == 7 for r in runs if r.objective == "pgd_linf")
     assert spec["extra_evals"]["pgd50x3"] == {"pgd_steps": 50, "restarts": 3, "label": "PGD-50x3"}
+
+
+def test_world_size_launches_runs_under_torchrun_and_jobs_get_their_own_devices(tmp_path):
+    spec = bench.load_spec(SPEC)
+    one = bench.expand(spec, tmp_path)[0]
+    assert one.world_size == 1
+    assert bench.train_command(one, tmp_path / "c.yaml", False)[1:3] == ["-m", "advcoreset.cli"]
+    spec["world_size"] = 2
+    run = bench.expand(spec, tmp_path)[0]
+    cmd = bench.train_command(run, tmp_path / "c.yaml", True)
+    # the launch tests/test_distributed.py runs for --resume under torchrun
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    assert cmd[6:8] == ["advcoreset", "train"] and cmd[-1] == "--resume"
+    assert bench.device_groups(2, 2, ["0", "1", "2", "3"]) == ["0,1", "2,3"]
+    assert bench.device_groups(3, 1, ["4", "6", "7"]) == ["4", "6", "7"]
+    assert bench.device_groups(4, 2, []) is None  # CPU: no devices to hand out
+    with pytest.raises(ConfigError, match="lower --jobs"):
+        bench.device_groups(3, 2, ["0", "1", "2", "3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPEC.read_text() + "\nworld_size: 0\n")
+    with pytest.raises(ConfigError, match="world_size"):
+        bench.load_spec(bad)

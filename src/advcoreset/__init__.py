@@ -1,7 +1,18 @@
-"""advcoreset: adversarial coreset selection for efficient robust training."""
+"""advcoreset: adversarial coreset selection for efficient robust training.
+
+The PyTorch-facing API (imported on first use, so ``import advcoreset`` stays light):
+
+- ``train(config, *, model=None, train_set=None, test_set=None, optimizer=None)``: a whole run.
+- ``CoresetLoader(dataset, model, objective, method=..., fraction=...)``: the coreset lifecycle for a
+  training loop of one's own; iterating gives one epoch of (x, y, w) batches.
+- ``select_coreset(model, dataset, objective, method=..., fraction=...)``: one selection round.
+- ``load_model(folder)``: an exported model (``model.safetensors`` + ``model.json``), in eval mode.
+"""
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from advcoreset.config import Config, ConfigError, load_config
@@ -9,11 +20,46 @@ from advcoreset.config import Config, ConfigError, load_config
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Config", "ConfigError", "load_config", "load_model"]
+    from advcoreset.coreset import CoresetLoader, select_coreset
+    from advcoreset.models.adapter import LastLayerError
+
+__all__ = ["Config", "ConfigError", "CoresetLoader", "LastLayerError", "load_config", "load_model",
+           "select_coreset", "train"]
 __version__ = "0.1.0"
 
+_LAZY = {"CoresetLoader": "advcoreset.coreset", "select_coreset": "advcoreset.coreset",
+         "LastLayerError": "advcoreset.models.adapter"}
 
-# io (issue 12): imported lazily so `import advcoreset` (and `advcoreset --version`) does not load torch
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'advcoreset' has no attribute {name!r}")
+
+
+def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: Any = None, train_set: Any = None,
+          test_set: Any = None, optimizer: Any = None, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate one run; returns the results dict (``test_clean_acc``, ``test_pgd{k}_acc``, times...).
+
+    Args:
+        config: a Config, a YAML path, a dict of config sections, or None for the defaults.
+        model: any nn.Module mapping (B, C, H, W) floats in [0, 1] to logits and ending in an nn.Linear (or
+            timm's ``forward_head``/``get_classifier``); None: ``config.model.name``.
+        train_set, test_set: map-style Datasets of (image (C, H, W) uint8 or float in [0, 1], int label), any
+            channel count and size; None: ``config.data.name``.
+        optimizer: an optimiser over ``model``'s parameters; None: ``config.optim.name``.
+    """
+    from advcoreset.training.trainer import train as run
+
+    if config is None or isinstance(config, (str, Path)):
+        cfg = load_config(config)
+    elif isinstance(config, dict):
+        cfg = Config.from_dict(config).validate()
+    else:
+        cfg = config
+    return run(cfg, resume=resume, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer)
+
+
 def load_model(folder: Any, device: Any = "cpu") -> nn.Module:
     """Rebuild an exported model (a run folder, or ``advcoreset export``'s --out) with its weights, in eval
     mode: (B, C, H, W) pixels in [0, 1] -> (B, num_classes) logits. See ``advcoreset.models.export``."""

@@ -16,6 +16,7 @@ import argparse
 import copy
 import json
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -44,6 +45,8 @@ class Run:
     seed: int
     config: dict[str, Any]
     folder: Path
+    world_size: int = 1
+    """Processes of the run: > 1 launches it under ``torchrun --standalone --nproc_per_node``."""
 
     @property
     def key(self) -> str:
@@ -80,7 +83,7 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
                     if method != "full":
                         cfg = _merge(cfg, coreset_cfg)
                     cfg = _merge(cfg, {"selection": sel, "seed": seed})
-                    run = Run(obj_name, method, frac, seed, cfg, Path())
+                    run = Run(obj_name, method, frac, seed, cfg, Path(), int(spec.get("world_size", 1)))
                     run.folder = out / "runs" / run.key
                     cfg.update({"out_dir": str(run.folder), "progress": "line"})
                     if threads:
@@ -93,25 +96,64 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
     return runs
 
 
-def _execute(run: Run, log_dir: Path) -> tuple[Run, int, float]:
+def train_command(run: Run, config_path: Path, resume: bool) -> list[str]:
+    """The command line of one run: ``advcoreset train``, under torchrun when the run has several processes."""
+    launch = [sys.executable, "-m", "advcoreset.cli"] if run.world_size == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={run.world_size}",
+        "-m", "advcoreset"]
+    return [*launch, "train", "--config", str(config_path), "--out", str(run.folder)] + (["--resume"] if resume else [])
+
+
+def device_groups(jobs: int, world_size: int, visible: list[str]) -> list[str] | None:
+    """``CUDA_VISIBLE_DEVICES`` values giving each of ``jobs`` concurrent runs its own ``world_size`` of the
+    ``visible`` CUDA devices; None without CUDA devices (CPU runs share the machine)."""
+    if not visible:
+        return None
+    if jobs * world_size > len(visible):
+        raise ConfigError(f"bench --jobs {jobs} with world_size {world_size} needs {jobs * world_size} CUDA "
+                          f"devices, {len(visible)} are visible; lower --jobs")
+    return [",".join(visible[j * world_size:(j + 1) * world_size]) for j in range(jobs)]
+
+
+def _visible_cuda() -> list[str]:
+    import torch
+
+    n = torch.cuda.device_count()
+    named = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [d.strip() for d in named.split(",") if d.strip()][:n] if named else [str(i) for i in range(n)]
+
+
+def _execute(run: Run, log_dir: Path, devices: queue.Queue[str] | None) -> tuple[Run, int, float]:
     run.folder.mkdir(parents=True, exist_ok=True)
     req = run.folder.parent / (run.folder.name + ".yaml")
     Config.from_dict(run.config).save(req)
-    cmd = [sys.executable, "-m", "advcoreset.cli", "train", "--config", str(req), "--out", str(run.folder)]
-    if (run.folder / "last.pt").exists():
-        cmd.append("--resume")
+    cmd = train_command(run, req, (run.folder / "last.pt").exists())
     t0 = time.perf_counter()
     log = log_dir / (run.key.replace("/", "__") + ".log")
-    with open(log, "a") as f:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}  # dies with the bench
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    group = None if devices is None else devices.get()
+    try:
+        with open(log, "a") as f:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}  # dies with the bench
+            if group is not None:
+                env["CUDA_VISIBLE_DEVICES"] = group
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    finally:
+        if devices is not None and group is not None:
+            devices.put(group)
     return run, rc, time.perf_counter() - t0
 
 
 def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto") -> list[str]:
-    """Run what is not finished, ``jobs`` at a time; returns the keys that failed. ``progress``: auto, bar,
-    line or none (``advcoreset.progress``): runs done / total and the time left."""
+    """Run what is not finished, ``jobs`` at a time (each with its own CUDA devices where there are
+    some); returns the keys that failed. ``progress``: auto, bar, line or none (``advcoreset.progress``):
+    runs done / total and the time left."""
     todo = [r for r in runs if not (r.folder / "results.json").exists()]
+    groups = device_groups(jobs, max([r.world_size for r in todo], default=1), _visible_cuda()) if todo else None
+    devices: queue.Queue[str] | None = None
+    if groups is not None:
+        devices = queue.Queue()
+        for g in groups:
+            devices.put(g)
     print(f"bench: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run ({jobs} at a time)",
           flush=True)
     log_dir = out / "logs"
@@ -120,7 +162,7 @@ def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto") -> li
     # runs take minutes: a line per finished run (interval 0), with the time left from the mean so far
     task = make_progress(progress, interval=0.0)("bench runs", len(todo))
     with ThreadPoolExecutor(max_workers=jobs) as pool, task:
-        for run, rc, secs in pool.map(lambda r: _execute(r, log_dir), todo):
+        for run, rc, secs in pool.map(lambda r: _execute(r, log_dir, devices), todo):
             status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {log_dir})"
             task.update(1, note=f"{run.key}: {status} in {secs:.0f}s")
             if rc != 0:

@@ -33,7 +33,7 @@ class SpecError(ConfigError):
 
 
 SPEC_KEYS = ("name", "description", "base", "objectives", "methods", "fractions", "seeds", "jobs", "threads",
-             "reference", "targets", "extra_evals")
+             "reference", "targets", "extra_evals", "world_size")
 ENTRY_KEYS = ("methods", "fractions", "coreset")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -112,6 +112,9 @@ def _check_spec(spec: dict[str, Any], where: str) -> None:
             raise SpecError(f"{w}.coreset must be a mapping of config fields")
     if spec.get("reference") is not None and spec["reference"] not in objs:
         raise SpecError(f"{where}: reference {spec['reference']!r} is not one of the objectives {list(objs)}")
+    w = spec.get("world_size", 1)
+    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        raise SpecError(f"{where}: world_size must be an integer >= 1 (processes per run), got {w!r}")
     t = spec.get("targets")
     if t is not None and (not isinstance(t, dict) or t.get("objective") not in objs or not is_frac(t.get("fraction"))):
         raise SpecError(f"{where}: targets must name one of the objectives {list(objs)} and a fraction")

@@ -114,10 +114,17 @@ class SelectionConfig:
     less robust than a random subset (README, "Selection: gradient error and overhead")."""
     max_class_size: int = 20000
     """CRAIG: classes larger than this use partitioned greedy instead of the exact O(n^2) one."""
+    distributed: str = "gather"
+    """Selection under torchrun (world > 1): gather (exact: gradients go to the rank owning their class) or
+    partition (GreeDi-style: each rank solves its own slice, only indices and weights travel)."""
+    partition_rounds: int = 1
+    """partition: 2 adds a second solve on the union of the ranks' candidates (exact budget)."""
 
 
 @dataclass
 class OptimConfig:
+    name: str = "sgd"
+    """Optimiser: sgd (momentum, nesterov, weight_decay) or adamw (betas, weight_decay)."""
     epochs: int = 3
     batch_size: int = 128
     lr: float = 0.2
@@ -125,6 +132,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's moment decay rates."""
     schedule: str = "onecycle"
     """onecycle, step, cosine or constant. Counts only the epochs (and steps) that train."""
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
@@ -133,9 +142,13 @@ class OptimConfig:
     pct_start: float = 0.3
     """One-cycle: fraction of steps spent warming up."""
     grad_clip: float | None = None
+    sync_bn: bool | None = None
+    """Under torchrun: BatchNorm as SyncBatchNorm. None (auto): on for CUDA ranks when world > 1; PyTorch has
+    no CPU kernel, so true on CPU ranks is an error."""
     weight_norm: str = "auto"
-    """How coreset weights enter the loss. auto (default): resample for CRAIG, batch for every other method
-    (resampling lifted CRAIG by 1 PGD-20 point and cost GradMatch 1.1 in ``configs/bench_targets_120_i10*.yaml``).
+    """How coreset weights enter the loss. auto (default): the selector's own rule, resample for CRAIG, batch
+    for every other method (resampling lifted CRAIG by 1 PGD-20 point and cost GradMatch 1.1 in
+    ``configs/bench_targets_120_i10*.yaml``).
     batch: sum_j w_j l_j / sum_j w_j over each mini-batch (the
     paper's rule): every step is a convex combination of per-example losses, so a few heavy CRAIG weights
     cannot blow up a step. epoch: sum_j w_j l_j / (B * mean weight of the epoch), unbiased for the epoch's
@@ -245,8 +258,10 @@ class Config:
     # ------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Raise ``ConfigError`` naming the first bad field; return self when all is well."""
+        # Lazy: the registries' modules read configs by attribute only and never import this module.
         from advcoreset.models import available_models
         from advcoreset.objectives import available_objectives
+        from advcoreset.optimizers import available_optimizers
         from advcoreset.selection import available_selectors
 
         a = self.objective.attack
@@ -276,11 +291,18 @@ class Config:
         _check(s.lam >= 0, "selection.lam", s.lam, "must be >= 0")
         _check(s.selection_batch_size >= 1, "selection.selection_batch_size", s.selection_batch_size,
                "must be >= 1")
+        _check(s.distributed in ("gather", "partition"), "selection.distributed", s.distributed,
+               "must be gather or partition")
+        _check(s.partition_rounds in (1, 2), "selection.partition_rounds", s.partition_rounds, "must be 1 or 2")
         if s.attack_steps is not None:
             _check(s.attack_steps >= 0, "selection.attack_steps", s.attack_steps, "must be >= 0")
         if s.attack_alpha is not None:
             _check(s.attack_alpha > 0, "selection.attack_alpha", s.attack_alpha, "must be > 0")
         o = self.optim
+        names = available_optimizers()
+        _check(o.name in names, "optim.name", o.name, f"must be one of {names}")
+        _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
+               "must be two numbers in [0, 1)")
         _check(o.epochs >= 1, "optim.epochs", o.epochs, "must be >= 1")
         _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1")
         _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")

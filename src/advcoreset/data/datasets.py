@@ -18,6 +18,7 @@ Nothing is downloaded: a missing file raises :class:`DataError` saying which fil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,33 +35,10 @@ from advcoreset.data.formats import (
     read_image_folder,
     read_svhn_mat,
 )
+from advcoreset.registry import Registry
 
-__all__ = ["DATASETS", "DataError", "ImageArrays", "dataset_stats", "default_augment", "digits_split",
-           "load_dataset"]
-
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "imagefolder", "digits")
-"""Names accepted by :func:`load_dataset`."""
-
-DEFAULT_ROOTS: dict[str, str] = {
-    "fashion-mnist": "/usr/share/datasets/fashion-mnist",
-    "mnist": "/usr/share/datasets/mnist",
-}
-"""Where :func:`load_dataset` looks when ``root`` is None. Other datasets need ``data.root``."""
-
-# Per-channel mean / std of the training images, pixels in [0, 1] (population std over N*H*W).
-_STATS: dict[str, tuple[list[float], list[float]]] = {
-    "mnist": ([0.1307], [0.3081]),
-    "fashion-mnist": ([0.2860], [0.3530]),
-    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
-    "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
-    "svhn": ([0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
-    "digits": ([0.3052], [0.3759]),
-}
-
-_AUGMENT = {
-    "mnist": "crop", "fashion-mnist": "crop", "digits": "crop", "svhn": "crop",
-    "cifar10": "crop_flip", "cifar100": "crop_flip", "imagefolder": "crop_flip",
-}
+__all__ = ["DATASETS", "DATASET_RECORDS", "DataError", "DatasetRecord", "ImageArrays", "dataset_record",
+           "dataset_stats", "default_augment", "digits_split", "load_dataset", "run_stats"]
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
@@ -110,13 +88,116 @@ class ImageArrays:
         return self.images.shape[0]
 
 
-def _canonical(name: str) -> str:
+@dataclass(frozen=True)
+class DatasetRecord:
+    """What the rest of the package needs to know about a built-in dataset, so nothing branches on names."""
+
+    name: str
+    load: Callable[[Path | None, bool, int | tuple[int, int] | None], ImageArrays]
+    """(root or None for datasets without files, train, image_size) -> the split."""
+    augment: str
+    """``data.augment: auto`` resolves to this: ``crop`` for digits and clothes (a flip changes a digit),
+    ``crop_flip`` for natural images."""
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """Per-channel (mean, std) of the training images in [0, 1] (population std over N*H*W); None: computed
+    from the training images of the run."""
+    aliases: tuple[str, ...] = ()
+    default_root: str | None = None
+    """Where the files are looked for when ``root`` is None; None: ``data.root`` is required."""
+    needs_root: bool = True
+
+
+DATASET_RECORDS: Registry[DatasetRecord] = Registry("dataset")
+
+
+def _idx(key: str) -> Callable[[Path | None, bool, object], ImageArrays]:
+    return lambda root, train, _size: _load_idx_dataset(key, _root_dir(root, key), train)
+
+
+@DATASET_RECORDS.register("fashion-mnist")
+def _fashion_mnist() -> DatasetRecord:
+    return DatasetRecord("fashion-mnist", _idx("fashion-mnist"), "crop", ((0.2860,), (0.3530,)),
+                         ("fashionmnist",), "/usr/share/datasets/fashion-mnist")
+
+
+@DATASET_RECORDS.register("mnist")
+def _mnist() -> DatasetRecord:
+    return DatasetRecord("mnist", _idx("mnist"), "crop", ((0.1307,), (0.3081,)), (),
+                         "/usr/share/datasets/mnist")
+
+
+@DATASET_RECORDS.register("cifar10")
+def _cifar10() -> DatasetRecord:
+    def load(root: Path | None, train: bool, _size: object) -> ImageArrays:
+        return _load_cifar(_root_dir(root, "cifar10"), train, folder="cifar-10-batches-py", num_classes=10,
+                           meta="batches.meta",
+                           files=[f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"])
+
+    return DatasetRecord("cifar10", load, "crop_flip", ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                         ("cifar-10",))
+
+
+@DATASET_RECORDS.register("cifar100")
+def _cifar100() -> DatasetRecord:
+    def load(root: Path | None, train: bool, _size: object) -> ImageArrays:
+        return _load_cifar(_root_dir(root, "cifar100"), train, folder="cifar-100-python", num_classes=100,
+                           meta="meta", files=["train"] if train else ["test"])
+
+    return DatasetRecord("cifar100", load, "crop_flip", ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+                         ("cifar-100",))
+
+
+@DATASET_RECORDS.register("svhn")
+def _svhn() -> DatasetRecord:
+    def load(root: Path | None, train: bool, _size: object) -> ImageArrays:
+        images, labels = read_svhn_mat(_root_dir(root, "svhn") / ("train_32x32.mat" if train else "test_32x32.mat"))
+        return _arrays(images, labels, DIGIT_CLASSES)
+
+    return DatasetRecord("svhn", load, "crop", ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)))
+
+
+@DATASET_RECORDS.register("imagefolder")
+def _imagefolder() -> DatasetRecord:
+    return DatasetRecord("imagefolder", lambda root, train, size: _load_image_folder(
+        _root_dir(root, "imagefolder"), train, size), "crop_flip", None, ("image-folder",))
+
+
+@DATASET_RECORDS.register("digits")
+def _digits() -> DatasetRecord:
+    return DatasetRecord("digits", lambda _root, train, _size: _load_digits(train), "crop",
+                         ((0.3052,), (0.3759,)), needs_root=False)
+
+
+DATASETS = tuple(DATASET_RECORDS.names())
+"""Names accepted by :func:`load_dataset`."""
+
+DEFAULT_ROOTS: dict[str, str] = {n: r.default_root for n in DATASETS
+                                 if (r := DATASET_RECORDS.get(n)()).default_root is not None}
+"""Where :func:`load_dataset` looks when ``root`` is None. Other datasets need ``data.root``."""
+
+
+def dataset_record(name: str) -> DatasetRecord:
+    """The record of dataset ``name`` or one of its aliases (``_`` and ``-`` interchangeable, case ignored)."""
     key = name.strip().lower().replace("_", "-")
-    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100",
-           "image-folder": "imagefolder"}.get(key, key)
-    if key not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    return key
+    for n in DATASETS:
+        rec = DATASET_RECORDS.get(n)()
+        if key == n or key in rec.aliases:
+            return rec
+    raise DataError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+
+
+def _canonical(name: str) -> str:
+    return dataset_record(name).name
+
+
+def _root_dir(root: Path | None, key: str) -> Path:
+    if root is None:
+        raise DataError(f"dataset {key!r} has no default location: set data.root to the folder holding "
+                        f"its files (see advcoreset.data.datasets for the expected layout)")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: data.root folder for dataset {key!r} does not exist")
+    return root
 
 
 def load_dataset(name: str, root: str | Path | None, train: bool,
@@ -124,8 +205,8 @@ def load_dataset(name: str, root: str | Path | None, train: bool,
     """Load the training (``train=True``) or test split of dataset ``name`` from ``root``.
 
     Args:
-        name: one of :data:`DATASETS` (``_`` and ``-`` are interchangeable, case ignored).
-        root: the folder holding the dataset's standard files; None = :data:`DEFAULT_ROOTS` (only
+        name: one of :data:`DATASETS` or an alias (``_`` and ``-`` are interchangeable, case ignored).
+        root: the folder holding the dataset's standard files; None = the record's ``default_root`` (only
             MNIST and Fashion-MNIST have one).
         train: training split if True, test (or ``val``) split otherwise.
         image_size: imagefolder only: resize every image to ``(H, W)`` (or ``(S, S)``); None = all
@@ -138,29 +219,10 @@ def load_dataset(name: str, root: str | Path | None, train: bool,
         DataError: unknown name, no root for a dataset without a default, a missing, truncated or
             corrupt file (the message names it and says what was expected).
     """
-    key = _canonical(name)
-    if key == "digits":
-        return _load_digits(train)
-    if root is None:
-        if key not in DEFAULT_ROOTS:
-            raise DataError(f"dataset {key!r} has no default location: set data.root to the folder holding "
-                            f"its files (see advcoreset.data.datasets for the expected layout)")
-        root = DEFAULT_ROOTS[key]
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: data.root folder for dataset {key!r} does not exist")
-    if key in ("mnist", "fashion-mnist"):
-        return _load_idx_dataset(key, root, train)
-    if key == "cifar10":
-        return _load_cifar(root, train, folder="cifar-10-batches-py", num_classes=10, meta="batches.meta",
-                           files=[f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"])
-    if key == "cifar100":
-        return _load_cifar(root, train, folder="cifar-100-python", num_classes=100, meta="meta",
-                           files=["train"] if train else ["test"])
-    if key == "svhn":
-        images, labels = read_svhn_mat(root / ("train_32x32.mat" if train else "test_32x32.mat"))
-        return _arrays(images, labels, DIGIT_CLASSES)
-    return _load_image_folder(root, train, image_size)
+    rec = dataset_record(name)
+    if root is None and rec.needs_root:
+        root = rec.default_root
+    return rec.load(None if root is None else Path(root), train, image_size)
 
 
 def _arrays(images: np.ndarray, labels: np.ndarray, classes: list[str]) -> ImageArrays:
@@ -275,11 +337,18 @@ def dataset_stats(name: str, images: torch.Tensor | None = None) -> tuple[list[f
     """
     if images is not None:
         return _compute_stats(images)
-    key = _canonical(name)
-    if key not in _STATS:
-        raise DataError(f"dataset {key!r} has no fixed statistics: pass its training images to compute them")
-    mean, std = _STATS[key]
+    rec = dataset_record(name)
+    if rec.stats is None:
+        raise DataError(f"dataset {rec.name!r} has no fixed statistics: pass its training images to compute them")
+    mean, std = rec.stats
     return list(mean), list(std)
+
+
+def run_stats(name: str, images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """The normalisation a run of dataset ``name`` uses: the record's constants, else computed from the run's
+    training ``images`` (N, C, H, W) uint8."""
+    rec = dataset_record(name)
+    return dataset_stats(name, None if rec.stats is not None else images)
 
 
 def _compute_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -300,6 +369,5 @@ def _compute_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float]
 
 
 def default_augment(name: str) -> str:
-    """The augmentation ``data.augment: auto`` resolves to: ``crop`` for digits and clothes (flips would
-    change a digit's identity), ``crop_flip`` for natural images."""
-    return _AUGMENT[_canonical(name)]
+    """The augmentation ``data.augment: auto`` resolves to (the dataset record's ``augment``)."""
+    return dataset_record(name).augment

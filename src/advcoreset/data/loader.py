@@ -51,6 +51,10 @@ class Batch:
     idx: Tensor
     """(B,) int64 positions in the training array."""
 
+    def __iter__(self) -> Iterator[Tensor]:
+        """``x, y, w = batch``: the three a training step needs (``batch.idx`` stays available)."""
+        return iter((self.x, self.y, self.w))
+
 
 def iterate_batches(images: Tensor, labels: Tensor, indices: Tensor, weights: Tensor, batch_size: int,
                     generator: torch.Generator, *, shuffle: bool = True, padding: int = 0, flip: bool = False,

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advcoreset.evaluation.robust import check_perturbation, model_device, to_unit
+from advcoreset.evaluation.common import check_perturbation, model_device, to_unit
 from advcoreset.objectives.base import eval_mode
 from advcoreset.progress import Reporter, reporter_or_silent
 

@@ -14,6 +14,7 @@ three with the backbone detached, to get per-example last-layer gradients in clo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +75,13 @@ class Objective(nn.Module):
         parts = list(logits.split(x.shape[0]))
         per = self.loss_from_logits(parts, y)
         return ObjectiveOutput(weighted_mean(per, weights, norm), per.detach(), parts[-1].detach(), x_adv)
+
+    def extra_evaluation(self, model: nn.Module, images: Tensor, labels: Tensor, *,
+                         batch_size: int = 500) -> dict[str, Any]:
+        """Accuracies under the objective's own threat models beyond the l_p PGD every run reports (PAT: its
+        perceptual attacks), keyed without a split prefix. images: (N, C, H, W) uint8 or float in [0, 1];
+        labels: (N,). Default: none."""
+        return {}
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, weights: Tensor | None = None,
                 norm: Tensor | float | None = None) -> ObjectiveOutput:

@@ -12,12 +12,16 @@ they are the CE gradients at the perceptual adversarial points, as ACS prescribe
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from torch import Tensor, nn
 
 from advcoreset.attacks.lpips import LPIPS, SelfLPIPS, alexnet_lpips
-from advcoreset.attacks.perceptual import fast_lpa
-from advcoreset.config import ObjectiveConfig
+from advcoreset.attacks.perceptual import fast_lpa, perceptual_accuracy
 from advcoreset.objectives.base import Objective, eval_mode
+
+if TYPE_CHECKING:  # read by attribute only, so that the config module may import this package
+    from advcoreset.config import ObjectiveConfig
 
 
 class PAT(Objective):
@@ -35,7 +39,7 @@ class PAT(Objective):
     name = "pat"
 
     def __init__(self, bound: float, steps: int, lpips: LPIPS | None = None, lambda_init: float = 1.0,
-                 lambda_growth: float = 10.0) -> None:
+                 lambda_growth: float = 10.0, lpips_name: str | None = None) -> None:
         super().__init__()
         if not bound > 0:
             raise ValueError(f"PAT bound must be > 0, got {bound}")
@@ -44,6 +48,7 @@ class PAT(Objective):
         self.bound, self.steps = bound, steps
         self.lambda_init, self.lambda_growth = lambda_init, lambda_growth
         self.lpips = lpips
+        self.lpips_name = lpips_name or ("self-bound" if lpips is None else "fixed")
 
     def distance_for(self, model: nn.Module) -> LPIPS:
         """The LPIPS used to attack ``model``: the fixed one (moved to the model's device) or self-bound."""
@@ -61,9 +66,24 @@ class PAT(Objective):
                             lambda_init=self.lambda_init, lambda_growth=self.lambda_growth)
 
 
+    def extra_evaluation(self, model: nn.Module, images: Tensor, labels: Tensor, *,
+                         batch_size: int = 500) -> dict[str, Any]:
+        """PAT's own threat model beside l_p: PPGD and LPA accuracy at the training bound, with at least 10
+        steps and the training LPIPS (an AlexNet file is read once per run)."""
+        res: dict[str, Any] = {}
+        for attack in ("ppgd", "lpa"):
+            res[f"{attack}_acc"] = perceptual_accuracy(model, images, labels, attack=attack, bound=self.bound,
+                                                       steps=max(self.steps, 10), lpips=self.lpips,
+                                                       batch_size=batch_size)
+        res["perceptual_bound"] = self.bound
+        res["perceptual_lpips"] = self.lpips_name
+        return res
+
+
 def build(cfg: ObjectiveConfig, steps: int | None = None) -> PAT:
     """PAT from ``cfg.pat``; ``steps`` overrides ``cfg.pat.steps`` (e.g. a cheaper selection attack).
     ``cfg.pat.lpips`` is "self" or a path to local AlexNet weights (see ``alexnet_lpips``)."""
     p = cfg.pat
     lpips = None if p.lpips == "self" else alexnet_lpips(p.lpips)
-    return PAT(p.bound, p.steps if steps is None else steps, lpips, p.lambda_init, p.lambda_growth)
+    name = "self-bound" if lpips is None else f"alexnet:{p.lpips}"
+    return PAT(p.bound, p.steps if steps is None else steps, lpips, p.lambda_init, p.lambda_growth, name)

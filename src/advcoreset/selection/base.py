@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from advcoreset.progress import Task
+
 
 @dataclass
 class Selection:
@@ -20,13 +22,20 @@ class Selection:
 
 
 class Selector(Protocol):
-    """A coreset selector. ``needs_grads`` tells the trainer whether to pay for the gradient pass."""
+    """A coreset selector. ``needs_grads`` tells the caller whether to pay for the gradient pass; ``subset``
+    is False for a selector that always returns every example (no warm start or schedule then);
+    ``weight_rule`` is how its weights enter training by default (``batch``, ``epoch`` or ``resample``, see
+    ``advcoreset.coreset.loader``)."""
 
     name: str
     needs_grads: bool
+    subset: bool
+    weight_rule: str
 
-    def select(self, grads: Tensor | None, labels: Tensor, generator: torch.Generator) -> Selection:
-        """grads: (n, d) float or None; labels: (n,) int64 -> Selection over positions 0..n-1."""
+    def select(self, grads: Tensor | None, labels: Tensor, generator: torch.Generator,
+               progress: Task | None = None) -> Selection:
+        """grads: (n, d) float or None; labels: (n,) int64 -> Selection over positions 0..n-1. ``progress``: a
+        task (``advcoreset.progress``) a per-class solver advances by one per class."""
         ...
 
 

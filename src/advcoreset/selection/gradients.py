@@ -10,28 +10,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from advcoreset.models.adapter import LastLayer, last_layer
 from advcoreset.objectives.base import Objective, eval_mode
 
 
 def last_layer_grads(model: nn.Module, objective: Objective, x: Tensor, y: Tensor,
-                     features: str = "last_layer") -> Tensor:
+                     features: str = "last_layer", layer: LastLayer | None = None) -> Tensor:
     """Per-example gradients of ``objective``'s loss at its adversarial points w.r.t. the final layer.
 
     Args:
-        model: an ``ImageClassifier`` (needs ``features`` and ``head``).
+        model: any classifier whose final layer ``advcoreset.models.adapter.last_layer`` finds.
         x: (B, C, H, W) inputs in [0, 1] (already augmented: the attack is computed on exactly these).
         y: (B,) labels.
         features: ``logits`` -> dl/db only, (B, C); ``last_layer`` -> [dl/db, dl/dW], (B, C + C*F).
+        layer: the model's (features, linear) pair; None finds it (checked on ``x``) at every call.
 
     Returns:
         (B, D) float32 gradients, detached.
     """
+    if layer is None:
+        layer = last_layer(model, x)
+    head = layer.linear
     with eval_mode(model):
         x_adv = objective.attack(model, x, y)
         pts = objective.points(x, x_adv)
         with torch.no_grad():
-            hs = list(model.features(torch.cat(pts)).float().split(x.shape[0]))
-    zs = [(h @ model.head.weight.float().T + model.head.bias.float()).requires_grad_(True) for h in hs]
+            hs = list(layer.features(torch.cat(pts)).float().split(x.shape[0]))
+    bias = head.bias.float() if head.bias is not None else 0.0
+    zs = [(h @ head.weight.float().T + bias).requires_grad_(True) for h in hs]
     with torch.enable_grad():
         per = objective.loss_from_logits(zs, y)
         dzs = torch.autograd.grad(per.sum(), zs)

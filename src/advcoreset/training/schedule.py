@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from advcoreset.config import OptimConfig, SelectionConfig
+from advcoreset.selection import build_selector
 
 
 def lr_at(progress: float, cfg: OptimConfig) -> float:
@@ -29,7 +30,8 @@ def lr_at(progress: float, cfg: OptimConfig) -> float:
 
 
 def uses_coreset(cfg: SelectionConfig) -> bool:
-    return cfg.method != "full"
+    """False when the configured selector keeps every example (then there is no warm start or schedule)."""
+    return build_selector(cfg, 0).subset
 
 
 def is_warm(epoch: int, cfg: SelectionConfig) -> bool:

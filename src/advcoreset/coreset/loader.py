@@ -1,0 +1,182 @@
+"""The adversarial coreset as a data loader: warm start, re-selection every R epochs, weights, resume.
+
+A training loop of one's own::
+
+    loader = CoresetLoader(train_set, model, "pgd", method="craig", fraction=0.3, warm_epochs=1, interval=2)
+    for epoch in range(epochs):
+        for x, y, w in loader:                 # one epoch of the current coreset (all data while warm)
+            x_adv = objective.attack(model, x, y)
+            loss = (w * F.cross_entropy(model(x_adv), y, reduction="none")).sum() / w.sum()
+            ...
+
+Weight rules (``weight_rule``; default: the selector's own, CRAIG ``resample``, every other ``batch``):
+
+- ``batch``: use ``w`` as given, normalised per mini-batch (sum_j w_j l_j / sum_j w_j).
+- ``epoch``: normalise by ``B * mean weight of the epoch`` instead: pass ``loader.loss_norm(batch)`` as the
+  objective's ``norm``.
+- ``resample``: every epoch draws as many points as the coreset holds, with replacement and in proportion
+  to the weights, and yields them with unit weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advcoreset.coreset.parts import resolve_objective, resolve_selector
+from advcoreset.coreset.select import Autocast, Progress, run_selection
+from advcoreset.data.loader import Batch
+from advcoreset.data.sources import as_source
+from advcoreset.models.adapter import last_layer
+from advcoreset.objectives import Objective
+from advcoreset.selection import Selection, Selector
+
+WEIGHT_RULES = ("batch", "epoch", "resample")
+
+
+class CoresetLoader:
+    """Iterating gives one epoch of (x, y, w) batches (:class:`~advcoreset.data.loader.Batch`) from the
+    current coreset, re-selecting first when the schedule says so.
+
+    Args:
+        dataset: a map-style Dataset of (image (C, H, W) uint8 or float in [0, 1], int label), or a data
+            source (``advcoreset.data.sources``).
+        model: the model being trained (its final nn.Linear is found and checked on a sample batch now).
+        objective: the selection objective: a name (pgd, trades, fast, pat, standard) with defaults changed by
+            ``objective_options``, or an Objective.
+        method, fraction, selector_options: the selector (name or object), the share of every class kept
+            and its options (batchwise, selection_batch_size, lam, tol, max_class_size).
+        warm_epochs, interval: epochs on all data first, then a new coreset every ``interval`` epochs.
+        weight_rule: batch, epoch or resample; None = the selector's default.
+        batch_size: training batches and the selection pass's batches.
+        generator: order, augmentation, resampling and the selector's randomness (default: seeded by
+            ``seed``); its state is part of ``state_dict``.
+        progress: ``progress(done, total)`` after every batch of the selection pass.
+    """
+
+    def __init__(self, dataset: Any, model: nn.Module, objective: str | Objective = "pgd", *,
+                 method: str | Selector = "craig", fraction: float = 0.3, warm_epochs: int = 1, interval: int = 2,
+                 weight_rule: str | None = None, batch_size: int = 128, grad_features: str = "last_layer",
+                 seed: int = 0, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 progress: Progress | None = None, autocast: Autocast | None = None, num_classes: int | None = None,
+                 objective_options: dict[str, Any] | None = None, **selector_options: Any) -> None:
+        if warm_epochs < 0 or interval < 1 or batch_size < 1:
+            raise ValueError(f"need warm_epochs >= 0, interval >= 1 and batch_size >= 1, got {warm_epochs}, "
+                             f"{interval} and {batch_size}")
+        self.selector = resolve_selector(method, fraction, seed, **selector_options)
+        rule = weight_rule or self.selector.weight_rule
+        if rule not in WEIGHT_RULES:
+            raise ValueError(f"weight_rule must be one of {WEIGHT_RULES} or None, got {rule!r}")
+        dev = device if device is not None else next(model.parameters()).device
+        self.source = as_source(dataset, dev)
+        self.model, self.objective = model, resolve_objective(objective, **(objective_options or {}))
+        self.layer = last_layer(model, self.source.sample())
+        self.warm_epochs, self.interval, self.weight_rule = warm_epochs, interval, rule
+        self.batch_size, self.grad_features, self.num_classes = batch_size, grad_features, num_classes
+        self.progress, self.autocast = progress, autocast
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        """Epochs completed."""
+        self.selection: Selection | None = None
+        self.stats: dict[str, Any] | None = None
+        """The last selection's statistics (``run_selection``), with the epoch it was made for."""
+        self._wbar: Tensor | None = None
+
+    # ------------------------------------------------------------------ schedule
+    def is_warm(self, epoch: int | None = None) -> bool:
+        """True when ``epoch`` (0-based; default: the next) trains on all data."""
+        e = self.epoch if epoch is None else epoch
+        return not self.selector.subset or e < self.warm_epochs
+
+    def selects_at(self, epoch: int | None = None) -> bool:
+        """True when a new coreset is chosen at the start of ``epoch`` (0-based; default: the next)."""
+        e = self.epoch if epoch is None else epoch
+        return self.selector.subset and e >= self.warm_epochs and (e - self.warm_epochs) % self.interval == 0
+
+    @property
+    def phase(self) -> str:
+        """What the next epoch trains on: full (a selector that keeps everything), warm or coreset."""
+        if not self.selector.subset:
+            return "full"
+        return "warm" if self.is_warm() or self.selection is None else "coreset"
+
+    @property
+    def indices(self) -> Tensor:
+        """(k,) int64 positions the next epoch trains on (all of them while warm)."""
+        return self._plan()[0]
+
+    @property
+    def weights(self) -> Tensor:
+        """(k,) float32 weights aligned with ``indices`` (ones while warm)."""
+        return self._plan()[1]
+
+    def _plan(self) -> tuple[Tensor, Tensor]:
+        if self.phase == "coreset":
+            assert self.selection is not None
+            return self.selection.indices, self.selection.weights
+        n, dev = len(self.source), self.source.labels.device
+        return torch.arange(n, device=dev), torch.ones(n, device=dev)
+
+    # --------------------------------------------------------------------- epoch
+    def start_epoch(self) -> dict[str, Any] | None:
+        """Select a new coreset if the schedule says so; returns that selection's stats, else None."""
+        if not self.selects_at():
+            return None
+        sel, stats = run_selection(self.selector, self.model, self.objective, self.source, self.generator,
+                                   batch_size=self.batch_size, features=self.grad_features, layer=self.layer,
+                                   autocast=self.autocast, progress=self.progress, num_classes=self.num_classes)
+        self.selection, self.stats = sel, {"epoch": self.epoch + 1, **stats}
+        return self.stats
+
+    def epoch_batches(self) -> Iterator[Batch]:
+        """The current epoch's batches under the weight rule (``start_epoch`` first, ``end_epoch`` after)."""
+        return self.batches_for(*self._plan())
+
+    def batches_for(self, indices: Tensor, weights: Tensor) -> Iterator[Batch]:
+        """Batches over ``indices`` (k,) with ``weights`` (k,) under the weight rule, in a seeded order."""
+        if self.weight_rule == "resample" and indices.numel() and not bool((weights == weights[0]).all()):
+            # As many draws as the coreset holds, in proportion to the weights, then unit weights: the epoch's
+            # expected loss is the weighted one and no step is dominated by a few heavy points.
+            draw = torch.multinomial(weights.float().cpu(), indices.numel(), replacement=True,
+                                     generator=self.generator).to(indices.device)
+            indices, weights = indices[draw], torch.ones_like(weights)
+        self._wbar = weights.float().mean() if self.weight_rule == "epoch" else None
+        return self.source.batches(indices, weights, self.batch_size, self.generator)
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+
+    def loss_norm(self, batch: Batch) -> Tensor | None:
+        """The loss normaliser of ``batch`` under the weight rule: None (the batch's own weight sum) or, for
+        ``epoch``, B * the epoch's mean weight."""
+        return None if self._wbar is None else batch.y.numel() * self._wbar
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.start_epoch()
+        yield from self.epoch_batches()
+        self.end_epoch()
+
+    def __len__(self) -> int:
+        """Batches in the next epoch (after a re-selection, once ``start_epoch`` has run)."""
+        return math.ceil(self._plan()[0].numel() / self.batch_size)
+
+    # --------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (with the model, optimiser and torch's RNG, which the
+        attacks draw from): epochs done, the coreset, the generator's state and the last stats."""
+        sel = self.selection
+        return {"epoch": self.epoch, "generator": self.generator.get_state(), "stats": self.stats,
+                "coreset": None if sel is None else {"indices": sel.indices.cpu(), "weights": sel.weights.cpu()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict`` (``generator`` may be absent when the caller restores it itself)."""
+        self.epoch = int(state["epoch"])
+        if state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
+        cs, dev = state.get("coreset"), self.source.labels.device
+        self.selection = None if cs is None else Selection(cs["indices"].to(dev), cs["weights"].to(dev))
+        self.stats = state.get("stats")

@@ -1,0 +1,56 @@
+"""Objectives and selectors by name with the package's defaults, or as objects the caller built."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from advcoreset.config import AttackConfig, ObjectiveConfig, PATConfig, SelectionConfig
+from advcoreset.objectives import Objective, available_objectives, build_objective
+from advcoreset.selection import Selector, available_selectors, build_selector
+
+_ATTACK = {f.name for f in dataclasses.fields(AttackConfig)}
+_PAT = {f.name for f in dataclasses.fields(PATConfig)}
+_SELECTION = {f.name for f in dataclasses.fields(SelectionConfig)} - {"method", "fraction"}
+
+
+def resolve_objective(spec: str | Objective, **options: Any) -> Objective:
+    """An objective: ``spec`` itself when it is one, else the registered objective of that name
+    (standard, pgd, trades, fast, pat) with the config's defaults, overridden by ``options``: attack
+    fields (eps, alpha, steps, norm, random_start), ``beta`` (TRADES) and PAT fields (bound, lpips,
+    lambda_init, lambda_growth; ``steps`` sets PAT's steps too)."""
+    if isinstance(spec, Objective):
+        if options:
+            raise ValueError(f"objective options {sorted(options)} apply to an objective given by name, not to "
+                             f"the {type(spec).__name__} object passed")
+        return spec
+    if not isinstance(spec, str) or spec not in available_objectives():
+        raise ValueError(f"objective {spec!r} is not an Objective nor one of {available_objectives()}")
+    unknown = set(options) - _ATTACK - _PAT - {"beta"}
+    if unknown:
+        raise ValueError(f"unknown objective option(s) {sorted(unknown)}; known: "
+                         f"{sorted(_ATTACK | _PAT | {'beta'})}")
+    attack = AttackConfig(**{k: v for k, v in options.items() if k in _ATTACK})
+    pat = PATConfig(**{k: v for k, v in options.items() if k in _PAT})
+    cfg = ObjectiveConfig(name=spec, beta=options.get("beta", ObjectiveConfig.beta), attack=attack, pat=pat)
+    return build_objective(cfg)
+
+
+def resolve_selector(method: str | Selector, fraction: float, seed: int = 0, **options: Any) -> Selector:
+    """A selector: ``method`` itself when it is one, else the registered selector of that name (full, random,
+    random_fixed, craig, gradmatch) for ``fraction`` of every class, with the config's defaults overridden by
+    ``options`` (batchwise, selection_batch_size, lam, tol, max_class_size). ``seed`` fixes batch splits and
+    the fixed random subset."""
+    if not isinstance(method, str):
+        if not (hasattr(method, "select") and hasattr(method, "needs_grads")):
+            raise ValueError(f"method must be a selector name {available_selectors()} or a Selector, got "
+                             f"{type(method).__name__}")
+        return method
+    if method not in available_selectors():
+        raise ValueError(f"unknown selection method {method!r}; available: {available_selectors()}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    unknown = set(options) - _SELECTION
+    if unknown:
+        raise ValueError(f"unknown selector option(s) {sorted(unknown)}; known: {sorted(_SELECTION)}")
+    return build_selector(SelectionConfig(method=method, fraction=fraction, **options), seed)

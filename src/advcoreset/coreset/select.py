@@ -1,0 +1,128 @@
+"""One selection round: the selection attack's pass over the training set, then the selector.
+
+``select_coreset`` is the one-call form for a user's model and Dataset; ``selection_gradients`` and
+``run_selection`` are the pieces the coreset loader (and the benchmarks) use.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advcoreset.coreset.parts import resolve_objective, resolve_selector
+from advcoreset.data.sources import DataSource, as_source
+from advcoreset.models.adapter import LastLayer, last_layer
+from advcoreset.objectives import Objective
+from advcoreset.objectives.base import eval_mode
+from advcoreset.progress import Reporter, reporter_or_silent
+from advcoreset.selection import Selection, Selector, approximation_error, last_layer_grads
+
+Progress = Reporter
+"""``advcoreset.progress`` reporter: ``progress(desc, total)`` opens a task (bar, line or silent) for the attack
+pass (examples done) and the solver (classes done)."""
+Autocast = Callable[[], AbstractContextManager[Any]]
+
+
+def selection_gradients(model: nn.Module, objective: Objective, source: DataSource, batch_size: int, *,
+                        features: str = "last_layer", layer: LastLayer | None = None,
+                        autocast: Autocast | None = None, progress: Progress | None = None) -> Tensor:
+    """(n, D) last-layer gradients of ``objective`` at its adversarial points for every example of
+    ``source``, on the very pixels the attack ran on (no augmentation), in index order. The batch size is
+    the training batch, so per image the pass costs what the training attack costs."""
+    n = len(source)
+    layer = layer or last_layer(model, source.sample())
+    grads: Tensor | None = None
+    done = 0
+    task = reporter_or_silent(progress)("selection: attack pass + last-layer gradients", n)
+    for x, y in source.ordered(batch_size):
+        with autocast() if autocast is not None else nullcontext():
+            g = last_layer_grads(model, objective, x, y, features, layer)
+        if grads is None:
+            # One (n, D) buffer: keeping every chunk alive until a final cat interleaved live blocks with the
+            # attack's temporaries in the CPU heap, and the pass slowed down as it went.
+            grads = torch.empty((n, g.shape[1]), dtype=g.dtype, device=g.device)
+        grads[done:done + g.shape[0]] = g
+        done += g.shape[0]
+        task.update(g.shape[0])
+    task.close()
+    if grads is None:
+        raise ValueError("selection needs at least one training image, the training set is empty")
+    if grads.is_cuda:
+        torch.cuda.synchronize()
+    return grads
+
+
+def run_selection(selector: Selector, model: nn.Module, objective: Objective, source: DataSource,
+                  generator: torch.Generator, *, batch_size: int, features: str = "last_layer",
+                  layer: LastLayer | None = None, autocast: Autocast | None = None,
+                  progress: Progress | None = None, num_classes: int | None = None,
+                  ) -> tuple[Selection, dict[str, Any]]:
+    """Choose a weighted coreset of ``source``; returns it and its JSON-serialisable statistics (size, class
+    histogram, weight sum, attack and solver seconds, relative gradient error, solver diagnostics)."""
+    labels = source.labels
+    t0 = time.perf_counter()
+    with eval_mode(model):
+        grads = selection_gradients(model, objective, source, batch_size, features=features, layer=layer,
+                                    autocast=autocast, progress=progress) if selector.needs_grads else None
+    t1 = time.perf_counter()
+    with reporter_or_silent(progress)(f"selection: {selector.name} solver", _n_classes(labels)) as task:
+        sel = selector.select(grads, labels, generator, progress=task)
+        task.write(f"selection: {selector.name} solver: {int(sel.indices.numel())} of {labels.numel()} chosen")
+    if sel.indices.is_cuda:
+        torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    k = num_classes if num_classes is not None else int(labels.max()) + 1
+    stats: dict[str, Any] = {
+        "method": selector.name, "batchwise": bool(getattr(selector, "batchwise", False)),
+        "coreset_size": int(sel.indices.numel()), "train_size": int(labels.numel()),
+        "class_histogram": torch.bincount(labels[sel.indices], minlength=k).tolist(),
+        "weight_sum": float(sel.weights.sum()),
+        "time_selection_attack": t1 - t0, "time_selection_solver": t2 - t1,
+        "grad_error": approximation_error(grads, sel.indices, sel.weights) if grads is not None else None,
+        "solver_stats": sel.stats,
+    }
+    return sel, stats
+
+
+def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = "pgd", *,
+                   method: str | Selector = "craig", fraction: float = 0.3, batch_size: int = 128,
+                   features: str = "last_layer", seed: int = 0, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None, progress: Progress | None = None,
+                   objective_options: dict[str, Any] | None = None, **selector_options: Any,
+                   ) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Choose a weighted adversarial coreset of ``dataset`` for ``model`` in one call.
+
+    Args:
+        model: any classifier mapping (B, C, H, W) in [0, 1] to logits; its final nn.Linear is found and
+            checked on a sample batch first.
+        dataset: a map-style Dataset of (image (C, H, W) uint8 or float in [0, 1], int label), streamed in
+            batches of ``batch_size`` (never held as one tensor), or a ``DataSource``.
+        objective: a name (pgd, trades, fast, pat, standard) with default settings, changed by
+            ``objective_options`` (e.g. ``{"eps": 8 / 255}``), or an Objective.
+        method, fraction: the selector (name or object) and the share of every class to keep;
+            ``selector_options``: batchwise, selection_batch_size, lam, tol, max_class_size.
+        generator: randomness of the selector (default: seeded with ``seed``).
+        device: where the pass runs (default: the model's device).
+
+    Returns:
+        indices (k,) int64 positions into ``dataset``, ascending; weights (k,) float32 > 0; stats (see
+        :func:`run_selection`).
+    """
+    dev = device if device is not None else next(model.parameters()).device
+    source = as_source(dataset, dev)
+    obj = resolve_objective(objective, **(objective_options or {}))
+    selector = resolve_selector(method, fraction, seed, **selector_options)
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    layer = last_layer(model, source.sample())
+    sel, stats = run_selection(selector, model, obj, source, gen, batch_size=batch_size, features=features,
+                               layer=layer, progress=progress)
+    return sel.indices, sel.weights, stats
+
+
+def _n_classes(labels: Tensor) -> int:
+    return int(torch.unique(labels).numel())

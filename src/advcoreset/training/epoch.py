@@ -1,0 +1,151 @@
+"""One training epoch over weighted batches, with per-section timing that syncs the device once per epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advcoreset.config import OptimConfig
+from advcoreset.data.loader import Batch
+from advcoreset.objectives import Objective
+from advcoreset.training.schedule import lr_at
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, incompatible resume); the message says what to do."""
+
+
+class StepTimer:
+    """Accumulates the time of named sections without a device sync per step (CUDA events are read once
+    per epoch)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.events: dict[str, list[tuple[Any, Any]]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def section(self, name: str) -> _Section:
+        return _Section(self, name)
+
+    def totals(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            for name, pairs in self.events.items():
+                self.seconds[name] = self.seconds.get(name, 0.0) + sum(a.elapsed_time(b) for a, b in pairs) / 1e3
+            self.events.clear()
+        return dict(self.seconds)
+
+
+class _Section:
+    def __init__(self, timer: StepTimer, name: str) -> None:
+        self.t, self.name = timer, name
+
+    def __enter__(self) -> None:
+        if self.t.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.t.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.t.events.setdefault(self.name, []).append((self.start, end))
+        else:
+            self.t.seconds[self.name] = self.t.seconds.get(self.name, 0.0) + time.perf_counter() - self.t0
+
+
+@dataclass
+class EpochContext:
+    """What one epoch needs besides the batches: the parts and where the run stands."""
+
+    model: nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    optim: OptimConfig
+    device: torch.device
+    epoch: int
+    """Epochs completed before this one (the LR schedule's position)."""
+    autocast: Callable[[], AbstractContextManager[Any]]
+    checkpoint: str
+    """The last good checkpoint, named in the error when the loss stops being finite."""
+    ddp: nn.Module | None = None
+    """Under torchrun: the DistributedDataParallel wrapper of ``model`` the loss runs through (attacks use
+    ``model`` itself: their input-gradient passes must not enter DDP's gradient reduction)."""
+    reduce: Callable[[Tensor], Tensor] | None = None
+    """Under torchrun: sum of a float64 vector over the ranks, so every rank judges the loss alike."""
+
+
+def _step(ctx: EpochContext, b: Batch, norm: Tensor | None, timer: StepTimer) -> Any:
+    model, opt = ctx.model, ctx.optimizer
+    with timer.section("attack"), ctx.autocast():
+        x_adv = ctx.objective.attack(model, b.x, b.y)
+    with timer.section("update"):
+        with ctx.autocast():
+            out = ctx.objective.loss_at(ctx.ddp or model, b.x, x_adv, b.y, b.w, norm=norm)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if ctx.optim.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), ctx.optim.grad_clip)
+        opt.step()
+    return out
+
+
+def _totals(ctx: EpochContext, loss_sum: Tensor, correct: Tensor, seen: int) -> tuple[float, float, int]:
+    """(loss sum, correct, seen) of the epoch so far, over all ranks under torchrun."""
+    if ctx.reduce is None:
+        return float(loss_sum), float(correct), seen
+    t = ctx.reduce(torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), dtype=torch.float64,
+                                                                                   device=loss_sum.device)]))
+    return float(t[0]), float(t[1]), int(t[2])
+
+
+def train_epoch(ctx: EpochContext, batches: Iterator[Batch], n_batches: int,
+                loss_norm: Callable[[Batch], Tensor | float | None], bar: Any = None,
+                counted: Callable[[Batch], bool] | None = None) -> dict[str, float]:
+    """One pass over ``batches`` (``n_batches`` of them); ``loss_norm(batch)`` is the weighted loss's
+    normaliser (None: the batch's weight sum); ``counted(batch)`` False leaves a batch (a rank's weight-0
+    stand-in) out of the epoch's statistics. Returns the epoch's loss, adversarial accuracy, examples
+    seen (all ranks), last LR and ``time_*`` seconds (data, attack, update, epoch_wall)."""
+    ctx.model.train()
+    timer = StepTimer(ctx.device)
+    loss_sum = torch.zeros((), device=ctx.device)
+    correct = torch.zeros((), device=ctx.device)
+    seen, lr = 0, 0.0
+    t_start = time.perf_counter()
+    for i in range(n_batches):
+        with timer.section("data"):
+            b = next(batches)
+        lr = lr_at((ctx.epoch + i / n_batches) / ctx.optim.epochs, ctx.optim)
+        for g in ctx.optimizer.param_groups:
+            g["lr"] = lr
+        out = _step(ctx, b, loss_norm(b), timer)
+        if counted is None or counted(b):
+            loss_sum += out.per_example.float().sum()
+            correct += (out.logits.argmax(1) == b.y).sum()
+            seen += b.y.numel()
+        if (i + 1) % 50 == 0 or i + 1 == n_batches:  # the only host syncs of the loop
+            tot_loss, tot_correct, tot_seen = _totals(ctx, loss_sum, correct, seen)
+            avg = tot_loss / max(tot_seen, 1)
+            if not math.isfinite(avg):
+                raise TrainingError(
+                    f"the training loss became {avg} in epoch {ctx.epoch + 1} (batch {i + 1}); the last good "
+                    f"checkpoint {ctx.checkpoint} (epoch {ctx.epoch}) is untouched. Lower optim.lr, or check "
+                    "the data for NaN/inf pixels.")
+            if bar is not None:
+                bar.set_postfix(loss=f"{avg:.3f}", acc=f"{tot_correct / max(tot_seen, 1):.3f}", lr=f"{lr:.3g}")
+        if bar is not None:
+            bar.update(1)
+    times = timer.totals()
+    times["epoch_wall"] = time.perf_counter() - t_start
+    tot_loss, tot_correct, tot_seen = _totals(ctx, loss_sum, correct, seen)
+    return {"train_loss": tot_loss / max(tot_seen, 1), "train_adv_acc": tot_correct / max(tot_seen, 1),
+            "n_train": tot_seen, "lr": lr, **{f"time_{k}": v for k, v in times.items()}}

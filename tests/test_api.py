@@ -1,0 +1,236 @@
+"""The PyTorch-facing API: any model's last layer, any Dataset, select_coreset, CoresetLoader, train()."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import advcoreset
+from advcoreset.config import ConfigError, load_config
+from advcoreset.coreset import CoresetLoader, select_coreset
+from advcoreset.models import create_model
+from advcoreset.models.adapter import LastLayerError, last_layer
+from advcoreset.objectives import Standard
+from advcoreset.selection import last_layer_grads
+
+C, H, W, K = 3, 6, 10, 4  # non-square, three channels, four classes
+
+
+def toy(n: int, seed: int) -> TensorDataset:
+    """Float images in [0, 1] in which class c brightens columns 2c and 2c + 1: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % K
+    x = torch.rand(n, C, H, W, generator=g) * 0.4
+    band = (torch.arange(W).view(1, W) // 2 == y.view(n, 1)).float()  # (n, W)
+    return TensorDataset(x + 0.6 * band.view(n, 1, 1, W), y)
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(C * H * W, 32), nn.ReLU(), nn.Linear(32, K))
+
+
+class Wrapped(nn.Module):
+    """A plain module around a built-in classifier: only the forward hook can find its head."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+class TimmStyle(nn.Module):
+    """timm's convention: forward_features, forward_head(pre_logits=True), get_classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(C * H * W, 16), nn.Tanh())
+        self.fc = nn.Linear(16, K)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward_head(self, h: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return h if pre_logits else self.fc(h)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def test_hook_finds_the_same_layer_and_gradients_as_the_classifier_interface():
+    torch.manual_seed(0)
+    net = create_model("small_cnn", 1, 10, 8, width=4, hidden=16)
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6)
+    wrapped = Wrapped(net)
+    layer = last_layer(wrapped, x)
+    assert layer.kind == "hook" and layer.linear is net.head
+    g_net = last_layer_grads(net, Standard(), x, y)
+    g_hook = last_layer_grads(wrapped, Standard(), x, y, layer=layer)
+    assert torch.allclose(g_net, g_hook, atol=1e-6)
+
+
+def test_timm_convention_gradients_match_autograd():
+    torch.manual_seed(0)
+    model = TimmStyle()
+    x, y = torch.rand(5, C, H, W), torch.tensor([0, 1, 2, 3, 0])
+    layer = last_layer(model, x)
+    assert layer.kind == "timm" and layer.linear is model.fc
+    got = last_layer_grads(model, Standard(), x, y, layer=layer)
+    for i in range(5):  # brute force: autograd of example i's loss w.r.t. the final layer
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        want = torch.cat([model.fc.bias.grad, model.fc.weight.grad.flatten()])
+        assert torch.allclose(got[i], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("model, why", [
+    (nn.Sequential(nn.Conv2d(C, K, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), "no nn.Linear"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(C * H * W, K), nn.Softmax(1)), "not its output"),
+])
+def test_a_model_without_a_final_linear_is_refused_up_front(tmp_path, model, why):
+    with pytest.raises(LastLayerError, match=why):
+        CoresetLoader(toy(16, 0), model, "pgd", method="craig")
+    cfg = load_config(None, ["selection.method=craig", "progress=none", f"out_dir={tmp_path / 'run'}"])
+    with pytest.raises(LastLayerError, match=why):
+        advcoreset.train(cfg, model=model, train_set=toy(16, 0), test_set=toy(8, 1))
+    assert not (tmp_path / "run").exists()  # refused before any epoch, nothing written
+
+
+def _cfg(tmp_path, *extra: str):
+    return load_config(None, [
+        "objective.attack.eps=0.05", "objective.attack.alpha=0.02", "objective.attack.steps=1",
+        "selection.fraction=0.25", "selection.warm_epochs=1", "selection.interval=1", "optim.epochs=3",
+        "optim.batch_size=32", "optim.lr=0.05", "eval.every=0", "eval.pgd_steps=2", "progress=none",
+        "threads=1", "device=cpu", f"out_dir={tmp_path / 'run'}", *extra])
+
+
+@pytest.mark.parametrize("method", ["full", "random", "craig", "gradmatch"])
+def test_plain_sequential_on_a_non_square_float_dataset_trains(tmp_path, method):
+    model = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    res = advcoreset.train(_cfg(tmp_path, f"selection.method={method}"), model=model, train_set=toy(96, 0),
+                           test_set=toy(40, 1))
+    assert res["test_clean_acc"] > 0.5  # chance is 0.25
+    assert not any(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    want = 96 if method == "full" else K * math.ceil(0.25 * 96 / K)
+    assert [r["n_train"] for r in epochs] == [96, want, want]
+    assert [r["epoch"] for r in recs if r["kind"] == "selection"] == ([] if method == "full" else [2, 3])
+
+
+def test_loader_reproduces_select_coreset():
+    ds = toy(64, 0)
+    model = mlp()
+    for method in ("craig", "gradmatch"):
+        torch.manual_seed(5)  # the selection attack's random start
+        idx, w, stats = select_coreset(model, ds, "pgd", method=method, fraction=0.3, batch_size=16, seed=3,
+                                       objective_options={"steps": 2})
+        torch.manual_seed(5)
+        loader = CoresetLoader(ds, model, "pgd", method=method, fraction=0.3, warm_epochs=0, batch_size=16, seed=3,
+                               objective_options={"steps": 2})
+        seen = torch.cat([b.idx for b in loader])
+        assert torch.equal(loader.selection.indices, idx) and torch.equal(loader.selection.weights, w)
+        assert loader.stats["coreset_size"] == idx.numel() == stats["coreset_size"]
+        assert set(seen.tolist()) <= set(idx.tolist())  # the epoch trained on the coreset only
+
+
+def _loop(model: nn.Module, opt: torch.optim.Optimizer, loader: CoresetLoader, epochs: int) -> None:
+    for _ in range(epochs):
+        for x, y, w in loader:
+            x_adv = loader.objective.attack(model, x, y)
+            loss = (w * F.cross_entropy(model(x_adv), y, reduction="none")).sum() / w.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def _parts(ds: TensorDataset) -> tuple[nn.Module, torch.optim.Optimizer, CoresetLoader]:
+    model = mlp(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loader = CoresetLoader(ds, model, "pgd", method="craig", fraction=0.3, warm_epochs=1, interval=2, batch_size=16,
+                           seed=2, objective_options={"steps": 1, "eps": 0.05, "alpha": 0.03})
+    return model, opt, loader
+
+
+def test_killed_and_resumed_loader_loop_is_exact():
+    ds = toy(48, 0)
+    model, opt, loader = _parts(ds)
+    torch.manual_seed(9)
+    _loop(model, opt, loader, 4)
+    # interrupted after epoch 2 (inside the coreset chosen at epoch 2), then rebuilt from a saved state
+    m1, o1, l1 = _parts(ds)
+    torch.manual_seed(9)
+    _loop(m1, o1, l1, 2)
+    saved = {"model": m1.state_dict(), "opt": o1.state_dict(), "loader": l1.state_dict(),
+             "rng": torch.get_rng_state()}
+    assert saved["loader"]["coreset"] is not None and saved["loader"]["epoch"] == 2
+    m2, o2, l2 = _parts(ds)
+    m2.load_state_dict(saved["model"])
+    o2.load_state_dict(saved["opt"])
+    l2.load_state_dict(saved["loader"])
+    torch.set_rng_state(saved["rng"])
+    _loop(m2, o2, l2, 2)
+    for a, b in zip(model.state_dict().values(), m2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(loader.selection.indices, l2.selection.indices)
+
+
+def _png_folder(root) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, per in (("train", 8), ("val", 3)):
+        for c, cls in enumerate(("ant", "bee")):
+            for i in range(per):
+                px = (rng.integers(0, 120, size=(8, 8, 3)) + 120 * c).astype(np.uint8)
+                (root / split / cls).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(px).save(root / split / cls / f"{i}.png")
+
+
+def test_image_folder_alias_trains(tmp_path):
+    """``image_folder`` names the same dataset as ``imagefolder``; its statistics are computed from the run's
+    training images (the trainer once looked them up by the literal name and failed on the alias)."""
+    _png_folder(tmp_path / "data")
+    common = ["data.test_subset=null", f"data.root={tmp_path / 'data'}", "model.width=4", "optim.epochs=1",
+              "eval.every=0", "eval.pgd_steps=1", "objective.attack.steps=1", "progress=none", "threads=1",
+              "device=cpu"]
+    results = []
+    for name in ("image_folder", "imagefolder"):
+        cfg = load_config(None, [f"data.name={name}", f"out_dir={tmp_path / name}", *common])
+        results.append(advcoreset.train(cfg))
+    assert results[0]["test_clean_acc"] == results[1]["test_clean_acc"]
+    assert results[0]["test_n"] == 6
+
+
+def test_optimiser_by_name(tmp_path):
+    cfg = _cfg(tmp_path, "optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.01", "selection.method=full",
+               "optim.epochs=2")
+    t = advcoreset.training.Trainer(cfg, model=mlp(), train_set=toy(96, 0), test_set=toy(40, 1))
+    assert isinstance(t.optimizer, torch.optim.AdamW) and t.optimizer.defaults["weight_decay"] == 0.01
+    assert t.run()["test_clean_acc"] > 0.5
+    assert "exp_avg" in next(iter(t.optimizer.state.values()))
+    with pytest.raises(ConfigError, match=r"optim\.name"):
+        load_config(None, ["optim.name=adam"])
+
+
+def test_user_optimiser_is_used(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    t = advcoreset.training.Trainer(_cfg(tmp_path, "selection.method=full"), model=model, train_set=toy(32, 0),
+                                    test_set=toy(8, 1), optimizer=opt)
+    assert t.optimizer is opt
+    with pytest.raises(ConfigError, match="without its model"):
+        advcoreset.training.Trainer(_cfg(tmp_path), train_set=toy(32, 0), test_set=toy(8, 1), optimizer=opt)

@@ -1,0 +1,42 @@
+"""The scripts in examples/ run as a user would run them, on tiny data, and report what they claim."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def run(script: str, *args: str) -> list[dict]:
+    out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], check=True, capture_output=True,
+                         text=True, timeout=600).stdout
+    return [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+
+
+def coreset_size(n: int, fraction: float = 0.3) -> int:
+    from sklearn.datasets import load_digits
+
+    counts = torch.bincount(torch.tensor(load_digits().target[:n]))
+    return sum(math.ceil(round(fraction * int(c), 9)) for c in counts if c > 0)
+
+
+def test_own_model_and_data(tmp_path):
+    res = run("own_model_and_data.py", "--epochs", "2", "--n", "200", "--out", str(tmp_path / "run"))[-1]
+    assert 0 <= res["test_pgd10_acc"] <= res["test_clean_acc"] <= 1
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    sel = [r for r in recs if r["kind"] == "selection"]
+    assert [r["method"] for r in sel] == ["craig"] and sel[0]["coreset_size"] == coreset_size(200)
+
+
+def test_own_loop():
+    lines = run("own_loop.py", "--epochs", "3", "--n", "200")
+    k = coreset_size(200)
+    assert [r["trained_on"] for r in lines[:3]] == [200, k, k]
+    assert lines[0]["grad_error"] is None and 0 <= lines[1]["grad_error"] < 1
+    assert lines[-1]["coreset_size"] == k and lines[-1]["test_clean_acc"] > 0.1  # chance is 0.1
