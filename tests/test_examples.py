@@ -40,3 +40,9 @@ def test_own_loop():
     assert [r["trained_on"] for r in lines[:3]] == [200, k, k]
     assert lines[0]["grad_error"] is None and 0 <= lines[1]["grad_error"] < 1
     assert lines[-1]["coreset_size"] == k and lines[-1]["test_clean_acc"] > 0.1  # chance is 0.1
+
+
+def test_evaluate_any_model():
+    res = run("evaluate_any_model.py", "--n", "16", "--eps", "0.05", "--smoke")[-1]
+    assert res["n"] == 16 and res["comparable_to_robustbench"] is False  # tiny budgets are labelled
+    assert 0 <= res["autoattack_acc"] <= res["clean_acc"] and 0 <= res["pgd20_acc"] <= res["clean_acc"]
