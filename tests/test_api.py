@@ -234,3 +234,12 @@ def test_user_optimiser_is_used(tmp_path):
     assert t.optimizer is opt
     with pytest.raises(ConfigError, match="without its model"):
         advcoreset.training.Trainer(_cfg(tmp_path), train_set=toy(32, 0), test_set=toy(8, 1), optimizer=opt)
+
+
+def test_dataset_records_know_aliases_and_shapes():
+    from advcoreset.data.datasets import dataset_record, load_dataset
+
+    assert dataset_record("image_folder").name == dataset_record("Image-Folder").name == "imagefolder"
+    assert dataset_record("FashionMNIST").name == "fashion-mnist"
+    for name, split in (("digits", True), ("fashion_mnist", False)):  # the two with files on every machine
+        assert load_dataset(name, None, train=split).shape == dataset_record(name).shape
