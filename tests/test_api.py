@@ -243,3 +243,11 @@ def test_dataset_records_know_aliases_and_shapes():
     assert dataset_record("FashionMNIST").name == "fashion-mnist"
     for name, split in (("digits", True), ("fashion_mnist", False)):  # the two with files on every machine
         assert load_dataset(name, None, train=split).shape == dataset_record(name).shape
+
+
+def test_selection_pass_reports_progress_and_streams_in_batches():
+    calls: list[tuple[int, int]] = []
+    idx, w, stats = select_coreset(mlp(), toy(40, 0), "fast", method="craig", fraction=0.5, batch_size=16,
+                                   progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(16, 40), (32, 40), (40, 40)]
+    assert stats["train_size"] == 40 and float(w.sum()) == pytest.approx(40)  # CRAIG weights count the class
