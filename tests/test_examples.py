@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def run(script: str, *args: str) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors: one thread, as the in-process tests use
     out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], check=True, capture_output=True,
-                         text=True, timeout=600).stdout
+                         text=True, timeout=600, env=env).stdout
     return [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
 
 
