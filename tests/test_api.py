@@ -251,3 +251,19 @@ def test_selection_pass_reports_progress_and_streams_in_batches():
                                    progress=lambda done, total: calls.append((done, total)))
     assert calls == [(16, 40), (32, 40), (40, 40)]
     assert stats["train_size"] == 40 and float(w.sum()) == pytest.approx(40)  # CRAIG weights count the class
+
+
+def test_builtin_model_on_a_user_dataset(tmp_path):
+    """model=None builds config.model.name for the Dataset's images: uint8 square ones train, non-square ones are
+    refused before any work with a message saying to bring a model."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 2
+    x = (torch.rand(64, 2, 8, 8, generator=g) * 100 + 120 * y.view(64, 1, 1, 1)).to(torch.uint8)
+    cfg = _cfg(tmp_path, "model.width=4", "selection.method=random", "optim.epochs=2")
+    t = advcoreset.training.Trainer(cfg, train_set=TensorDataset(x, y), test_set=TensorDataset(x[:16], y[:16]))
+    assert t.model.mean.shape[1] == 2 and t.model.head.out_features == 2  # sized from the Dataset
+    before = t.model.head.weight.detach().clone()
+    res = t.run()
+    assert 0 <= res["test_clean_acc"] <= 1 and not torch.equal(before, t.model.head.weight)
+    with pytest.raises(ConfigError, match="square"):
+        advcoreset.train(_cfg(tmp_path / "b"), train_set=toy(16, 0), test_set=toy(8, 1))
