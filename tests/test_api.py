@@ -19,6 +19,7 @@ from advcoreset.models import create_model
 from advcoreset.models.adapter import LastLayerError, last_layer
 from advcoreset.objectives import Standard
 from advcoreset.selection import last_layer_grads
+from advcoreset.training import Trainer
 
 C, H, W, K = 3, 6, 10, 4  # non-square, three channels, four classes
 
@@ -218,7 +219,7 @@ def test_image_folder_alias_trains(tmp_path):
 def test_optimiser_by_name(tmp_path):
     cfg = _cfg(tmp_path, "optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.01", "selection.method=full",
                "optim.epochs=2")
-    t = advcoreset.training.Trainer(cfg, model=mlp(), train_set=toy(96, 0), test_set=toy(40, 1))
+    t = Trainer(cfg, model=mlp(), train_set=toy(96, 0), test_set=toy(40, 1))
     assert isinstance(t.optimizer, torch.optim.AdamW) and t.optimizer.defaults["weight_decay"] == 0.01
     assert t.run()["test_clean_acc"] > 0.5
     assert "exp_avg" in next(iter(t.optimizer.state.values()))
@@ -229,11 +230,11 @@ def test_optimiser_by_name(tmp_path):
 def test_user_optimiser_is_used(tmp_path):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    t = advcoreset.training.Trainer(_cfg(tmp_path, "selection.method=full"), model=model, train_set=toy(32, 0),
+    t = Trainer(_cfg(tmp_path, "selection.method=full"), model=model, train_set=toy(32, 0),
                                     test_set=toy(8, 1), optimizer=opt)
     assert t.optimizer is opt
     with pytest.raises(ConfigError, match="without its model"):
-        advcoreset.training.Trainer(_cfg(tmp_path), train_set=toy(32, 0), test_set=toy(8, 1), optimizer=opt)
+        Trainer(_cfg(tmp_path), train_set=toy(32, 0), test_set=toy(8, 1), optimizer=opt)
 
 
 def test_dataset_records_know_aliases_and_shapes():
@@ -260,7 +261,7 @@ def test_builtin_model_on_a_user_dataset(tmp_path):
     y = torch.arange(64) % 2
     x = (torch.rand(64, 2, 8, 8, generator=g) * 100 + 120 * y.view(64, 1, 1, 1)).to(torch.uint8)
     cfg = _cfg(tmp_path, "model.width=4", "selection.method=random", "optim.epochs=2")
-    t = advcoreset.training.Trainer(cfg, train_set=TensorDataset(x, y), test_set=TensorDataset(x[:16], y[:16]))
+    t = Trainer(cfg, train_set=TensorDataset(x, y), test_set=TensorDataset(x[:16], y[:16]))
     assert t.model.mean.shape[1] == 2 and t.model.head.out_features == 2  # sized from the Dataset
     before = t.model.head.weight.detach().clone()
     res = t.run()
