@@ -41,8 +41,8 @@ def main() -> None:
             loss.backward()
             opt.step()
             seen += len(yb)
-        grad_error = (loader.stats or {}).get("grad_error")
-        print(json.dumps({"epoch": epoch + 1, "trained_on": seen, "grad_error": grad_error}))
+        stats = loader.stats or {}  # the last selection's: grad_error, attack / solver seconds, sizes
+        print(json.dumps({"epoch": epoch + 1, "trained_on": seen, "grad_error": stats.get("grad_error")}))
 
     with torch.no_grad():
         acc = (model(x[1400:]).argmax(1) == y[1400:]).float().mean().item()

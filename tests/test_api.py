@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -18,7 +19,9 @@ from advcoreset.coreset import CoresetLoader, select_coreset
 from advcoreset.models import create_model
 from advcoreset.models.adapter import LastLayerError, last_layer
 from advcoreset.objectives import Standard
+from advcoreset.progress import make_progress
 from advcoreset.selection import last_layer_grads
+from advcoreset.training import Trainer
 
 C, H, W, K = 3, 6, 10, 4  # non-square, three channels, four classes
 
@@ -218,7 +221,7 @@ def test_image_folder_alias_trains(tmp_path):
 def test_optimiser_by_name(tmp_path):
     cfg = _cfg(tmp_path, "optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.01", "selection.method=full",
                "optim.epochs=2")
-    t = advcoreset.training.Trainer(cfg, model=mlp(), train_set=toy(96, 0), test_set=toy(40, 1))
+    t = Trainer(cfg, model=mlp(), train_set=toy(96, 0), test_set=toy(40, 1))
     assert isinstance(t.optimizer, torch.optim.AdamW) and t.optimizer.defaults["weight_decay"] == 0.01
     assert t.run()["test_clean_acc"] > 0.5
     assert "exp_avg" in next(iter(t.optimizer.state.values()))
@@ -229,8 +232,44 @@ def test_optimiser_by_name(tmp_path):
 def test_user_optimiser_is_used(tmp_path):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    t = advcoreset.training.Trainer(_cfg(tmp_path, "selection.method=full"), model=model, train_set=toy(32, 0),
+    t = Trainer(_cfg(tmp_path, "selection.method=full"), model=model, train_set=toy(32, 0),
                                     test_set=toy(8, 1), optimizer=opt)
     assert t.optimizer is opt
     with pytest.raises(ConfigError, match="without its model"):
-        advcoreset.training.Trainer(_cfg(tmp_path), train_set=toy(32, 0), test_set=toy(8, 1), optimizer=opt)
+        Trainer(_cfg(tmp_path), train_set=toy(32, 0), test_set=toy(8, 1), optimizer=opt)
+
+
+def test_dataset_records_know_aliases_and_shapes():
+    from advcoreset.data.datasets import dataset_record, load_dataset
+
+    assert dataset_record("image_folder").name == dataset_record("Image-Folder").name == "imagefolder"
+    assert dataset_record("FashionMNIST").name == "fashion-mnist"
+    for name, split in (("digits", True), ("fashion_mnist", False)):  # the two with files on every machine
+        assert load_dataset(name, None, train=split).shape == dataset_record(name).shape
+
+
+def test_selection_pass_reports_progress_and_streams_in_batches():
+    buf = io.StringIO()
+    idx, w, stats = select_coreset(mlp(), toy(40, 0), "fast", method="craig", fraction=0.5, batch_size=16,
+                                   progress=make_progress("line", interval=0, stream=buf))
+    attack = [ln.split(" (")[0] for ln in buf.getvalue().splitlines() if ln.startswith("selection: attack pass")]
+    assert [ln.rsplit(" ", 1)[-1] for ln in attack[:3]] == ["16/40", "32/40", "40/40"]
+    solver = [ln for ln in buf.getvalue().splitlines() if ln.startswith("selection: craig solver")]
+    assert any("| class" in ln for ln in solver) and any(f"{idx.numel()} of 40 chosen" in ln for ln in solver)
+    assert stats["train_size"] == 40 and float(w.sum()) == pytest.approx(40)  # CRAIG weights count the class
+
+
+def test_builtin_model_on_a_user_dataset(tmp_path):
+    """model=None builds config.model.name for the Dataset's images: uint8 square ones train, non-square ones are
+    refused before any work with a message saying to bring a model."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 2
+    x = (torch.rand(64, 2, 8, 8, generator=g) * 100 + 120 * y.view(64, 1, 1, 1)).to(torch.uint8)
+    cfg = _cfg(tmp_path, "model.width=4", "selection.method=random", "optim.epochs=2")
+    t = Trainer(cfg, train_set=TensorDataset(x, y), test_set=TensorDataset(x[:16], y[:16]))
+    assert t.model.mean.shape[1] == 2 and t.model.head.out_features == 2  # sized from the Dataset
+    before = t.model.head.weight.detach().clone()
+    res = t.run()
+    assert 0 <= res["test_clean_acc"] <= 1 and not torch.equal(before, t.model.head.weight)
+    with pytest.raises(ConfigError, match="square"):
+        advcoreset.train(_cfg(tmp_path / "b"), train_set=toy(16, 0), test_set=toy(8, 1))

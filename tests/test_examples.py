@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def run(script: str, *args: str) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors: one thread, as the in-process tests use
     out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], check=True, capture_output=True,
-                         text=True, timeout=600).stdout
+                         text=True, timeout=600, env=env).stdout
     return [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
 
 
@@ -40,3 +42,9 @@ def test_own_loop():
     assert [r["trained_on"] for r in lines[:3]] == [200, k, k]
     assert lines[0]["grad_error"] is None and 0 <= lines[1]["grad_error"] < 1
     assert lines[-1]["coreset_size"] == k and lines[-1]["test_clean_acc"] > 0.1  # chance is 0.1
+
+
+def test_evaluate_any_model():
+    res = run("evaluate_any_model.py", "--n", "16", "--eps", "0.05", "--smoke")[-1]
+    assert res["n"] == 16 and res["comparable_to_robustbench"] is False  # tiny budgets are labelled
+    assert 0 <= res["autoattack_acc"] <= res["clean_acc"] and 0 <= res["pgd20_acc"] <= res["clean_acc"]

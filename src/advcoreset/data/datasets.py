@@ -105,6 +105,8 @@ class DatasetRecord:
     default_root: str | None = None
     """Where the files are looked for when ``root`` is None; None: ``data.root`` is required."""
     needs_root: bool = True
+    shape: tuple[int, int, int] | None = None
+    """(C, H, W) of every image; None: it depends on the files (imagefolder)."""
 
 
 DATASET_RECORDS: Registry[DatasetRecord] = Registry("dataset")
@@ -117,13 +119,14 @@ def _idx(key: str) -> Callable[[Path | None, bool, object], ImageArrays]:
 @DATASET_RECORDS.register("fashion-mnist")
 def _fashion_mnist() -> DatasetRecord:
     return DatasetRecord("fashion-mnist", _idx("fashion-mnist"), "crop", ((0.2860,), (0.3530,)),
-                         ("fashionmnist",), "/usr/share/datasets/fashion-mnist")
+                         ("fashionmnist",), "/usr/share/datasets/fashion-mnist",
+                         shape=(1, 28, 28))
 
 
 @DATASET_RECORDS.register("mnist")
 def _mnist() -> DatasetRecord:
     return DatasetRecord("mnist", _idx("mnist"), "crop", ((0.1307,), (0.3081,)), (),
-                         "/usr/share/datasets/mnist")
+                         "/usr/share/datasets/mnist", shape=(1, 28, 28))
 
 
 @DATASET_RECORDS.register("cifar10")
@@ -134,7 +137,7 @@ def _cifar10() -> DatasetRecord:
                            files=[f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"])
 
     return DatasetRecord("cifar10", load, "crop_flip", ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-                         ("cifar-10",))
+                         ("cifar-10",), shape=(3, 32, 32))
 
 
 @DATASET_RECORDS.register("cifar100")
@@ -144,7 +147,7 @@ def _cifar100() -> DatasetRecord:
                            meta="meta", files=["train"] if train else ["test"])
 
     return DatasetRecord("cifar100", load, "crop_flip", ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-                         ("cifar-100",))
+                         ("cifar-100",), shape=(3, 32, 32))
 
 
 @DATASET_RECORDS.register("svhn")
@@ -153,7 +156,8 @@ def _svhn() -> DatasetRecord:
         images, labels = read_svhn_mat(_root_dir(root, "svhn") / ("train_32x32.mat" if train else "test_32x32.mat"))
         return _arrays(images, labels, DIGIT_CLASSES)
 
-    return DatasetRecord("svhn", load, "crop", ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)))
+    return DatasetRecord("svhn", load, "crop", ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+                         shape=(3, 32, 32))
 
 
 @DATASET_RECORDS.register("imagefolder")
@@ -165,7 +169,7 @@ def _imagefolder() -> DatasetRecord:
 @DATASET_RECORDS.register("digits")
 def _digits() -> DatasetRecord:
     return DatasetRecord("digits", lambda _root, train, _size: _load_digits(train), "crop",
-                         ((0.3052,), (0.3759,)), needs_root=False)
+                         ((0.3052,), (0.3759,)), needs_root=False, shape=(1, 8, 8))
 
 
 DATASETS = tuple(DATASET_RECORDS.names())
