@@ -55,7 +55,8 @@ class CoresetLoader:
         batch_size: training batches and the selection pass's batches.
         generator: order, augmentation, resampling and the selector's randomness (default: seeded by
             ``seed``); its state is part of ``state_dict``.
-        progress: ``progress(done, total)`` after every batch of the selection pass.
+        progress: an ``advcoreset.progress`` reporter (``make_progress("line")``, ...): the selection pass
+            reports examples done, the solver classes done; None: silent.
     """
 
     def __init__(self, dataset: Any, model: nn.Module, objective: str | Objective = "pgd", *,
