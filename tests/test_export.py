@@ -113,7 +113,7 @@ def test_training_run_writes_the_export_and_cli_exports_again(tmp_path, capsys):
     ref.load_state_dict(last)
     with torch.no_grad():
         assert torch.equal(model(x), ref.eval()(x))
-    assert main(["export", str(run), "--checkpoint", "best", "--out", str(tmp_path / "b")]) == 2  # bad input: no such checkpoint
+    assert main(["export", str(run), "--checkpoint", "best", "--out", str(tmp_path / "b")]) == 2  # bad input
     assert "best.pt" in capsys.readouterr().err  # this run kept no best checkpoint (no validation split)
 
 

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from advcoreset.config import ConfigError, PATConfig, load_config
 def _train(args: argparse.Namespace) -> int:
     from advcoreset.training import train
     from advcoreset.training.checkpoint import check_resumable, load_checkpoint
+    from advcoreset.training.distributed import launch_info
     from advcoreset.training.preflight import check_device
     from advcoreset.training.run_folder import check_start, check_writable, finished_results, run_lock
 
@@ -42,16 +44,22 @@ def _train(args: argparse.Namespace) -> int:
               f"`advcoreset eval {out}` evaluates it again.", flush=True)
         return 0
     check_writable(out)
-    with run_lock(out):
+    rank = launch_info(os.environ)[0]  # under torchrun: rank 0 writes, so it alone holds the folder's lock
+    with run_lock(out) if rank == 0 else nullcontext():
         check_start(out, args.resume)
         if args.resume:
             check_resumable(load_checkpoint(out / "last.pt"), out / "last.pt")
-        print(f"advcoreset: training {cfg.objective.name} ({cfg.objective.attack.norm}, eps "
-              f"{cfg.objective.attack.eps}) on {cfg.data.name} with {cfg.model.name}, selection "
-              f"{cfg.selection.method}" + (f" @ {cfg.selection.fraction}" if cfg.selection.method != "full" else "")
-              + f" -> {cfg.out_dir}", flush=True)
+        if rank == 0:
+            print(_banner(cfg), flush=True)
         train(cfg, resume=args.resume)
     return 0
+
+
+def _banner(cfg: Any) -> str:
+    s = cfg.selection
+    return (f"advcoreset: training {cfg.objective.name} ({cfg.objective.attack.norm}, eps {cfg.objective.attack.eps}) "
+            f"on {cfg.data.name} with {cfg.model.name}, selection {s.method}"
+            + (f" @ {s.fraction}" if s.method != "full" else "") + f" -> {cfg.out_dir}")
 
 
 def _eval(args: argparse.Namespace) -> int:
