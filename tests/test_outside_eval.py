@@ -62,7 +62,7 @@ def test_mismatch_is_one_error_before_any_attack(tmp_path, monkeypatch, capsys, 
         raise AssertionError("an attack ran before the mismatch was reported")
 
     monkeypatch.setattr(outside, "evaluate", no_attack)
-    assert main(["eval", "--model", factory, "--weights", str(weights), *ARGS]) == 1
+    assert main(["eval", "--model", factory, "--weights", str(weights), *ARGS]) == 2  # bad input
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
 
@@ -70,26 +70,25 @@ def test_mismatch_is_one_error_before_any_attack(tmp_path, monkeypatch, capsys, 
 def test_weights_that_do_not_fit_name_the_file(tmp_path, capsys):
     weights = tmp_path / "w.safetensors"
     save_file(tests_helpers.five_classes().state_dict(), str(weights))
-    assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *ARGS]) == 1
+    assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *ARGS]) == 2
     assert "do not fit" in capsys.readouterr().err
 
 
 def test_eval_of_a_run_with_a_foreign_model_points_to_model_flag(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    cfg = Config()
-    cfg.model.name = "my_net"  # trained through the Python API with the user's own module
+    cfg = Config()  # a run of the Python API with the user's own module keeps model.name at its default
     cfg.save(run / "config.yaml")
     save_atomic({"model": tests_helpers.factory().state_dict()}, run / "last.pt")
-    assert main(["eval", str(run)]) == 1
+    assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
     assert "--model" in err and "KeyError" not in err
 
 
 def test_eval_needs_a_run_or_a_model(capsys):
-    assert main(["eval"]) == 1
+    assert main(["eval"]) == 2
     assert "--model" in capsys.readouterr().err
-    assert main(["eval", "--model", "tests_helpers:factory", "--data", "digits"]) == 1
+    assert main(["eval", "--model", "tests_helpers:factory", "--data", "digits"]) == 2
     assert "--weights" in capsys.readouterr().err
 
 
@@ -97,5 +96,5 @@ def test_self_bound_perceptual_needs_feature_maps_before_any_attack(tmp_path, mo
     weights = tmp_path / "w.safetensors"
     save_file(tests_helpers.factory().state_dict(), str(weights))
     monkeypatch.setattr(outside, "evaluate", lambda *a, **k: pytest.fail("an attack ran first"))
-    assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *ARGS, "--perceptual"]) == 1
+    assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *ARGS, "--perceptual"]) == 2
     assert "feature_maps" in capsys.readouterr().err
