@@ -7,7 +7,6 @@ before any training and names the offending field (``attack.eps must be >= 0, go
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -257,93 +256,14 @@ class Config:
 
     # ------------------------------------------------------------ validation
     def validate(self) -> Config:
-        """Raise ``ConfigError`` naming the first bad field; return self when all is well."""
-        # Lazy: the registries' modules read configs by attribute only and never import this module.
-        from advcoreset.models import available_models
-        from advcoreset.objectives import available_objectives
-        from advcoreset.optimizers import available_optimizers
-        from advcoreset.selection import available_selectors
-
-        a = self.objective.attack
-        _check(a.norm in ("linf", "l2"), "objective.attack.norm", a.norm, "must be linf or l2")
-        _check(a.eps >= 0 and math.isfinite(a.eps), "objective.attack.eps", a.eps, "must be >= 0")
-        _check(a.alpha > 0, "objective.attack.alpha", a.alpha, "must be > 0")
-        _check(a.steps >= 1, "objective.attack.steps", a.steps, "must be >= 1")
-        _check(a.restarts >= 1, "objective.attack.restarts", a.restarts, "must be >= 1")
-        if a.norm == "linf":
-            _check(a.eps <= 1, "objective.attack.eps", a.eps, "must be <= 1 for linf (pixels are in [0, 1])")
-        _check(self.objective.beta >= 0, "objective.beta", self.objective.beta, "must be >= 0")
-        _check(self.objective.pat.bound > 0, "objective.pat.bound", self.objective.pat.bound, "must be > 0")
-        names = available_objectives()
-        _check(self.objective.name in names, "objective.name", self.objective.name, f"must be one of {names}")
-        names = available_models()
-        _check(self.model.name in names, "model.name", self.model.name, f"must be one of {names}")
-        if self.model.width is not None:
-            _check(self.model.width >= 1, "model.width", self.model.width, "must be >= 1 or null")
-        s = self.selection
-        names = available_selectors()
-        _check(s.method in names, "selection.method", s.method, f"must be one of {names}")
-        _check(0 < s.fraction <= 1, "selection.fraction", s.fraction, "must be in (0, 1]")
-        _check(s.warm_epochs >= 0, "selection.warm_epochs", s.warm_epochs, "must be >= 0")
-        _check(s.interval >= 1, "selection.interval", s.interval, "must be >= 1")
-        _check(s.grad_features in ("logits", "last_layer"), "selection.grad_features", s.grad_features,
-               "must be logits or last_layer")
-        _check(s.lam >= 0, "selection.lam", s.lam, "must be >= 0")
-        _check(s.selection_batch_size >= 1, "selection.selection_batch_size", s.selection_batch_size,
-               "must be >= 1")
-        _check(s.distributed in ("gather", "partition"), "selection.distributed", s.distributed,
-               "must be gather or partition")
-        _check(s.partition_rounds in (1, 2), "selection.partition_rounds", s.partition_rounds, "must be 1 or 2")
-        if s.attack_steps is not None:
-            _check(s.attack_steps >= 0, "selection.attack_steps", s.attack_steps, "must be >= 0")
-        if s.attack_alpha is not None:
-            _check(s.attack_alpha > 0, "selection.attack_alpha", s.attack_alpha, "must be > 0")
-        o = self.optim
-        names = available_optimizers()
-        _check(o.name in names, "optim.name", o.name, f"must be one of {names}")
-        _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
-               "must be two numbers in [0, 1)")
-        _check(o.epochs >= 1, "optim.epochs", o.epochs, "must be >= 1")
-        _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1")
-        _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
-        _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-        _check(o.schedule in ("onecycle", "step", "cosine", "constant"), "optim.schedule", o.schedule,
-               "must be onecycle, step, cosine or constant")
-        _check(all(0 < m < 1 for m in o.milestones), "optim.milestones", o.milestones,
-               "must be fractions in (0, 1)")
-        _check(o.weight_norm in ("auto", "batch", "epoch", "resample"), "optim.weight_norm", o.weight_norm,
-               "must be auto, batch, epoch or resample")
-        _check(0 < o.pct_start < 1, "optim.pct_start", o.pct_start, "must be in (0, 1)")
-        d = self.data
-        _check(d.augment in ("auto", "none", "crop", "crop_flip"), "data.augment", d.augment,
-               "must be auto, none, crop or crop_flip")
-        _check(d.val_size >= 0, "data.val_size", d.val_size, "must be >= 0")
-        if d.train_subset is not None:
-            _check(d.train_subset >= 1, "data.train_subset", d.train_subset, "must be >= 1 or null")
-        if d.test_subset is not None:
-            _check(d.test_subset >= 1, "data.test_subset", d.test_subset, "must be >= 1 or null")
-        e = self.eval
-        _check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "must be >= 1")
-        _check(e.pgd_restarts >= 1, "eval.pgd_restarts", e.pgd_restarts, "must be >= 1")
-        _check(e.every >= 0, "eval.every", e.every, "must be >= 0")
-        _check(e.autoattack_targets >= 1, "eval.autoattack_targets", e.autoattack_targets, "must be >= 1")
-        _check(e.autoattack_version in ("standard", "fast"), "eval.autoattack_version", e.autoattack_version,
-               "must be standard or fast")
-        _check(self.progress in ("auto", "bar", "line", "none"), "progress", self.progress,
-               "must be auto, bar, line or none")
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
-               self.device, "must be auto, cpu, cuda or cuda:N")
-        from advcoreset.config_checks import first_problem  # issue 11: the remaining fields
+        """Raise ``ConfigError`` naming the first bad field; return self when all is well. The rules live in
+        ``advcoreset.config_checks`` (imported lazily: it reads the registries, which read configs)."""
+        from advcoreset.config_checks import first_problem
 
         problem = first_problem(self)
         if problem:
             raise ConfigError(problem)
         return self
-
-
-def _check(ok: bool, name: str, value: Any, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name} {msg}, got {value!r}")
 
 
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:

@@ -1,5 +1,6 @@
-"""The config fields ``Config.validate`` checks beyond its own list, so that nothing the config says can fail
-after training has run (issue 11). Duck-typed on the config: this module imports nothing from ``config``."""
+"""Every rule ``Config.validate`` checks, so that nothing the config says can fail after training has run: a
+list of (holds, field, value, what it must be) per section. Duck-typed on the config: this module imports
+nothing from ``config``."""
 
 from __future__ import annotations
 
@@ -24,7 +25,97 @@ def _non_finite(obj: Any, prefix: str = "") -> tuple[str, Any] | None:
     return None
 
 
-def _rules(c: Any) -> list[tuple[bool, str, Any, str]]:
+Rule = tuple[bool, str, Any, str]
+
+
+def _names(c: Any) -> list[Rule]:
+    """Registered names: objectives, models, selectors, optimisers."""
+    # Lazy: the registries' modules read configs by attribute only and never import ``config``.
+    from advcoreset.models import available_models
+    from advcoreset.objectives import available_objectives
+    from advcoreset.optimizers import available_optimizers
+    from advcoreset.selection import available_selectors
+
+    rules = []
+    for field_name, value, names in (("objective.name", c.objective.name, available_objectives()),
+                                     ("model.name", c.model.name, available_models()),
+                                     ("selection.method", c.selection.method, available_selectors()),
+                                     ("optim.name", c.optim.name, available_optimizers())):
+        rules.append((value in names, field_name, value, f"must be one of {names}"))
+    return rules
+
+
+def _objective_rules(c: Any) -> list[Rule]:
+    a, m = c.objective.attack, c.model
+    return [
+        (a.norm in ("linf", "l2"), "objective.attack.norm", a.norm, "must be linf or l2"),
+        (a.eps >= 0, "objective.attack.eps", a.eps, "must be >= 0"),
+        (a.norm != "linf" or a.eps <= 1, "objective.attack.eps", a.eps,
+         "must be <= 1 for linf (pixels are in [0, 1])"),
+        (a.alpha > 0, "objective.attack.alpha", a.alpha, "must be > 0"),
+        (a.steps >= 1, "objective.attack.steps", a.steps, "must be >= 1"),
+        (a.restarts >= 1, "objective.attack.restarts", a.restarts, "must be >= 1"),
+        (c.objective.beta >= 0, "objective.beta", c.objective.beta, "must be >= 0"),
+        (c.objective.pat.bound > 0, "objective.pat.bound", c.objective.pat.bound, "must be > 0"),
+        (m.width is None or m.width >= 1, "model.width", m.width, "must be >= 1 or null"),
+    ]
+
+
+def _selection_rules(c: Any) -> list[Rule]:
+    s = c.selection
+    return [
+        (0 < s.fraction <= 1, "selection.fraction", s.fraction, "must be in (0, 1]"),
+        (s.warm_epochs >= 0, "selection.warm_epochs", s.warm_epochs, "must be >= 0"),
+        (s.interval >= 1, "selection.interval", s.interval, "must be >= 1"),
+        (s.grad_features in ("logits", "last_layer"), "selection.grad_features", s.grad_features,
+         "must be logits or last_layer"),
+        (s.lam >= 0, "selection.lam", s.lam, "must be >= 0"),
+        (s.selection_batch_size >= 1, "selection.selection_batch_size", s.selection_batch_size, "must be >= 1"),
+        (s.distributed in ("gather", "partition"), "selection.distributed", s.distributed,
+         "must be gather or partition"),
+        (s.partition_rounds in (1, 2), "selection.partition_rounds", s.partition_rounds, "must be 1 or 2"),
+        (s.attack_steps is None or s.attack_steps >= 0, "selection.attack_steps", s.attack_steps, "must be >= 0"),
+        (s.attack_alpha is None or s.attack_alpha > 0, "selection.attack_alpha", s.attack_alpha, "must be > 0"),
+    ]
+
+
+def _optim_rules(c: Any) -> list[Rule]:
+    o = c.optim
+    return [
+        (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
+         "must be two numbers in [0, 1)"),
+        (o.epochs >= 1, "optim.epochs", o.epochs, "must be >= 1"),
+        (o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1"),
+        (o.lr > 0, "optim.lr", o.lr, "must be > 0"),
+        (o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0"),
+        (o.schedule in ("onecycle", "step", "cosine", "constant"), "optim.schedule", o.schedule,
+         "must be onecycle, step, cosine or constant"),
+        (all(0 < m < 1 for m in o.milestones), "optim.milestones", o.milestones, "must be fractions in (0, 1)"),
+        (o.weight_norm in ("auto", "batch", "epoch", "resample"), "optim.weight_norm", o.weight_norm,
+         "must be auto, batch, epoch or resample"),
+        (0 < o.pct_start < 1, "optim.pct_start", o.pct_start, "must be in (0, 1)"),
+    ]
+
+
+def _data_eval_rules(c: Any) -> list[Rule]:
+    d, e = c.data, c.eval
+    return [
+        (d.augment in ("auto", "none", "crop", "crop_flip"), "data.augment", d.augment,
+         "must be auto, none, crop or crop_flip"),
+        (d.val_size >= 0, "data.val_size", d.val_size, "must be >= 0"),
+        (d.train_subset is None or d.train_subset >= 1, "data.train_subset", d.train_subset, "must be >= 1 or null"),
+        (d.test_subset is None or d.test_subset >= 1, "data.test_subset", d.test_subset, "must be >= 1 or null"),
+        (e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "must be >= 1"),
+        (e.pgd_restarts >= 1, "eval.pgd_restarts", e.pgd_restarts, "must be >= 1"),
+        (e.every >= 0, "eval.every", e.every, "must be >= 0"),
+        (e.autoattack_targets >= 1, "eval.autoattack_targets", e.autoattack_targets, "must be >= 1"),
+        (e.autoattack_version in ("standard", "fast"), "eval.autoattack_version", e.autoattack_version,
+         "must be standard or fast"),
+        (c.progress in ("auto", "bar", "line", "none"), "progress", c.progress, "must be auto, bar, line or none"),
+    ]
+
+
+def _rules(c: Any) -> list[Rule]:
     """(holds, field, value, what it must be) for every field; ``None`` means "the default" where allowed."""
     d, s, o, e, p = c.data, c.selection, c.optim, c.eval, c.objective.pat
     return [
@@ -70,7 +161,8 @@ def first_problem(c: Any) -> str | None:
         _canonical(c.data.name)
     except DataError as e:
         return f"data.name: {e}"
-    for ok, name, value, msg in _rules(c):
+    for ok, name, value, msg in (*_names(c), *_objective_rules(c), *_selection_rules(c), *_optim_rules(c),
+                                 *_data_eval_rules(c), *_rules(c)):
         if not ok:
             return f"{name} {msg}, got {value!r}"
     return None
