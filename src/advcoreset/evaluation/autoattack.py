@@ -160,6 +160,53 @@ def autoattack_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, 
         ImportError: torchattacks is missing. RuntimeError: an attack returned a point outside the
         eps-ball or [0, 1].
     """
+    budgets = budgets or STANDARD_BUDGETS
+    ta = _import_torchattacks()
+    dev = model_device(model, device)
+    n = images.shape[0]
+    n_classes = _check_aa_inputs(model, images, labels, norm=norm, eps=eps, version=version, n_classes=n_classes,
+                                 device=dev)
+    records: list[dict[str, Any]] = []
+    with eval_mode(model), _frozen_parameters(model), _private_rng():
+        robust = _clean_mask(model, images, labels, batch_size, dev)
+        clean_acc = float(robust.float().mean())
+        for spec in _build(ta, model, norm=norm, eps=eps, n_classes=n_classes, version=version,
+                           budgets=budgets, seed=seed):
+            t0 = time.perf_counter()
+            todo = robust.nonzero().flatten()
+            with reporter_or_silent(progress)(f"AutoAttack {spec.name} ({norm}, eps {eps:g})", todo.numel()) as task:
+                for idx in todo.split(batch_size):
+                    if idx.numel() == 0:  # everything already broken: split() of nothing yields one empty chunk
+                        break
+                    robust[idx[_fooled(spec, model, images[idx], labels[idx], eps, norm, dev)]] = False
+                    task.update(idx.numel(), note=f"robust {int(robust.sum())}/{n}")
+            records.append({"name": spec.name, **spec.budget, "robust_after": float(robust.float().mean()),
+                            "seconds": round(time.perf_counter() - t0, 3)})
+    info = {"version": version, "norm": norm, "eps": float(eps), "n": int(n), "seed": int(seed),
+            "clean_acc": clean_acc, "attacks": records}
+    return robust, {"autoattack_acc": float(robust.float().mean()), "autoattack": _describe(info, budgets, ta)}
+
+
+def _describe(info: dict[str, Any], budgets: AutoAttackBudgets, ta: Any) -> dict[str, Any]:
+    """The ``autoattack`` record: ``info`` plus whether the budgets are the standard ones (and so the number
+    comparable to RobustBench), a note for the reduced version, the budgets and the implementation."""
+    standard_budgets = budgets == STANDARD_BUDGETS
+    version = info["version"]
+    return {
+        "version": version,
+        "standard_budgets": standard_budgets,
+        "comparable_to_robustbench": version == "standard" and standard_budgets,
+        "note": ("" if version == "standard" else
+                 "fast: APGD-CE + APGD-T only (no FAB-T, no Square); a smoke test, not full AutoAttack"),
+        **{k: info[k] for k in ("norm", "eps", "n", "seed", "clean_acc", "attacks")},
+        "budgets": asdict(budgets),
+        "implementation": f"torchattacks {getattr(ta, '__version__', '?')} APGD/APGDT/FAB/Square",
+    }
+
+
+def _check_aa_inputs(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps: float, version: str,
+                     n_classes: int | None, device: torch.device) -> int:
+    """Refuse what AutoAttack cannot run, before any attack; returns the class count C."""
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     if norm not in ("linf", "l2"):
@@ -169,69 +216,39 @@ def autoattack_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, 
     if images.dim() != 4 or labels.shape != (images.shape[0],) or images.shape[0] == 0:
         raise ValueError(f"need images (N, C, H, W) and labels (N,) with N > 0, got {tuple(images.shape)} "
                          f"and {tuple(labels.shape)}")
-    budgets = budgets or STANDARD_BUDGETS
-    ta = _import_torchattacks()
-    dev = model_device(model, device)
-    n = images.shape[0]
     if n_classes is None:
         n_classes = getattr(model, "num_classes", None)
         if n_classes is None:
             with eval_mode(model), torch.no_grad():
-                n_classes = int(model(to_unit(images[:1], dev)).shape[1])
+                n_classes = int(model(to_unit(images[:1], device)).shape[1])
     if n_classes < 4:
         raise ValueError(f"AutoAttack's APGD-T uses the targeted DLR loss, which needs at least 4 classes; "
                          f"got {n_classes}")
     if version == "standard" and norm == "l2" and not _square_l2_fits(*images.shape[2:]):
         raise ValueError(f"torchattacks' Square (l_2) initialisation tiles the image with h // 5 squares and "
                          f"fails on {tuple(images.shape[2:])} images (fine for 28x28, 32x32, 10x10)")
+    return n_classes
 
-    robust = torch.zeros(n, dtype=torch.bool)
-    records: list[dict[str, Any]] = []
-    with eval_mode(model), _frozen_parameters(model), _private_rng():
-        with torch.no_grad():
-            for start in range(0, n, batch_size):
-                xb = to_unit(images[start:start + batch_size], dev)
-                robust[start:start + batch_size] = (model(xb).argmax(1) == labels[start:start + batch_size]
-                                                    .to(dev)).cpu()
-        clean_acc = float(robust.float().mean())
-        for spec in _build(ta, model, norm=norm, eps=eps, n_classes=n_classes, version=version,
-                           budgets=budgets, seed=seed):
-            t0 = time.perf_counter()
-            todo = robust.nonzero().flatten()
-            task = reporter_or_silent(progress)(f"AutoAttack {spec.name} ({norm}, eps {eps:g})", todo.numel())
-            for idx in todo.split(batch_size):
-                if idx.numel() == 0:  # everything already broken: split() of nothing yields one empty chunk
-                    break
-                x = to_unit(images[idx], dev)
-                y = labels[idx].to(dev)
-                x_adv = spec.attack(x, y).detach()
-                check_perturbation(x_adv, x, eps=eps, norm=norm, attack=f"AutoAttack {spec.name}")
-                with torch.no_grad():
-                    fooled = (model(x_adv).argmax(1) != y).cpu()
-                robust[idx[fooled]] = False
-                task.update(idx.numel(), note=f"robust {int(robust.sum())}/{n}")
-            task.close()
-            records.append({"name": spec.name, **spec.budget, "robust_after": float(robust.float().mean()),
-                            "seconds": round(time.perf_counter() - t0, 3)})
-    standard_budgets = budgets == STANDARD_BUDGETS
-    return robust, {
-        "autoattack_acc": float(robust.float().mean()),
-        "autoattack": {
-            "version": version,
-            "standard_budgets": standard_budgets,
-            "comparable_to_robustbench": version == "standard" and standard_budgets,
-            "note": ("" if version == "standard" else
-                     "fast: APGD-CE + APGD-T only (no FAB-T, no Square); a smoke test, not full AutoAttack"),
-            "norm": norm,
-            "eps": float(eps),
-            "n": int(n),
-            "seed": int(seed),
-            "clean_acc": clean_acc,
-            "attacks": records,
-            "budgets": asdict(budgets),
-            "implementation": f"torchattacks {getattr(ta, '__version__', '?')} APGD/APGDT/FAB/Square",
-        },
-    }
+
+@torch.no_grad()
+def _clean_mask(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """(N,) bool on the CPU: correctly classified clean images."""
+    out = torch.zeros(images.shape[0], dtype=torch.bool)
+    for start in range(0, images.shape[0], batch_size):
+        xb = to_unit(images[start:start + batch_size], device)
+        out[start:start + batch_size] = (model(xb).argmax(1) == labels[start:start + batch_size].to(device)).cpu()
+    return out
+
+
+def _fooled(spec: Any, model: nn.Module, images: Tensor, labels: Tensor, eps: float, norm: str,
+            device: torch.device) -> Tensor:
+    """(B,) bool on the CPU: which of these (B, C, H, W) images the sub-attack ``spec`` fools, after checking
+    that its points stay in the eps-ball and [0, 1]."""
+    x, y = to_unit(images, device), labels.to(device)
+    x_adv = spec.attack(x, y).detach()
+    check_perturbation(x_adv, x, eps=eps, norm=norm, attack=f"AutoAttack {spec.name}")
+    with torch.no_grad():
+        return (model(x_adv).argmax(1) != y).cpu()
 
 
 def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps: float,
