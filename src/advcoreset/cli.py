@@ -146,13 +146,8 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="advcoreset", description="Adversarial coreset selection for efficient "
-                                "robust training.")
-    p.add_argument("--version", action="version", version=f"advcoreset {__version__}",
-                   help="print the version and exit")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_train(sub: Any) -> None:
+    """``advcoreset train``."""
     t = sub.add_parser("train", help="train a (robust) classifier; with no arguments: PGD-AT on Fashion-MNIST")
     t.add_argument("--config", "-c", help="YAML config (see configs/); defaults otherwise")
     t.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
@@ -161,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.set_defaults(fn=_train)
 
+
+def _add_eval(sub: Any) -> None:
+    """``advcoreset eval``: a run folder, or an outside model with its data and threat model."""
     e = sub.add_parser("eval", help="evaluate a run's checkpoint, or an outside model (--model): clean, PGD-k, "
                        "AutoAttack, perceptual")
     e.add_argument("run", nargs="?", help="run folder (holds config.yaml and last.pt); omit with --model")
@@ -194,8 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"LPIPS bound of --perceptual (default {PATConfig.bound})")
     o.add_argument("--lpips", default="self", help="--perceptual distance: self (the model's own feature_maps) or "
                    "a path to local AlexNet weights")
+
     e.set_defaults(fn=_eval)
 
+
+def _add_export(sub: Any) -> None:
+    """``advcoreset export``."""
     x = sub.add_parser("export", help="write a run's model as model.safetensors + model.json (loadable "
                        "without advcoreset)")
     x.add_argument("run", help="run folder (holds config.yaml and last.pt)")
@@ -204,16 +206,33 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="folder to write model.safetensors, model.json, model_arch.py")
     x.set_defaults(fn=_export)
 
+
+def _add_config(sub: Any) -> None:
+    """``advcoreset config``."""
     c = sub.add_parser("config", help="print the resolved config (defaults + file + overrides)")
     c.add_argument("--config", "-c", help="YAML config (see configs/); defaults otherwise")
     c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set selection.method=craig (repeatable)")
     c.set_defaults(fn=_config)
 
+
+def _add_bench(sub: Any) -> None:
+    """``advcoreset bench``: the harness defines its own flags."""
     b = sub.add_parser("bench", help="the paper's table: Full/Random/CRAIG/GradMatch across objectives",
                        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(b)
     b.set_defaults(fn=_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="advcoreset", description="Adversarial coreset selection for efficient "
+                                "robust training.")
+    p.add_argument("--version", action="version", version=f"advcoreset {__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    for add in (_add_train, _add_eval, _add_export, _add_config, _add_bench):
+        add(sub)
     p.add_argument("--debug", action="store_true", help="show the traceback of any error (or ADVCORESET_DEBUG=1)")
     for cmd in sub.choices.values():  # `advcoreset train ... --debug` as well as `advcoreset --debug train`
         cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
