@@ -146,6 +146,10 @@ class CoresetLoader:
                                      generator=self.generator).to(indices.device)
             indices, weights = indices[draw], torch.ones_like(weights)
         self._wbar = weights.float().mean() if self.weight_rule == "epoch" else None
+        return self._iterate(indices, weights)
+
+    def _iterate(self, indices: Tensor, weights: Tensor) -> Iterator[Batch]:
+        """The source's batches over ``indices`` (k,) with ``weights`` (k,), in the generator's order."""
         return self.source.batches(indices, weights, self.batch_size, self.generator)
 
     def end_epoch(self) -> None:

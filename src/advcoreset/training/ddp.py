@@ -85,15 +85,8 @@ class ShardedCoresetLoader(CoresetLoader):
         }
         return self.stats
 
-    def batches_for(self, indices: Tensor, weights: Tensor) -> Iterator[Batch]:
-        if self.weight_rule == "resample" and indices.numel() and not bool((weights == weights[0]).all()):
-            draw = torch.multinomial(weights.float().cpu(), indices.numel(), replacement=True,
-                                     generator=self.generator).to(indices.device)
-            indices, weights = indices[draw], torch.ones_like(weights)
-        self._wbar = weights.float().mean() if self.weight_rule == "epoch" else None
-        return self._rank_iter(indices, weights)
-
-    def _rank_iter(self, indices: Tensor, weights: Tensor) -> Iterator[Batch]:
+    def _iterate(self, indices: Tensor, weights: Tensor) -> Iterator[Batch]:
+        """This rank's slice of every global batch (the same global order on every rank)."""
         src = self.source
         assert isinstance(src, TensorSource)
         for b, rb in iterate_rank_batches(src.images, src.labels, indices, weights, self.batch_size, self.generator,
