@@ -1,7 +1,7 @@
 """Command line: ``advcoreset train | eval | export | config | bench``.
 
     advcoreset train                                  # PGD-AT on Fashion-MNIST, CPU defaults
-    advcoreset train --config configs/fmnist_craig.yaml --set selection.fraction=0.5
+    advcoreset train --config configs/fmnist_pgd_craig.yaml --set selection.fraction=0.5
     advcoreset train --out runs/x --resume            # continue a killed run
     advcoreset eval runs/x --autoattack               # clean, PGD-k, AutoAttack -> runs/x/eval.json
     advcoreset eval --model my_nets:build --weights w.safetensors --data cifar10 --norm linf --eps 0.0314
