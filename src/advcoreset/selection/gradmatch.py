@@ -277,7 +277,7 @@ def _match(G: Tensor, b: Tensor, b64: Tensor, sup: _Support, k: int, tol: float,
     float64 CPU copy."""
     bb = float(b64 @ b64)
     bnorm = math.sqrt(bb)
-    # Correlations G r: on a CPU the transposed layout's matrix-vector product is ~1.5x faster.
+    # Correlations G r: on a CPU the transposed layout's matrix-vector product is faster.
     GT = G.T.contiguous() if G.device.type == "cpu" else None
     norms = G.norm(dim=1).double().cpu().numpy()
     while len(sup.P) < k and sup.steps < cap:
