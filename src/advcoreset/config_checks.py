@@ -152,13 +152,13 @@ def _rules(c: Any) -> list[Rule]:
 
 def first_problem(c: Any) -> str | None:
     """The message for the first field of config ``c`` out of range (naming the field), else None."""
-    from advcoreset.data.datasets import DataError, _canonical
+    from advcoreset.data.datasets import DataError, dataset_record
 
     bad = _non_finite(c)
     if bad is not None:
         return f"{bad[0]} must be a finite number, got {bad[1]!r}"
     try:
-        _canonical(c.data.name)
+        dataset_record(c.data.name)
     except DataError as e:
         return f"data.name: {e}"
     for ok, name, value, msg in (*_names(c), *_objective_rules(c), *_selection_rules(c), *_optim_rules(c),

@@ -11,6 +11,7 @@ from torch import nn
 from advcoreset.attacks.lpips import LPIPS, alexnet_lpips
 from advcoreset.config import Config
 from advcoreset.data import prepare_data
+from advcoreset.data.datasets import dataset_record
 from advcoreset.models import available_models, create_model
 from advcoreset.progress import Reporter
 from advcoreset.training.checkpoint import CheckpointError, check_state_dict, load_checkpoint
@@ -53,10 +54,9 @@ def load_run_model(run: str | Path, checkpoint: str = "last.pt",
 
 
 def _input_size(cfg: Config, channels: int) -> int:
-    sizes = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "svhn": 32, "digits": 8}
-    if cfg.data.name in sizes:
-        return sizes[cfg.data.name]
-    return prepare_data(cfg.data, cfg.seed).train.shape[1]
+    """The run's square image size: from the dataset's record, else (imagefolder) from its files."""
+    shape = dataset_record(cfg.data.name).shape
+    return shape[1] if shape is not None else prepare_data(cfg.data, cfg.seed).train.shape[1]
 
 
 def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None = None,
