@@ -217,3 +217,14 @@ def test_world_size_launches_runs_under_torchrun_and_jobs_get_their_own_devices(
     bad.write_text(SPEC.read_text() + "\nworld_size: 0\n")
     with pytest.raises(ConfigError, match="world_size"):
         bench.load_spec(bad)
+
+
+def test_runs_are_seed_major(tmp_path):
+    """Every run of seed 0 comes before any run of seed 1, and within a seed the spec's order is kept."""
+    spec = bench.load_spec(SPEC)
+    spec["seeds"] = [0, 1]
+    runs = bench.expand(spec, tmp_path)
+    seeds = [r.seed for r in runs]
+    assert seeds == sorted(seeds) and set(seeds) == {0, 1}
+    per_seed = [[(r.objective, r.method, r.fraction) for r in runs if r.seed == s] for s in (0, 1)]
+    assert per_seed[0] == per_seed[1]

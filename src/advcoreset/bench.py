@@ -62,7 +62,7 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def expand(spec: dict[str, Any], out: Path) -> list[Run]:
-    """Every (objective, method, fraction, seed) run of the spec, each with its full config."""
+    """Every (objective, method, fraction, seed) run of the spec, each with its full config; seed-major."""
     runs = []
     threads = spec.get("threads")
     for obj_name, entry in spec["objectives"].items():
@@ -93,7 +93,9 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
                     except ConfigError as e:
                         raise SpecError(f"benchmark spec, objective {obj_name!r}, method {method!r}: {e}") from None
                     runs.append(run)
-    return runs
+    # seed-major order: each seed's whole comparison (Full and every coreset) finishes before the next seed
+    # starts, so a study spread over sessions has complete, same-machine comparisons as it goes
+    return sorted(runs, key=lambda r: r.seed)
 
 
 def train_command(run: Run, config_path: Path, resume: bool) -> list[str]:
