@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from advcoreset.bench_evals import run_extra_evals
+from advcoreset.bench_probe import record_probe
 from advcoreset.bench_plots import plot
 from advcoreset.bench_report import aggregate, check_targets, collect, markdown
 from advcoreset.bench_spec import METHODS, SpecError, load_spec
@@ -125,11 +126,15 @@ def _visible_cuda() -> list[str]:
     return [d.strip() for d in named.split(",") if d.strip()][:n] if named else [str(i) for i in range(n)]
 
 
-def _execute(run: Run, log_dir: Path, devices: queue.Queue[str] | None) -> tuple[Run, int, float]:
+def _execute(run: Run, log_dir: Path, devices: queue.Queue[str] | None,
+             probe: bool = False) -> tuple[Run, int, float]:
     run.folder.mkdir(parents=True, exist_ok=True)
     req = run.folder.parent / (run.folder.name + ".yaml")
     Config.from_dict(run.config).save(req)
-    cmd = train_command(run, req, (run.folder / "last.pt").exists())
+    resume = (run.folder / "last.pt").exists()
+    cmd = train_command(run, req, resume)
+    if probe:  # the machine's speed as this run starts (advcoreset.bench_probe)
+        record_probe(run.folder, "resume" if resume else "start", run.config.get("threads"))
     t0 = time.perf_counter()
     log = log_dir / (run.key.replace("/", "__") + ".log")
     group = None if devices is None else devices.get()
@@ -142,13 +147,19 @@ def _execute(run: Run, log_dir: Path, devices: queue.Queue[str] | None) -> tuple
     finally:
         if devices is not None and group is not None:
             devices.put(group)
-    return run, rc, time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    if probe and rc == 0:
+        record_probe(run.folder, "end", run.config.get("threads"))
+    return run, rc, secs
 
 
-def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto") -> list[str]:
+def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto", probe: bool = False,
+            spec: dict[str, Any] | None = None) -> list[str]:
     """Run what is not finished, ``jobs`` at a time (each with its own CUDA devices where there are
-    some); returns the keys that failed. ``progress``: auto, bar, line or none (``advcoreset.progress``):
-    runs done / total and the time left."""
+    some), each followed by the ``spec``'s extra evaluations and a fresh table of what has finished;
+    returns the keys (and "key:eval") that failed.
+    ``progress``: auto, bar, line or none (``advcoreset.progress``): runs done / total and the time left.
+    ``probe``: time the machine-speed probe before and after each run's training."""
     todo = [r for r in runs if not (r.folder / "results.json").exists()]
     groups = device_groups(jobs, max([r.world_size for r in todo], default=1), _visible_cuda()) if todo else None
     devices: queue.Queue[str] | None = None
@@ -163,14 +174,23 @@ def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto") -> li
     failed = []
     # runs take minutes: a line per finished run (interval 0), with the time left from the mean so far
     task = make_progress(progress, interval=0.0)("bench runs", len(todo))
+    eval_failures: list[list[str]] = []
+
+    def execute(r: Run) -> tuple[Run, int, float]:
+        run, rc, secs = _execute(r, log_dir, devices, probe)
+        if rc == 0 and spec is not None:  # in this worker, before its next run: nothing overlaps a timed run
+            eval_failures.append(run_extra_evals([run], spec, out, 1))  # whole rows as runs land
+            report(runs, spec, out)
+        return run, rc, secs
+
     with ThreadPoolExecutor(max_workers=jobs) as pool, task:
-        for run, rc, secs in pool.map(lambda r: _execute(r, log_dir, devices), todo):
+        for run, rc, secs in pool.map(execute, todo):
             status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {log_dir})"
             task.update(1, note=f"{run.key}: {status} in {secs:.0f}s")
             if rc != 0:
                 task.write(f"bench: {run.key} {status}")  # stays on screen when a bar is drawn
                 failed.append(run.key)
-    return failed
+    return failed + [f for fs in eval_failures for f in fs]
 
 
 def report(runs: list[Run], spec: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -227,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     with run_lock(out):  # one bench per results folder; each run folder is locked by its own child
         if not args.report:
             jobs = args.jobs or int(spec.get("jobs", 1))
-            failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"))
+            failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"), bool(spec.get("probe")), spec)
             failed += run_extra_evals(runs, spec, out, jobs)
         table = report(runs, spec, out)
     sys.stdout.write(markdown(table, spec))

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-METRICS = ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error")
+from advcoreset.bench_probe import probe_median
+
+METRICS = ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error", "cost")
 
 
 class RunLike(Protocol):
@@ -44,6 +46,7 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
     errors = [s["grad_error"] for s in lines if s.get("kind") == "selection" and s.get("grad_error") is not None]
     pgd_key = next((k for k in res if k.startswith("test_pgd") and k.endswith("_acc")), None)
     times = res.get("times", {})
+    probe = probe_median(run.folder)
     evals = {}
     for name in extra_evals or {}:
         path = run.folder / f"eval_{name}.json"
@@ -56,6 +59,8 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
         "autoattack": res.get("test_autoattack_acc"),
         "ppgd": res.get("test_ppgd_acc"), "lpa": res.get("test_lpa_acc"),
         "time": res.get("time_train_total"),
+        # training time in units of the machine-speed probe (advcoreset.bench_probe): compares across days
+        "probe": probe, "cost": res["time_train_total"] / probe if probe and res.get("time_train_total") else None,
         "selection_time": times.get("selection_attack", 0.0) + times.get("selection_solver", 0.0),
         "grad_error": statistics.fmean(errors) if errors else None,
         "autoattack_info": res.get("test_autoattack"),
@@ -103,19 +108,23 @@ def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order:
         for name in names:
             row["eval_" + name], row["eval_" + name + "_std"] = _stat([r.get("evals", {}).get(name) for r in rs])
         rows.append(row)
-    full_time = {r["objective"]: r["time"] for r in rows if r["method"] == "full"}
+    # with a probe reading for every run, speed-ups are ratios of probe-normalised times (runs made on
+    # different days compare); otherwise of the times as measured
+    basis = "cost" if rows and all(r.get("cost") is not None for r in per_run) else "time"
+    full_time = {r["objective"]: r[basis] for r in rows if r["method"] == "full"}
     ref = spec.get("reference")  # e.g. the PGD-AT full row, to place plain Fast-AT against it
     for row in rows:
         base = full_time.get(row["objective"])
-        row["speedup"] = base / row["time"] if base and row["time"] else None
-        if ref and ref in full_time and row["time"]:
-            row["speedup_vs_reference"] = full_time[ref] / row["time"]
+        row["speedup"] = base / row[basis] if base and row[basis] else None
+        if ref and ref in full_time and row[basis]:
+            row["speedup_vs_reference"] = full_time[ref] / row[basis]
     order = {m: i for i, m in enumerate(method_order)}
     objs = list(spec["objectives"])
     rows.sort(key=lambda r: (objs.index(r["objective"]) if r["objective"] in objs else len(objs),
                              r["fraction"] or 0, order.get(r["method"], len(order))))
     aa = next((r["autoattack_info"] for r in per_run if r.get("autoattack_info")), None)
     return {"name": spec["name"], "rows": rows, "runs": per_run, "autoattack": aa, "reference": ref,
+            "speedup_basis": "probe-normalised time" if basis == "cost" else "time",
             "pgd_key": next((r["pgd_key"] for r in per_run if r["pgd_key"]), None)}
 
 
@@ -226,7 +235,10 @@ def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
             met = "n/a" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
             lines.append(f"| {c['what']} | {v} | {c['target']} | {met} |")
     lines += ["", "Mean ± standard deviation over seeds. Train time includes warm start and selection, excludes "
-              "evaluation. Speed-up is against Full of the same objective. Grad error is the relative "
+              "evaluation. Speed-up is against Full of the same objective"
+              + (", from train times divided by each run's machine-speed probe (advcoreset.bench_probe; "
+                 "the train-time column is as measured, on the day each run ran)"
+                 if table.get("speedup_basis") == "probe-normalised time" else "") + ". Grad error is the relative "
               "gradient approximation error ||sum g - sum w g|| / ||sum g|| of the coreset, averaged over "
               "selection rounds."]
     return "\n".join(lines) + "\n"

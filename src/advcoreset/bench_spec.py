@@ -33,7 +33,7 @@ class SpecError(ConfigError):
 
 
 SPEC_KEYS = ("name", "description", "base", "objectives", "methods", "fractions", "seeds", "jobs", "threads",
-             "reference", "targets", "extra_evals", "world_size")
+             "reference", "targets", "extra_evals", "world_size", "probe")
 ENTRY_KEYS = ("methods", "fractions", "coreset")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -98,6 +98,11 @@ def _check_spec(spec: dict[str, Any], where: str) -> None:
         v = spec.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise SpecError(f"{where}: {key} must be an integer >= 1, got {v!r}")
+    if "probe" in spec and not isinstance(spec["probe"], bool):
+        raise SpecError(f"{where}: probe must be true or false (time a machine-speed probe around each run), "
+                        f"got {spec['probe']!r}")
+    if spec.get("probe") and int(spec.get("jobs", 1)) > 1:
+        raise SpecError(f"{where}: probe: true needs jobs: 1 (concurrent runs would disturb each other's probe)")
     for obj, entry in objs.items():
         w = f"{where}: objectives.{obj}"
         if not isinstance(obj, str) or not _SAFE_NAME.fullmatch(obj) or ".." in obj:

@@ -85,8 +85,9 @@ class ObjectiveConfig:
 
 @dataclass
 class SelectionConfig:
-    method: str = "full"
-    """full, random, random_fixed, craig, gradmatch."""
+    method: str = "gradmatch"
+    """full, random, random_fixed, craig, gradmatch. The default trains an adversarial coreset (GradMatch,
+    30%, re-chosen every 4 epochs with a 1-step selection attack): ``advcoreset train`` shows the method."""
     fraction: float = 0.3
     """Coreset size as a fraction of each class, in (0, 1]."""
     batchwise: bool = False
@@ -95,12 +96,14 @@ class SelectionConfig:
     """Mini-batch size for batch-wise selection."""
     warm_epochs: int = 1
     """Epochs of full-data training (with the training objective) before the first selection."""
-    interval: int = 2
+    interval: int = 4
     """Re-select every R training epochs after the warm start."""
     grad_features: str = "last_layer"
     """logits (dL/dz only) or last_layer ([dL/dz, dL/dW] of the final linear layer)."""
-    attack_steps: int | None = None
-    """Steps of the selection attack; None = the training attack's. Fewer steps make selection cheaper."""
+    attack_steps: int | None = 1
+    """Steps of the selection attack; None = the training attack's. Fewer steps make selection cheaper; 1
+    (default) chose coresets as good as the training attack's 7 at a fraction of the cost
+    (``configs/bench_targets_120*.yaml``, benchmarks/README.md)."""
     attack_alpha: float | None = None
     """Step of the selection attack; None = the training step, or 2.5 eps / attack_steps when attack_steps
     is set (Madry et al.'s rule, so a short attack still reaches the boundary of the ball)."""
@@ -108,9 +111,9 @@ class SelectionConfig:
     """GradMatch ridge regulariser."""
     tol: float = 0.0
     """GradMatch stops when the relative residual falls below tol and fills the rest of the budget at random,
-    with a fitted (small) shared weight. 0 (default) spends the whole budget on matching: with 1e-3, about
-    half of a 30% budget on 60k Fashion-MNIST images was such a near-weightless fill, and that run trained
-    less robust than a random subset (README, "Selection: gradient error and overhead")."""
+    with a fitted (small) shared weight. 0 (default) spends the whole budget on matching: with tol > 0 much
+    of the budget can become such a near-weightless fill, which trained less robust than a random subset
+    (benchmarks/README.md, "Selection: gradient error and overhead")."""
     max_class_size: int = 20000
     """CRAIG: classes larger than this use partitioned greedy instead of the exact O(n^2) one."""
     distributed: str = "gather"
@@ -124,9 +127,9 @@ class SelectionConfig:
 class OptimConfig:
     name: str = "sgd"
     """Optimiser: sgd (momentum, nesterov, weight_decay) or adamw (betas, weight_decay)."""
-    epochs: int = 3
+    epochs: int = 12
     batch_size: int = 128
-    lr: float = 0.2
+    lr: float = 0.1
     """Peak learning rate (one-cycle) or initial one (step, cosine)."""
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -146,8 +149,7 @@ class OptimConfig:
     no CPU kernel, so true on CPU ranks is an error."""
     weight_norm: str = "auto"
     """How coreset weights enter the loss. auto (default): the selector's own rule, resample for CRAIG, batch
-    for every other method (resampling lifted CRAIG by 1 PGD-20 point and cost GradMatch 1.1 in
-    ``configs/bench_targets_120_i10*.yaml``).
+    for every other method (the choice measured by ``configs/bench_targets_120_i10*.yaml``).
     batch: sum_j w_j l_j / sum_j w_j over each mini-batch (the
     paper's rule): every step is a convex combination of per-example losses, so a few heavy CRAIG weights
     cannot blow up a step. epoch: sum_j w_j l_j / (B * mean weight of the epoch), unbiased for the epoch's

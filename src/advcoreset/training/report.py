@@ -18,4 +18,10 @@ def epoch_line(r: dict[str, Any], epochs: int) -> str:
 
 def final_line(r: dict[str, Any]) -> str:
     accs = ", ".join(f"{k[5:]} {v:.4f}" for k, v in r.items() if k.startswith("test_") and k.endswith("_acc"))
-    return f"final: {accs} | train time {r['time_train_total']:.1f}s (eval {r['time_final_eval']:.1f}s)"
+    line = f"final: {accs} | train time {r['time_train_total']:.1f}s (eval {r['time_final_eval']:.1f}s)"
+    if r.get("time_selection"):
+        line += f" | selection {r['time_selection']:.1f}s of it"
+    if r.get("grad_error_mean") is not None:
+        n = r["selection_rounds_with_error"]
+        line += f" | coreset gradient error {r['grad_error_mean']:.4f} (mean of {n} round{'s' if n != 1 else ''})"
+    return line

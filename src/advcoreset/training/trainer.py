@@ -65,6 +65,9 @@ class RunState:
     best_val: float = -1.0
     times: dict[str, float] = field(default_factory=dict)
     """Cumulative seconds: attack, update, data, selection_attack, selection_solver, eval."""
+    grad_errors: list[float] = field(default_factory=list)
+    """The coreset's relative gradient error of every selection round so far (rounds without gradients,
+    e.g. random, add none)."""
 
 
 class Trainer:
@@ -152,6 +155,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "epoch": s.epoch, "rng": rng_state(self.generator),
             "coreset": None if sel is None else {"indices": sel.indices.cpu(), "weights": sel.weights.cpu()},
             "best_val": s.best_val, "times": dict(s.times), "config": self.cfg.to_dict(),
+            "grad_errors": list(s.grad_errors),
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -174,7 +178,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"], self.generator)
         self.loader.load_state_dict({"epoch": ckpt["epoch"], "coreset": ckpt.get("coreset")})
-        self.state = RunState(ckpt["epoch"], float(ckpt.get("best_val", -1.0)), dict(ckpt.get("times", {})))
+        self.state = RunState(ckpt["epoch"], float(ckpt.get("best_val", -1.0)), dict(ckpt.get("times", {})),
+                              [float(e) for e in ckpt.get("grad_errors", [])])
 
     # ---------------------------------------------------------------- selection
     def selection_grads(self) -> Tensor:
@@ -247,6 +252,8 @@ class Trainer:
             self._add_times({"selection_attack": srec["time_selection_attack"],
                              "selection_solver": srec["time_selection_solver"]})
             record.update({k: srec[k] for k in ("time_selection_attack", "time_selection_solver", "grad_error")})
+            if srec["grad_error"] is not None:
+                self.state.grad_errors.append(float(srec["grad_error"]))
         record["phase"] = ld.phase
         bar = None
         if mode == "bar":
@@ -299,6 +306,7 @@ class Trainer:
         final_time = time.perf_counter() - t
         results: dict[str, Any] = {"kind": "final", "epoch": self.state.epoch, **final,
                                    "time_train_total": self.train_seconds(), "time_final_eval": final_time,
+                                   "time_selection": self.selection_seconds(), **self._grad_error_summary(),
                                    "times": dict(self.state.times), "device": str(self.device),
                                    "world_size": self.env.world_size}
         self._write(results)
@@ -328,6 +336,15 @@ class Trainer:
         finally:
             if self._log is not None:
                 self._log.close()
+
+    def selection_seconds(self) -> float:
+        """Seconds spent choosing coresets so far (selection attack pass + solver), part of the training time."""
+        return sum(self.state.times.get(k, 0.0) for k in ("selection_attack", "selection_solver"))
+
+    def _grad_error_summary(self) -> dict[str, Any]:
+        errs = self.state.grad_errors
+        return {"selection_rounds_with_error": len(errs),
+                "grad_error_mean": sum(errs) / len(errs) if errs else None}
 
     def train_seconds(self) -> float:
         """Training wall-clock so far: attack + update + data + selection (warm start included), no eval."""

@@ -1,0 +1,77 @@
+"""The machine-speed probe and the probe-normalised speed-ups of ``advcoreset bench``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from advcoreset import bench_probe, bench_report
+from advcoreset.bench_spec import SpecError, load_spec
+
+SPEC = Path(__file__).parents[1] / "configs" / "bench_smoke.yaml"
+
+
+def test_probe_times_real_work():
+    """More steps take longer: the probe times work, it does not return a constant."""
+    one = bench_probe.probe_seconds(threads=1, steps=1, repeats=1)
+    four = bench_probe.probe_seconds(threads=1, steps=4, repeats=1)
+    assert 0 < one < four
+
+
+def test_readings_append_and_median(tmp_path, monkeypatch):
+    values = iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(bench_probe, "probe_seconds", lambda threads=None: next(values))
+    assert bench_probe.probe_median(tmp_path) is None
+    for when in ("start", "resume", "end"):
+        bench_probe.record_probe(tmp_path, when)
+    readings = bench_probe.read_probes(tmp_path)
+    assert [r["when"] for r in readings] == ["start", "resume", "end"]
+    assert bench_probe.probe_median(tmp_path) == 2.0
+    (tmp_path / bench_probe.PROBE_FILE).write_text("{not json")
+    assert bench_probe.read_probes(tmp_path) == []  # a damaged file is no reading, not a crash
+
+
+def _run(folder: Path, method: str, fraction: float | None, seed: int, train_s: float, probe_s: float | None):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"test_clean_acc": 0.8, "test_pgd20_acc": 0.7,
+                                                     "time_train_total": train_s, "times": {}}))
+    (folder / "metrics.jsonl").write_text("")
+    if probe_s is not None:
+        (folder / bench_probe.PROBE_FILE).write_text(json.dumps([{"when": "start", "seconds": probe_s}]))
+    return SimpleNamespace(objective="pgd", method=method, fraction=fraction, seed=seed, folder=folder)
+
+
+def test_speedup_divides_by_the_probe(tmp_path):
+    """Known answer: Full took 100 s on a machine whose probe read 1 s, the coreset 60 s on one twice as slow
+    (probe 2 s): the normalised speed-up is (100 / 1) / (60 / 2) = 3.33x, not the raw 1.67x."""
+    runs = [_run(tmp_path / "f", "full", None, 0, 100.0, 1.0), _run(tmp_path / "g", "gradmatch", 0.3, 0, 60.0, 2.0)]
+    spec = {"name": "t", "objectives": {"pgd": {}}}
+    table = bench_report.aggregate(bench_report.collect(runs, tmp_path), spec, ["full", "gradmatch"])
+    row = next(r for r in table["rows"] if r["method"] == "gradmatch")
+    assert row["speedup"] == pytest.approx(100 / 30)
+    assert table["speedup_basis"] == "probe-normalised time"
+    assert "machine-speed probe" in bench_report.markdown(table, spec)
+
+
+def test_without_a_probe_for_every_run_speedup_uses_time(tmp_path):
+    runs = [_run(tmp_path / "f", "full", None, 0, 100.0, 1.0), _run(tmp_path / "g", "gradmatch", 0.3, 0, 60.0, None)]
+    spec = {"name": "t", "objectives": {"pgd": {}}}
+    table = bench_report.aggregate(bench_report.collect(runs, tmp_path), spec, ["full", "gradmatch"])
+    row = next(r for r in table["rows"] if r["method"] == "gradmatch")
+    assert row["speedup"] == pytest.approx(100 / 60)
+    assert table["speedup_basis"] == "time"
+
+
+@pytest.mark.parametrize("extra, match", [({"probe": "yes"}, "probe must be true or false"),
+                                          ({"probe": True, "jobs": 2}, "probe: true needs jobs: 1")])
+def test_bad_probe_settings_are_refused(tmp_path, extra, match):
+    spec = yaml.safe_load(SPEC.read_text())
+    spec.update(extra)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match=match):
+        load_spec(path)
