@@ -2,6 +2,8 @@
 
     python benchmarks/selection_solver.py                 # n = 6000, d = 2010, fractions 0.1 0.3 0.5
     python benchmarks/selection_solver.py --n 2000 --fractions 0.1 0.3 --json out.json
+    python benchmarks/selection_solver.py --threads 1 --load 2     # 1 solver thread beside 2 busy processes
+    python benchmarks/selection_solver.py --lam 1e-3 --lam-relative   # the ridge relative to the gradients
 
 The gradients have the form of real last-layer gradients of one class (label y = 0, 10 classes, F = 200
 features, so d = 10 + 10 * 200 = 2010): g_i = [delta_i, delta_i (x) h_i] with delta_i = softmax(W h_i) - e_y,
@@ -21,12 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import sys
 import time
 
 import torch
 from torch import Tensor
 
-from advcoreset.selection import approximation_error, craig, gradmatch_solve
+from advcoreset.selection import approximation_error, craig, gradmatch_solve, ridge
+
+_BUSY = "import torch\ntorch.set_num_threads(1)\na = torch.randn(256, 256)\nwhile True:\n    a = torch.tanh(a @ a)\n"
 
 
 def last_layer_like_grads(n: int, features: int = 200, classes: int = 10, clusters: int = 20,
@@ -62,14 +68,31 @@ def main() -> None:
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--tol", type=float, default=0.0, help="GradMatch tol (default 0, the library default)")
+    ap.add_argument("--lam-relative", action="store_true", help="lam times the mean squared gradient norm")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the solvers (default torch's)")
+    ap.add_argument("--load", type=int, default=0,
+                    help="busy 1-thread processes running beside the solvers (a loaded machine)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=str, default=None, help="also write the rows to this JSON file")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    busy = [subprocess.Popen([sys.executable, "-c", _BUSY]) for _ in range(args.load)]
+    try:
+        run(args)
+    finally:
+        for p in busy:
+            p.kill()
+
+
+def run(args: argparse.Namespace) -> None:
     grads = last_layer_like_grads(args.n, args.features, seed=args.seed)
+    lam = ridge(grads, args.lam, args.lam_relative)
     n, d = grads.shape
     print(f"one class: n = {n}, d = {d}, torch threads = {torch.get_num_threads()}, "
-          f"GradMatch lam = {args.lam}, tol = {args.tol}")
+          f"busy processes beside = {args.load}, GradMatch lam = {lam:.4g}"
+          f"{f' ({args.lam} relative)' if args.lam_relative else ''}, tol = {args.tol}")
     rows = []
     header = (f"{'frac':>5} {'budget':>6} | {'craig s':>7} {'gm s':>6} | {'err craig':>9} {'gm':>7} "
               f"{'random':>7} | {'angle craig':>11} {'gm':>5} {'random':>6} | {'gm sum w/n':>10} {'filled':>6}")
@@ -81,7 +104,7 @@ def main() -> None:
         ci, cw = craig(grads, k)
         t_craig = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = gradmatch_solve(grads, k, lam=args.lam, tol=args.tol, generator=torch.Generator().manual_seed(0))
+        res = gradmatch_solve(grads, k, lam=lam, tol=args.tol, generator=torch.Generator().manual_seed(0))
         t_gm = time.perf_counter() - t0
         rand_err, rand_ang = [], []
         for s in range(5):
@@ -97,7 +120,8 @@ def main() -> None:
                "angle_random": sum(rand_ang) / 5, "gradmatch_weight_sum_over_n": float(res.weights.sum()) / n,
                "gradmatch_residual": res.residual,
                "gradmatch_filled": res.n_filled, "gradmatch_steps": res.steps,
-               "threads": torch.get_num_threads()}
+               "threads": torch.get_num_threads(), "load": args.load, "lam": lam,
+               "lam_relative": args.lam_relative}
         rows.append(row)
         print(f"{frac:>5.2f} {k:>6d} | {t_craig:>7.2f} {t_gm:>6.2f} | {row['err_craig']:>9.4f} "
               f"{row['err_gradmatch']:>7.4f} {row['err_random']:>7.4f} | {row['angle_craig']:>11.2f} "

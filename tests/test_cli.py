@@ -55,7 +55,27 @@ def test_train_with_a_coreset_from_the_cli(tmp_path, method, capsys):
     sel = [r for r in recs if r["kind"] == "selection"]
     assert len(sel) == 2 and all(r["method"] == method for r in sel)
     assert [r["phase"] for r in recs if r["kind"] == "epoch"] == ["warm", "coreset", "coreset"]
-    assert "final: clean_acc" in capsys.readouterr().out
+    final = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("final: clean_acc")]
+    assert len(final) == 1
+    res = json.loads((out / "results.json").read_text())
+    # the summary line reports the selection time and the mean gradient error of the rounds it logged
+    assert res["time_selection"] == pytest.approx(sum(r["time_selection_attack"] + r["time_selection_solver"]
+                                                      for r in sel))
+    assert 0 < res["time_selection"] < res["time_train_total"]
+    assert f"selection {res['time_selection']:.1f}s of it" in final[0]
+    errors = [r["grad_error"] for r in sel if r["grad_error"] is not None]
+    if method == "random":
+        assert not errors and res["grad_error_mean"] is None and "gradient error" not in final[0]
+    else:
+        assert len(errors) == 2 and res["grad_error_mean"] == pytest.approx(sum(errors) / 2)
+        assert f"coreset gradient error {res['grad_error_mean']:.4f} (mean of 2 rounds)" in final[0]
+
+
+def test_no_arguments_train_a_gradmatch_coreset(capsys):
+    """`advcoreset train` with no arguments is an adversarial coreset run, not full-data training."""
+    assert main(["config"]) == 0
+    shown = capsys.readouterr().out
+    assert "method: gradmatch" in shown and "fraction: 0.3" in shown and "attack_steps: 1" in shown
 
 
 def test_every_command_prints_its_help(capsys):

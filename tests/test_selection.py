@@ -591,3 +591,44 @@ def test_gradmatch_fill_weights_are_the_bounded_least_squares_optimum(seed):
     ga, gc = torch.meshgrid(grid, grid[grid >= floor], indexing="ij")
     brute = float(((ga[..., None] * s + gc[..., None] * f - b) ** 2).sum(-1).min())
     assert best <= brute + 1e-12
+
+
+def test_relative_ridge_makes_gradmatch_scale_invariant():
+    """With lam_relative the ridge scales with the gradients, so gradients 1,000 times smaller get the same
+    coreset (and weights); with the absolute lam the ridge swamps the small gradients and the fit is worse."""
+    from advcoreset.selection import ridge
+    from advcoreset.selection.selectors import GradMatchSelector
+
+    g = torch.Generator().manual_seed(3)
+    grads = torch.randn(120, 16, generator=g, dtype=torch.float64).abs() + 0.1 * torch.randn(120, 16, generator=g,
+                                                                                          dtype=torch.float64)
+    assert ridge(grads, 0.5, False) == 0.5
+    assert ridge(grads, 0.5, True) == pytest.approx(0.5 * float((grads ** 2).sum(1).mean()))
+    labels = torch.zeros(120, dtype=torch.long)
+    rel = GradMatchSelector(0.2, lam=0.5, lam_relative=True)
+    big = rel.select(grads, labels, torch.Generator().manual_seed(0))
+    small = rel.select(grads * 1e-3, labels, torch.Generator().manual_seed(0))
+    assert torch.equal(big.indices, small.indices)
+    assert torch.allclose(big.weights, small.weights, rtol=1e-4)
+    absolute = GradMatchSelector(0.2, lam=0.5).select(grads * 1e-3, labels, torch.Generator().manual_seed(0))
+    err = lambda sel: approximation_error(grads, sel.indices, sel.weights)  # noqa: E731
+    assert err(small) < err(absolute)
+
+
+def test_solver_threads_run_the_solver_with_that_many_and_restore():
+    from advcoreset.selection.selectors import GradMatchSelector, torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    seen = []
+    sel = GradMatchSelector(0.3, solver_threads=1)
+    solve = sel._solve
+    sel._solve = lambda *a: (seen.append(torch.get_num_threads()), solve(*a))[1]  # type: ignore[method-assign]
+    grads = torch.randn(60, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(60) % 3
+    one = sel.select(grads, labels, torch.Generator().manual_seed(0))
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before
+    default = GradMatchSelector(0.3).select(grads, labels, torch.Generator().manual_seed(0))
+    assert torch.equal(one.indices, default.indices) and torch.equal(one.weights, default.weights)

@@ -108,7 +108,13 @@ class SelectionConfig:
     """Step of the selection attack; None = the training step, or 2.5 eps / attack_steps when attack_steps
     is set (Madry et al.'s rule, so a short attack still reaches the boundary of the ball)."""
     lam: float = 0.5
-    """GradMatch ridge regulariser."""
+    """GradMatch ridge regulariser of the NNLS weights."""
+    lam_relative: bool = False
+    """GradMatch: scale ``lam`` by each class's mean squared gradient norm, so the ridge weighs the same
+    whatever the gradients' scale (false: ``lam`` is absolute, the paper's rule)."""
+    solver_threads: int | None = None
+    """CPU threads of the CRAIG / GradMatch solver (None: the run's own count). Its many small float64
+    operations can run slower on more threads (``benchmarks/selection_solver.py --threads``)."""
     tol: float = 0.0
     """GradMatch stops when the relative residual falls below tol and fills the rest of the budget at random,
     with a fitted (small) shared weight. 0 (default) spends the whole budget on matching: with tol > 0 much

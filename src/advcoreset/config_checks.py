@@ -70,6 +70,8 @@ def _selection_rules(c: Any) -> list[Rule]:
         (s.grad_features in ("logits", "last_layer"), "selection.grad_features", s.grad_features,
          "must be logits or last_layer"),
         (s.lam >= 0, "selection.lam", s.lam, "must be >= 0"),
+        (s.solver_threads is None or s.solver_threads >= 1, "selection.solver_threads", s.solver_threads,
+         "must be >= 1, or null for the run's own thread count"),
         (s.selection_batch_size >= 1, "selection.selection_batch_size", s.selection_batch_size, "must be >= 1"),
         (s.distributed in ("gather", "partition"), "selection.distributed", s.distributed,
          "must be gather or partition"),

@@ -7,7 +7,7 @@ needs; ``last_layer_grads`` produces the (n, d) gradients the gradient-based sel
 from advcoreset.selection.base import Selection, Selector, approximation_error
 from advcoreset.selection.craig import craig
 from advcoreset.selection.gradients import last_layer_grads
-from advcoreset.selection.gradmatch import GradMatchResult, gradmatch, gradmatch_solve
+from advcoreset.selection.gradmatch import GradMatchResult, gradmatch, gradmatch_solve, ridge
 from advcoreset.selection.selectors import (
     SELECTORS,
     CraigSelector,

@@ -39,7 +39,7 @@ from advcoreset.objectives.base import Objective, eval_mode
 from advcoreset.selection.base import Selection, approximation_error
 from advcoreset.selection.craig import craig
 from advcoreset.selection.gradients import last_layer_grads
-from advcoreset.selection.gradmatch import gradmatch_solve
+from advcoreset.selection.gradmatch import gradmatch_solve, ridge
 from advcoreset.selection.selectors import build_selector, class_budget
 
 MODES = ("gather", "partition")
@@ -314,7 +314,8 @@ def _weighted_round(cfg: SelectionConfig, cand: GradShard, w1: Tensor, sizes: Te
             if k >= g.shape[0]:
                 i, w = torch.arange(g.shape[0]), u.float().cpu()
             else:
-                res = gradmatch_solve(g, k, lam=cfg.lam, tol=cfg.tol, generator=gen, target=target)
+                res = gradmatch_solve(g, k, lam=ridge(g, cfg.lam, cfg.lam_relative), tol=cfg.tol, generator=gen,
+                                      target=target)
                 i, w = res.indices, res.weights
         picks.append(cand.indices[rows[i.to(rows.device)]])
         weights.append(w.float().cpu())

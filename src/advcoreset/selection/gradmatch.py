@@ -323,6 +323,16 @@ def _scale_and_fill_weight(s: Tensor, f: Tensor, b: Tensor, floor: float) -> tup
     return min(cands, key=lambda ac: cost(*ac))
 
 
+def ridge(grads: Tensor, lam: float, relative: bool) -> float:
+    """The NNLS ridge term for ``grads`` (n, d): ``lam`` as given, or with ``relative`` ``lam`` times the mean
+    squared gradient norm, so that it weighs the same against the Gram diagonal ||g_j||^2 whatever the scale
+    of the gradients (last-layer gradients of a well-fit class are small, and an absolute 0.5 then dominates
+    the fit)."""
+    if not relative:
+        return float(lam)
+    return float(lam) * float(grads.detach().double().pow(2).sum(1).mean()) if grads.shape[0] else float(lam)
+
+
 def gradmatch(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float = 0.0,
               generator: torch.Generator | None = None, target: Tensor | None = None,
               atoms_per_step: int | None = None) -> tuple[Tensor, Tensor]:

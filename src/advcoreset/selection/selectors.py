@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -42,7 +43,7 @@ from advcoreset.progress import Task
 from advcoreset.registry import Registry
 from advcoreset.selection.base import Selection, Selector, approximation_error
 from advcoreset.selection.craig import craig
-from advcoreset.selection.gradmatch import gradmatch_solve
+from advcoreset.selection.gradmatch import gradmatch_solve, ridge
 
 if TYPE_CHECKING:  # the config is read by attribute only: no run-time import, so config may import us
     from advcoreset.config import SelectionConfig
@@ -90,6 +91,21 @@ def _assemble(parts: list[tuple[Tensor, Tensor]], device: torch.device, stats: d
         idx, w = torch.empty(0, dtype=torch.int64), torch.empty(0)
     order = torch.argsort(idx)
     return Selection(idx[order].to(device), w[order].to(device), stats)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (None: unchanged), restoring the count afterwards. The
+    solvers issue many small float64 operations, which extra threads can slow down rather than speed up
+    (``benchmarks/selection_solver.py --threads``)."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 class FullSelector:
@@ -153,15 +169,20 @@ class _SolverSelector:
     subset = True
     weight_rule = "batch"
 
-    def __init__(self, fraction: float, batchwise: bool = False, batch_size: int = 32, seed: int = 0) -> None:
+    def __init__(self, fraction: float, batchwise: bool = False, batch_size: int = 32, seed: int = 0,
+                 solver_threads: int | None = None) -> None:
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         if batch_size < 1:
             raise ValueError(f"selection batch size must be >= 1, got {batch_size}")
+        if solver_threads is not None and solver_threads < 1:
+            raise ValueError(f"solver_threads must be >= 1 or None, got {solver_threads}")
         self.fraction = fraction
         self.batchwise = batchwise
         self.batch_size = batch_size
         self.seed = seed
+        self.solver_threads = solver_threads
+        """CPU threads the solver runs with (None: torch's current count); restored afterwards."""
 
     def _solve(self, grads: Tensor, budget: int, generator: torch.Generator,
                unit_weights: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Any]]:
@@ -181,12 +202,13 @@ class _SolverSelector:
             n_c = members.numel()
             g_c = grads[members.to(grads.device)]
             t0 = time.perf_counter()
-            if self.batchwise:
-                local, w, info = self._select_batches(g_c, generator, batch_gen)
-            else:
-                k = class_budget(self.fraction, n_c)
-                local, w, solver_info = self._solve(g_c, k, generator, None)
-                info = {"budget": k, **solver_info}
+            with torch_threads(self.solver_threads):
+                if self.batchwise:
+                    local, w, info = self._select_batches(g_c, generator, batch_gen)
+                else:
+                    k = class_budget(self.fraction, n_c)
+                    local, w, solver_info = self._solve(g_c, k, generator, None)
+                    info = {"budget": k, **solver_info}
             solver_seconds += time.perf_counter() - t0
             local = local.cpu()
             w = w.cpu().float()
@@ -232,14 +254,14 @@ class CraigSelector(_SolverSelector):
     """CRAIG (facility location, lazy greedy) per class; weights are cluster sizes."""
 
     name = "craig"
-    # Resampling lifted CRAIG by 1 PGD-20 point (configs/bench_targets_120_i10*.yaml): a medoid can stand for
-    # a large share of its class, and drawing in proportion to the weights keeps such points out of any
-    # single step's weighted mean.
+    # Resampling measured better for CRAIG (configs/bench_targets_120_i10*.yaml, benchmarks/README.md): a
+    # medoid can stand for a large share of its class, and drawing in proportion to the weights keeps such
+    # points out of any single step's weighted mean.
     weight_rule = "resample"
 
     def __init__(self, fraction: float, batchwise: bool = False, batch_size: int = 32, seed: int = 0,
-                 max_class_size: int = 20000) -> None:
-        super().__init__(fraction, batchwise, batch_size, seed)
+                 max_class_size: int = 20000, solver_threads: int | None = None) -> None:
+        super().__init__(fraction, batchwise, batch_size, seed, solver_threads)
         self.max_class_size = max_class_size
 
     def _solve(self, grads: Tensor, budget: int, generator: torch.Generator,
@@ -255,10 +277,13 @@ class GradMatchSelector(_SolverSelector):
     name = "gradmatch"
 
     def __init__(self, fraction: float, batchwise: bool = False, batch_size: int = 32, seed: int = 0,
-                 lam: float = 0.5, tol: float = 0.0) -> None:
-        super().__init__(fraction, batchwise, batch_size, seed)
+                 lam: float = 0.5, tol: float = 0.0, lam_relative: bool = False,
+                 solver_threads: int | None = None) -> None:
+        super().__init__(fraction, batchwise, batch_size, seed, solver_threads)
         self.lam = lam
         self.tol = tol
+        self.lam_relative = lam_relative
+        """Scale ``lam`` by the class's mean squared gradient norm (``gradmatch.ridge``)."""
 
     def _solve(self, grads: Tensor, budget: int, generator: torch.Generator,
                unit_weights: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Any]]:
@@ -269,7 +294,8 @@ class GradMatchSelector(_SolverSelector):
             # Everything: weights that reproduce the target exactly (1 per example, |b|/B per batch).
             w = torch.ones(grads.shape[0]) if unit_weights is None else unit_weights.float().cpu()
             return torch.arange(grads.shape[0]), w, {"residual": 0.0, "filled": 0}
-        res = gradmatch_solve(grads, budget, lam=self.lam, tol=self.tol, generator=generator, target=target)
+        lam = ridge(grads, self.lam, self.lam_relative)
+        res = gradmatch_solve(grads, budget, lam=lam, tol=self.tol, generator=generator, target=target)
         return res.indices, res.weights, {"residual": res.residual, "filled": res.n_filled, "steps": res.steps,
                                           "dropped": res.dropped}
 
@@ -291,12 +317,14 @@ def _random_fixed(cfg: SelectionConfig, seed: int) -> Selector:
 
 @SELECTORS.register("craig")
 def _craig(cfg: SelectionConfig, seed: int) -> Selector:
-    return CraigSelector(cfg.fraction, cfg.batchwise, cfg.selection_batch_size, seed, cfg.max_class_size)
+    return CraigSelector(cfg.fraction, cfg.batchwise, cfg.selection_batch_size, seed, cfg.max_class_size,
+                         cfg.solver_threads)
 
 
 @SELECTORS.register("gradmatch")
 def _gradmatch(cfg: SelectionConfig, seed: int) -> Selector:
-    return GradMatchSelector(cfg.fraction, cfg.batchwise, cfg.selection_batch_size, seed, cfg.lam, cfg.tol)
+    return GradMatchSelector(cfg.fraction, cfg.batchwise, cfg.selection_batch_size, seed, cfg.lam, cfg.tol,
+                             cfg.lam_relative, cfg.solver_threads)
 
 
 def available_selectors() -> list[str]:
