@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from advcoreset.bench_evals import run_extra_evals
-from advcoreset.bench_probe import record_probe
 from advcoreset.bench_plots import plot
+from advcoreset.bench_probe import record_probe
 from advcoreset.bench_report import aggregate, check_targets, collect, markdown
 from advcoreset.bench_spec import METHODS, SpecError, load_spec
 from advcoreset.config import Config, ConfigError

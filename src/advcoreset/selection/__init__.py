@@ -19,6 +19,6 @@ from advcoreset.selection.selectors import (
     class_budget,
 )
 
-__all__ = ["Selection", "Selector", "approximation_error", "craig", "gradmatch", "gradmatch_solve",
+__all__ = ["Selection", "Selector", "approximation_error", "craig", "gradmatch", "gradmatch_solve", "ridge",
            "GradMatchResult", "last_layer_grads", "available_selectors", "build_selector", "class_budget",
            "SELECTORS", "CraigSelector", "FullSelector", "GradMatchSelector", "RandomSelector"]
