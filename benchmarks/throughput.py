@@ -60,7 +60,7 @@ def main() -> None:
     cfg = load_config(None, [f"data.train_subset={args.n}", "data.augment=none", f"model.name={args.model}",
                              f"objective.attack.steps={args.steps}", f"optim.batch_size={args.batch_size}",
                              "optim.schedule=constant", "optim.lr=0.01", f"device={args.device}", "progress=none",
-                             "out_dir=/tmp/advcoreset-throughput"])
+                             "out_dir=/tmp/advcoreset-throughput", "selection.method=full"])
     trainer = Trainer(cfg)
     n = trainer.labels.numel()
     a = cfg.objective.attack
