@@ -107,7 +107,7 @@ def main() -> None:
     out.write_text(json.dumps({"n": n, "steps": args.steps, "gradmatch_tol": cfg.selection.tol,
                                "selection_steps": args.selection_steps or args.steps,
                                "epoch_s": epoch_s, "attack_pass_s": attack_s, "rows": rows,
-                               "threads": torch.get_num_threads()}, indent=2))
+                               "threads": torch.get_num_threads(), "overrides": args.set}, indent=2))
 
 
 if __name__ == "__main__":
