@@ -40,7 +40,8 @@ def run_hash(tmp_path, method: str) -> str:
         "data.name=digits", "data.test_subset=100", "data.val_size=50", "data.augment=crop",
         "data.crop_padding=1", "model.width=8", "objective.attack.eps=0.1", "objective.attack.alpha=0.04",
         "objective.attack.steps=2", f"selection.method={method}", "selection.fraction=0.3",
-        "selection.warm_epochs=1", "selection.interval=1", "optim.weight_norm=resample", "optim.epochs=4",
+        "selection.warm_epochs=1", "selection.interval=1", "selection.attack_steps=null",
+        "optim.weight_norm=resample", "optim.epochs=4",
         "optim.batch_size=64", "optim.lr=0.1", "eval.pgd_steps=2", "eval.val_pgd_steps=2", "eval.every=1",
         "progress=none", "threads=1", "device=cpu", f"out_dir={tmp_path / method}"])
     train(cfg)
