@@ -69,9 +69,12 @@ def test_shipped_configs_validate():
 def test_selection_attack_defaults_to_a_longer_step_when_shortened():
     from advcoreset.objectives import build_selection_objective
 
-    cfg = load_config(None, ["objective.attack.eps=0.1", "objective.attack.alpha=0.025", "objective.attack.steps=7"])
+    cfg = load_config(None, ["objective.attack.eps=0.1", "objective.attack.alpha=0.025", "objective.attack.steps=7",
+                             "selection.attack_steps=null"])
     same = build_selection_objective(cfg.objective, cfg.selection)
-    assert (same.steps, same.alpha) == (7, 0.025)
+    assert (same.steps, same.alpha) == (7, 0.025)  # null: the training attack's steps and step size
+    default = build_selection_objective(cfg.objective, load_config(None, ["objective.attack.eps=0.1"]).selection)
+    assert default.steps == 1 and default.alpha == pytest.approx(0.25)  # the default 1-step attack: 2.5 eps
     cfg = load_config(None, ["objective.attack.eps=0.1", "selection.attack_steps=2"])
     short = build_selection_objective(cfg.objective, cfg.selection)
     assert short.steps == 2 and short.alpha == pytest.approx(0.125)

@@ -15,7 +15,7 @@ from advcoreset.training.checkpoint import load_checkpoint
 def tiny(tmp_path, *overrides: str) -> Config:
     return load_config(None, [
         "data.name=digits", "data.test_subset=200", "data.augment=crop", "data.crop_padding=1",
-        "model.width=16", "objective.attack.eps=0.1", "objective.attack.alpha=0.04",
+        "model.width=16", "objective.attack.eps=0.1", "objective.attack.alpha=0.04", "selection.method=full",
         "objective.attack.steps=2",
         "optim.epochs=3", "optim.batch_size=64", "optim.lr=0.2", "eval.pgd_steps=3", "eval.val_pgd_steps=2",
         "eval.every=1", "progress=none", "threads=1", f"out_dir={tmp_path / 'run'}", *overrides])
