@@ -74,3 +74,22 @@ def test_selection_pass_reports_attack_pass_and_solver(tmp_path):
     assert [ln.split(" (")[0].split(": ")[-1] for ln in attack[:3]] == ["64/150", "128/150", "150/150"]
     assert any(ln.startswith("selection: craig solver") and f"{sel.indices.numel()} of 150 chosen" in ln
                for ln in out)
+
+
+def test_every_training_epoch_reports_its_batches(tmp_path):
+    """A training epoch is a long step too: in line mode it reports batches done / total with the running
+    loss, and the last line of each epoch counts all of its batches."""
+    cfg = Config.from_dict({"data": {"name": "digits", "train_subset": 300, "test_subset": 32},
+                            "model": {"width": 4}, "objective": {"attack": {"steps": 1}},
+                            "selection": {"method": "full"}, "optim": {"batch_size": 64, "epochs": 2},
+                            "eval": {"every": 0, "pgd_steps": 1}, "progress": "line", "threads": 1,
+                            "out_dir": str(tmp_path)})
+    tr = Trainer(cfg)
+    buf = io.StringIO()
+    tr.progress = make_progress("line", interval=0, stream=buf)
+    tr.run()
+    out = lines(buf)
+    for e in (1, 2):
+        mine = [ln for ln in out if ln.startswith(f"epoch {e}/2 [full]: ")]
+        assert [ln.split(": ")[1].split(" (")[0] for ln in mine[:5]] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+        assert re.search(r"loss \d+\.\d{3}, adv-acc \d\.\d{3}, lr ", mine[-1])

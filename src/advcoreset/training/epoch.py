@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from advcoreset.config import OptimConfig
 from advcoreset.data.loader import Batch
 from advcoreset.objectives import Objective
+from advcoreset.progress import Task
 from advcoreset.training.schedule import lr_at
 
 
@@ -109,12 +110,13 @@ def _totals(ctx: EpochContext, loss_sum: Tensor, correct: Tensor, seen: int) -> 
 
 
 def train_epoch(ctx: EpochContext, batches: Iterator[Batch], n_batches: int,
-                loss_norm: Callable[[Batch], Tensor | float | None], bar: Any = None,
+                loss_norm: Callable[[Batch], Tensor | float | None], progress: Task | None = None,
                 counted: Callable[[Batch], bool] | None = None) -> dict[str, float]:
     """One pass over ``batches`` (``n_batches`` of them); ``loss_norm(batch)`` is the weighted loss's
     normaliser (None: the batch's weight sum); ``counted(batch)`` False leaves a batch (a rank's weight-0
-    stand-in) out of the epoch's statistics. Returns the epoch's loss, adversarial accuracy, examples
-    seen (all ranks), last LR and ``time_*`` seconds (data, attack, update, epoch_wall)."""
+    stand-in) out of the epoch's statistics; ``progress`` is told of every batch (with the running loss,
+    accuracy and LR every 50). Returns the epoch's loss, adversarial accuracy, examples seen (all ranks),
+    last LR and ``time_*`` seconds (data, attack, update, epoch_wall)."""
     ctx.model.train()
     timer = StepTimer(ctx.device)
     loss_sum = torch.zeros((), device=ctx.device)
@@ -140,10 +142,11 @@ def train_epoch(ctx: EpochContext, batches: Iterator[Batch], n_batches: int,
                     f"the training loss became {avg} in epoch {ctx.epoch + 1} (batch {i + 1}); the last good "
                     f"checkpoint {ctx.checkpoint} (epoch {ctx.epoch}) is untouched. Lower optim.lr, or check "
                     "the data for NaN/inf pixels.")
-            if bar is not None:
-                bar.set_postfix(loss=f"{avg:.3f}", acc=f"{tot_correct / max(tot_seen, 1):.3f}", lr=f"{lr:.3g}")
-        if bar is not None:
-            bar.update(1)
+            note = f"loss {avg:.3f}, adv-acc {tot_correct / max(tot_seen, 1):.3f}, lr {lr:.3g}"
+        else:
+            note = ""
+        if progress is not None:
+            progress.update(1, note=note)
     times = timer.totals()
     times["epoch_wall"] = time.perf_counter() - t_start
     tot_loss, tot_correct, tot_seen = _totals(ctx, loss_sum, correct, seen)

@@ -243,7 +243,7 @@ class Trainer:
         if self._log is not None:
             self._log.write(record)
 
-    def _train_one(self, record: dict[str, Any], mode: str) -> None:
+    def _train_one(self, record: dict[str, Any]) -> None:
         ld, cfg = self.loader, self.cfg
         seed_rank(cfg.seed, self.env, self.state.epoch)
         srec = ld.start_epoch()
@@ -255,17 +255,10 @@ class Trainer:
             if srec["grad_error"] is not None:
                 self.state.grad_errors.append(float(srec["grad_error"]))
         record["phase"] = ld.phase
-        bar = None
-        if mode == "bar":
-            from tqdm import tqdm
-            bar = tqdm(total=len(ld), desc=f"epoch {self.state.epoch + 1}/{cfg.optim.epochs} [{record['phase']}]",
-                       leave=False)
-        try:
-            stats = train_epoch(self._context(), ld.epoch_batches(), len(ld), ld.loss_norm, bar,
+        # a bar on a terminal, else a line at most every 10 s: a 60k-image epoch takes minutes on a CPU
+        with self.progress(f"epoch {self.state.epoch + 1}/{cfg.optim.epochs} [{record['phase']}]", len(ld)) as task:
+            stats = train_epoch(self._context(), ld.epoch_batches(), len(ld), ld.loss_norm, task,
                                 getattr(ld, "counted", None))
-        finally:
-            if bar is not None:
-                bar.close()
         record.update(stats)
         self._add_times({k[5:]: v for k, v in stats.items() if k.startswith("time_")})
         self.state.epoch += 1
@@ -287,7 +280,7 @@ class Trainer:
     def _epoch(self, mode: str) -> None:
         cfg = self.cfg
         record: dict[str, Any] = {"kind": "epoch", "epoch": self.state.epoch + 1, "world_size": self.env.world_size}
-        self._train_one(record, mode)
+        self._train_one(record)
         last = self.state.epoch == cfg.optim.epochs
         if cfg.eval.every and (self.state.epoch % cfg.eval.every == 0) and not last:
             self._evaluate_epoch(record)
