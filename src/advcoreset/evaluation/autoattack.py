@@ -83,7 +83,7 @@ def _private_rng() -> Iterator[None]:
         yield
 
 
-def _square_l2_fits(h: int, w: int) -> bool:
+def square_l2_fits(h: int, w: int) -> bool:
     """Whether torchattacks' Square l_2 start (a grid of (h // 5)-pixel squares from offset
     (h - 5 (h // 5)) // 2) stays inside an h x w image."""
     s = h // 5
@@ -224,7 +224,7 @@ def _check_aa_inputs(model: nn.Module, images: Tensor, labels: Tensor, *, norm: 
     if n_classes < 4:
         raise ValueError(f"AutoAttack's APGD-T uses the targeted DLR loss, which needs at least 4 classes; "
                          f"got {n_classes}")
-    if version == "standard" and norm == "l2" and not _square_l2_fits(*images.shape[2:]):
+    if version == "standard" and norm == "l2" and not square_l2_fits(*images.shape[2:]):
         raise ValueError(f"torchattacks' Square (l_2) initialisation tiles the image with h // 5 squares and "
                          f"fails on {tuple(images.shape[2:])} images (fine for 28x28, 32x32, 10x10)")
     return n_classes

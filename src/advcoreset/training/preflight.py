@@ -63,7 +63,7 @@ def check_against_data(cfg: Config, labels: Tensor, image_shape: tuple[int, int,
     classes (>= 4, for APGD-T's targeted DLR loss) and, for l_2, an image size its Square attack can tile.
 
     labels: (n,) int64 training labels; image_shape: (C, H, W)."""
-    from advcoreset.evaluation.autoattack import _square_l2_fits
+    from advcoreset.evaluation.autoattack import square_l2_fits
 
     check_selection_fits(cfg.selection, labels)
     e = cfg.eval
@@ -73,6 +73,6 @@ def check_against_data(cfg: Config, labels: Tensor, image_shape: tuple[int, int,
         raise ConfigError(f"eval.autoattack needs at least 4 classes (APGD-T's targeted DLR loss); "
                           f"{cfg.data.name} has {num_classes}: set eval.autoattack=false")
     h, w = image_shape[1:]
-    if cfg.objective.attack.norm == "l2" and e.autoattack_version == "standard" and not _square_l2_fits(h, w):
+    if cfg.objective.attack.norm == "l2" and e.autoattack_version == "standard" and not square_l2_fits(h, w):
         raise ConfigError(f"eval.autoattack: the l_2 Square attack cannot tile {h}x{w} images; set "
                           "eval.autoattack_version=fast or data.image_size to a size such as 28 or 32")
