@@ -57,6 +57,14 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     return spec
 
 
+def _check_probe(spec: dict[str, Any], where: str) -> None:
+    if "probe" in spec and not isinstance(spec["probe"], bool):
+        raise SpecError(f"{where}: probe must be true or false (time a machine-speed probe around each run), "
+                        f"got {spec['probe']!r}")
+    if spec.get("probe") and int(spec.get("jobs", 1)) > 1:
+        raise SpecError(f"{where}: probe: true needs jobs: 1 (concurrent runs would disturb each other's probe)")
+
+
 def _unknown(keys: Any, known: tuple[str, ...], where: str) -> None:
     bad = [k for k in keys if k not in known]
     if bad:
@@ -98,11 +106,7 @@ def _check_spec(spec: dict[str, Any], where: str) -> None:
         v = spec.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise SpecError(f"{where}: {key} must be an integer >= 1, got {v!r}")
-    if "probe" in spec and not isinstance(spec["probe"], bool):
-        raise SpecError(f"{where}: probe must be true or false (time a machine-speed probe around each run), "
-                        f"got {spec['probe']!r}")
-    if spec.get("probe") and int(spec.get("jobs", 1)) > 1:
-        raise SpecError(f"{where}: probe: true needs jobs: 1 (concurrent runs would disturb each other's probe)")
+    _check_probe(spec, where)
     for obj, entry in objs.items():
         w = f"{where}: objectives.{obj}"
         if not isinstance(obj, str) or not _SAFE_NAME.fullmatch(obj) or ".." in obj:
