@@ -19,6 +19,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -175,12 +176,14 @@ def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto", probe
     # runs take minutes: a line per finished run (interval 0), with the time left from the mean so far
     task = make_progress(progress, interval=0.0)("bench runs", len(todo))
     eval_failures: list[list[str]] = []
+    rendering = threading.Lock()  # with jobs > 1, workers finish together: one table writer at a time
 
     def execute(r: Run) -> tuple[Run, int, float]:
         run, rc, secs = _execute(r, log_dir, devices, probe)
         if rc == 0 and spec is not None:  # in this worker, before its next run: nothing overlaps a timed run
             eval_failures.append(run_extra_evals([run], spec, out, 1))  # whole rows as runs land
-            report(runs, spec, out)
+            with rendering:
+                report(runs, spec, out)
         return run, rc, secs
 
     with ThreadPoolExecutor(max_workers=jobs) as pool, task:
