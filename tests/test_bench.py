@@ -30,8 +30,9 @@ def test_smoke_benchmark_runs_resumes_and_reports(tmp_path, capsys):
     md = (out / "table.md").read_text()
     assert "| pgd_linf | craig | 0.5 |" in md and "AutoAttack: version `fast`" in md
     assert (out / "robust_vs_time.png").stat().st_size > 1000
-    # resumable: a finished run is not run again; a removed result is recomputed
+    # resumable: a finished run is not run again; a removed result (folder and record) is recomputed
     shutil.rmtree(out / "runs" / "pgd_linf" / "craig-f0.5-s1")
+    (out / "table.json").unlink()
     capsys.readouterr()
     assert bench.main([str(SPEC), "--out", str(out)]) == 0
     assert "5 already done, 1 to run" in capsys.readouterr().out
@@ -165,6 +166,12 @@ def test_extra_evals_become_columns_and_report_rerenders_without_run_folders(tmp
     assert (out / "table.md").read_text() == md
     assert json.loads((out / "table.json").read_text())["rows"] == table["rows"]
     assert (out / "robust_vs_time_runs.png").stat().st_size > 1000
+    # a fresh checkout of it resumes: the recorded run is not trained again
+    capsys.readouterr()
+    assert bench.main([str(spec), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 already done, 0 to run" in printed and "only their record" in printed
+    assert not (out / "runs").exists()
 
 
 @pytest.mark.parametrize(("extra", "match"), [

@@ -7,7 +7,9 @@ plots under ``benchmarks/results/<name>/``.
     advcoreset bench configs/bench_quick.yaml --report   # only re-aggregate finished runs
 
 Every run is an ordinary ``advcoreset train`` in its own folder, so a killed benchmark continues where it
-stopped: finished runs (``results.json``) are kept, interrupted ones resume from their ``last.pt``.
+stopped: finished runs (``results.json``) are kept, interrupted ones resume from their ``last.pt``. A run
+recorded in the results folder's ``table.json`` counts as finished even without its folder (a committed study
+in a fresh checkout); to run one again, remove its folder and ``table.json`` (rebuilt from the run folders).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from advcoreset.bench_evals import run_extra_evals
 from advcoreset.bench_plots import plot
 from advcoreset.bench_probe import record_probe
-from advcoreset.bench_report import aggregate, check_targets, collect, markdown
+from advcoreset.bench_report import aggregate, check_targets, collect, is_recorded, markdown, recorded
 from advcoreset.bench_spec import METHODS, SpecError, load_spec
 from advcoreset.config import Config, ConfigError
 from advcoreset.progress import make_progress
@@ -161,7 +163,12 @@ def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto", probe
     returns the keys (and "key:eval") that failed.
     ``progress``: auto, bar, line or none (``advcoreset.progress``): runs done / total and the time left.
     ``probe``: time the machine-speed probe before and after each run's training."""
-    todo = [r for r in runs if not (r.folder / "results.json").exists()]
+    # finished: a run folder with results.json, or a record in the committed table.json (a study spread over
+    # fresh checkouts keeps its records, not its run folders)
+    previous = recorded(out)
+    unfinished = [r for r in runs if not (r.folder / "results.json").exists()]
+    elsewhere = [r for r in unfinished if is_recorded(r, previous)]
+    todo = [r for r in unfinished if not is_recorded(r, previous)]
     groups = device_groups(jobs, max([r.world_size for r in todo], default=1), _visible_cuda()) if todo else None
     devices: queue.Queue[str] | None = None
     if groups is not None:
@@ -170,6 +177,9 @@ def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto", probe
             devices.put(g)
     print(f"bench: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run ({jobs} at a time)",
           flush=True)
+    if elsewhere:
+        print(f"bench: {len(elsewhere)} done runs have only their record in {out / 'table.json'} (no run folder, so "
+              f"no extra evaluations): {', '.join(r.key for r in elsewhere)}", flush=True)
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     failed = []

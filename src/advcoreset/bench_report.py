@@ -68,14 +68,24 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
     }
 
 
+def recorded(out: Path) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The run records of a committed study, ``out/table.json``, by (objective, method, fraction, seed)."""
+    old = out / "table.json"
+    if not old.is_file():
+        return {}
+    return {_record_key(rec["objective"], rec["method"], rec["fraction"], rec["seed"]): rec
+            for rec in json.loads(old.read_text()).get("runs", [])}
+
+
+def is_recorded(run: RunLike, previous: dict[tuple[Any, ...], dict[str, Any]]) -> bool:
+    """Whether ``run`` has a record in ``previous`` (from :func:`recorded`)."""
+    return _record_key(run.objective, run.method, run.fraction, run.seed) in previous
+
+
 def collect(runs: Sequence[RunLike], out: Path, extra_evals: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The records of every finished run of ``runs``: from its folder where it has one, else from
     ``out/table.json`` (a committed study whose run folders are not in the repository)."""
-    previous: dict[tuple[Any, ...], dict[str, Any]] = {}
-    old = out / "table.json"
-    if old.is_file():
-        for rec in json.loads(old.read_text()).get("runs", []):
-            previous[_record_key(rec["objective"], rec["method"], rec["fraction"], rec["seed"])] = rec
+    previous = recorded(out)
     records = []
     for run in runs:
         rec = read_run(run, extra_evals)
