@@ -116,18 +116,20 @@ SELECTIONS = {  # name -> (mode, config, second round)
 }
 SELECTION_SEED, SOLVER_SEED, GENERATOR_SEED = 0, 7, 5
 
-# The real trainer on a tiny problem: a warm epoch on all data, then two CRAIG coresets (gather mode) whose
+# The real trainer on a tiny problem: a warm epoch on all data, then a CRAIG coreset (gather mode) whose
 # weights enter the loss per batch; crops drawn from the run generator; a deterministic attack, so one
-# process and two ranks attack alike.
+# process and two ranks attack alike. One selection round only: two ranks' weights agree with one
+# process's to rounding, and a later round on those weights can break a near-tie of CRAIG's greedy the
+# other way (a different coreset, not a bug), so a second round would make the comparison depend on the CPU.
 TRAINER_OVERRIDES = [
     "data.name=digits", "data.train_subset=240", "data.test_subset=60", "data.val_size=40", "data.augment=crop",
     "data.crop_padding=1", "model.width=4", "objective.attack.eps=0.1", "objective.attack.alpha=0.04",
     "objective.attack.steps=2", "objective.attack.random_start=false", "selection.method=craig",
     "selection.fraction=0.3", "selection.warm_epochs=1", "selection.interval=1", "selection.attack_steps=null",
     "optim.weight_norm=batch",
-    "optim.epochs=3", "optim.batch_size=64", "optim.lr=0.2", "eval.pgd_steps=2", "eval.val_pgd_steps=2",
+    "optim.epochs=2", "optim.batch_size=64", "optim.lr=0.2", "eval.pgd_steps=2", "eval.val_pgd_steps=2",
     "eval.every=1", "progress=none", "threads=1", "device=cpu"]
-KILL_AFTER = 2
+KILL_AFTER = 1
 PARTITION = ["selection.distributed=partition", "selection.partition_rounds=2", "optim.weight_norm=epoch",
              "optim.epochs=2", "eval.every=0"]
 

@@ -129,13 +129,13 @@ def test_trainer_two_ranks_equal_one_process(launch: dict[str, Any], tmp_path: P
     m1 = read_metrics(tmp_path / "one" / "metrics.jsonl")
     m2 = read_metrics(launch["out"] / "whole" / "metrics.jsonl")
     e1, e2 = [r for r in m1 if r["kind"] == "epoch"], [r for r in m2 if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in e2] == [1, 2, 3]  # rank 0 alone logs
+    assert [r["epoch"] for r in e2] == [1, 2]  # rank 0 alone logs
     for a, b in zip(e1, e2, strict=True):  # statistics summed over the ranks' slices
         assert (a["n_train"], a["world_size"], b["world_size"]) == (b["n_train"], 1, 2)
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
         assert b.get("test_clean_acc") == pytest.approx(a.get("test_clean_acc"), abs=1e-12)  # split evaluation
     sel = [r for r in m2 if r["kind"] == "selection"]
-    assert len(sel) == 2 and all(r["distributed_mode"] == "gather" and r["bytes_total"] > 0 for r in sel)
+    assert len(sel) == 1 and all(r["distributed_mode"] == "gather" and r["bytes_total"] > 0 for r in sel)
     assert sel[0]["grad_error"] == pytest.approx(
         [r for r in m1 if r["kind"] == "selection"][0]["grad_error"], abs=1e-5)
     res = json.loads((launch["out"] / "whole" / "results.json").read_text())
@@ -156,9 +156,9 @@ def test_trainer_partition_mode_runs_and_reports(launch: dict[str, Any]) -> None
 
 def test_resume_under_torchrun_reaches_the_uninterrupted_weights(launch: dict[str, Any],
                                                                  resumed: dict[str, Any]) -> None:
-    assert resumed["epoch_before"] == W.KILL_AFTER < 3  # the kill left a run to finish
+    assert resumed["epoch_before"] == W.KILL_AFTER < 2  # the kill left a run to finish
     whole, again = _state(launch["out"] / "whole"), _state(resumed["run"])
-    assert again["epoch"] == 3
+    assert again["epoch"] == 2
     for key, value in whole["model"].items():
         assert torch.equal(again["model"][key], value), key
 

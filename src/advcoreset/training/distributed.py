@@ -131,9 +131,13 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
     return DistEnv(rank, world, local, dev, backend)
 
 
-def shutdown(env: DistEnv) -> None:
-    """Leave the process group (no-op for a world of one)."""
+def shutdown(env: DistEnv, synchronize: bool = False) -> None:
+    """Leave the process group (no-op for a world of one). ``synchronize`` (a run that ended normally on
+    every rank): wait for every rank first, so no rank tears its gloo connections down while a peer still
+    uses them (which can abort that peer at exit with "terminate called without an active exception")."""
     if env.is_distributed and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

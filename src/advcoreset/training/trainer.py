@@ -352,6 +352,9 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, d
     ``Trainer`` and ``Trainer.run``."""
     trainer = Trainer(cfg, data, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer)
     try:
-        return trainer.run(resume=resume, stop_after=stop_after)
-    finally:
-        shutdown(trainer.env)
+        results = trainer.run(resume=resume, stop_after=stop_after)
+    except BaseException:
+        shutdown(trainer.env)  # no barrier: a peer may be gone
+        raise
+    shutdown(trainer.env, synchronize=True)
+    return results
