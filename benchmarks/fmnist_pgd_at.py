@@ -5,7 +5,9 @@
 
 Reference (issue 2): a plain PyTorch loop (small CNN 32-64, PGD-7, eps 0.1, step 0.025, one-cycle LR,
 3 epochs on all 60k) reaches 84.5% clean / 75.9% PGD-20 (step 0.01) in 7.5 minutes on 2 CPU cores.
-Writes benchmarks/results/fmnist_pgd_at/result.json.
+Writes benchmarks/results/fmnist_pgd_at/result.json. The committed result was measured when
+configs/fmnist_pgd.yaml trained 3 epochs at peak LR 0.2; ``PINNED`` keeps those settings (the config now
+has the full-scale study's 20-epoch schedule).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from advcoreset.config import load_config
 from advcoreset.training import train
 
 
+PINNED = ["optim.epochs=3", "optim.lr=0.2"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/fmnist_pgd.yaml")
@@ -31,13 +36,13 @@ def main() -> None:
     out = Path(args.out)
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = load_config(args.config, [*args.set, f"out_dir={run_dir}", "progress=line", "eval.every=0"])
+    cfg = load_config(args.config, [*PINNED, *args.set, f"out_dir={run_dir}", "progress=line", "eval.every=0"])
     t0 = time.perf_counter()
     res = train(cfg)
     wall = time.perf_counter() - t0
     row = {"clean_acc": res["test_clean_acc"], "pgd20_acc": res["test_pgd20_acc"],
            "train_seconds": res["time_train_total"], "wall_seconds_incl_eval": wall,
-           "threads": torch.get_num_threads(), "config": args.config, "overrides": args.set,
+           "threads": torch.get_num_threads(), "config": args.config, "overrides": [*PINNED, *args.set],
            "n_test": cfg.data.test_subset}
     (out / "result.json").write_text(json.dumps(row, indent=2))
     print("| run | clean % | PGD-20 % | train min | wall min (incl. eval) |")
