@@ -23,7 +23,6 @@ import torch
 from advcoreset.config import load_config
 from advcoreset.training import train
 
-
 PINNED = ["optim.epochs=3", "optim.lr=0.2"]
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from advcoreset.config import Config
-from advcoreset.evaluation.autoattack import AutoAttackBudgets, autoattack_accuracy
+from advcoreset.evaluation.autoattack import AutoAttackBudgets, autoattack_accuracy, autoattack_robust_mask
 from advcoreset.progress import make_progress
 from advcoreset.training.trainer import Trainer
 
@@ -58,6 +58,26 @@ def test_autoattack_reports_each_sub_attack_with_the_robust_count():
     last = [ln for ln in out if ln.startswith("AutoAttack apgd-t") and "robust" in ln][-1]
     robust = int(re.search(r"robust (\d+)/12", last).group(1))
     assert robust == round(res["autoattack_acc"] * 12)
+
+
+def test_autoattack_reports_inside_a_chunk_without_changing_the_result():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))
+    x = torch.rand(12, 1, 4, 4)
+    y = model(x).argmax(1)  # every image clean-correct: 3 chunks of 5, 5 and 2 for the first sub-attack
+    kw = {"norm": "linf", "eps": 0.05, "version": "fast", "batch_size": 5,
+          "budgets": AutoAttackBudgets(apgd_steps=3, apgdt_steps=3, target_classes=2)}
+    buf = io.StringIO()
+    loud, _ = autoattack_robust_mask(model, x, y, progress=make_progress("line", interval=0, stream=buf), **kw)
+    beats = [ln for ln in lines(buf) if "model passes" in ln]
+    # every forward pass of the attack is seen while its chunk runs (3 chunks of 5, 5 and 2 images)
+    assert any("chunk 1/3" in ln for ln in beats) and any("chunk 3/3" in ln for ln in beats), beats
+    first = [ln for ln in beats if "apgd-ce" in ln and "chunk 1/" in ln]
+    passes = [int(re.search(r"(\d+) model passes", ln).group(1)) for ln in first]
+    assert passes == list(range(1, len(passes) + 1)) and passes[-1] >= 3
+    assert not model._forward_hooks  # the counter is removed afterwards
+    quiet, _ = autoattack_robust_mask(model, x, y, **kw)
+    assert torch.equal(quiet, loud) and 0 < int(loud.sum()) < 12  # only observed: the same points fooled
 
 
 def test_selection_pass_reports_attack_pass_and_solver(tmp_path):

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from advcoreset.evaluation.common import check_perturbation, model_device, to_unit
 from advcoreset.objectives.base import eval_mode
-from advcoreset.progress import Reporter, reporter_or_silent
+from advcoreset.progress import Reporter, Task, reporter_or_silent
 
 VERSIONS = ("standard", "fast")
 _INSTALL_HINT = "pip install --no-deps torchattacks==3.5.1"
@@ -174,17 +174,37 @@ def autoattack_robust_mask(model: nn.Module, images: Tensor, labels: Tensor, *, 
                            budgets=budgets, seed=seed):
             t0 = time.perf_counter()
             todo = robust.nonzero().flatten()
+            chunks = [c for c in todo.split(batch_size) if c.numel() > 0]  # split() of nothing: one empty chunk
             with reporter_or_silent(progress)(f"AutoAttack {spec.name} ({norm}, eps {eps:g})", todo.numel()) as task:
-                for idx in todo.split(batch_size):
-                    if idx.numel() == 0:  # everything already broken: split() of nothing yields one empty chunk
-                        break
-                    robust[idx[_fooled(spec, model, images[idx], labels[idx], eps, norm, dev)]] = False
+                for i, idx in enumerate(chunks, 1):
+                    with _heartbeat(model, task, f"chunk {i}/{len(chunks)}", f"robust {int(robust.sum())}/{n}"):
+                        fooled = _fooled(spec, model, images[idx], labels[idx], eps, norm, dev)
+                    robust[idx[fooled]] = False
                     task.update(idx.numel(), note=f"robust {int(robust.sum())}/{n}")
             records.append({"name": spec.name, **spec.budget, "robust_after": float(robust.float().mean()),
                             "seconds": round(time.perf_counter() - t0, 3)})
     info = {"version": version, "norm": norm, "eps": float(eps), "n": int(n), "seed": int(seed),
             "clean_acc": clean_acc, "attacks": records}
     return robust, {"autoattack_acc": float(robust.float().mean()), "autoattack": _describe(info, budgets, ta)}
+
+
+@contextmanager
+def _heartbeat(model: nn.Module, task: Task, where: str, robust: str) -> Iterator[None]:
+    """While a sub-attack runs on one chunk (minutes for standard AutoAttack on a CPU), count the model's
+    forward passes and report them through ``task`` (which prints at most once per its interval), so a
+    long chunk is not silent. Only observes: the attack and its random draws are unchanged."""
+    passes = 0
+
+    def seen(*_: Any) -> None:
+        nonlocal passes
+        passes += 1
+        task.update(0, note=f"{where}, {passes} model passes | {robust}")
+
+    handle = model.register_forward_hook(seen)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _describe(info: dict[str, Any], budgets: AutoAttackBudgets, ta: Any) -> dict[str, Any]:
