@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from advcoreset import bench_probe, bench_report
+from advcoreset import bench_plots, bench_probe, bench_report
 from advcoreset.bench_spec import SpecError, load_spec
 
 SPEC = Path(__file__).parents[1] / "configs" / "bench_smoke.yaml"
@@ -55,6 +55,11 @@ def test_speedup_divides_by_the_probe(tmp_path):
     assert row["speedup"] == pytest.approx(100 / 30)
     assert table["speedup_basis"] == "probe-normalised time"
     assert "machine-speed probe" in bench_report.markdown(table, spec)
+    # the plots' time axis: each run's time at one machine speed, the median reading (1.5 s)
+    key, scale, label = bench_plots.time_axis(table)
+    assert (key, scale) == ("cost", 1.5) and "probe-normalised" in label
+    assert [scale * r[key] for r in table["rows"]] == pytest.approx([150.0, 45.0])  # Full 100/1, coreset 60/2
+    assert (tmp_path / "robust_vs_time_runs.png") in bench_plots.plot(table, tmp_path)
 
 
 def test_without_a_probe_for_every_run_speedup_uses_time(tmp_path):
@@ -64,6 +69,7 @@ def test_without_a_probe_for_every_run_speedup_uses_time(tmp_path):
     row = next(r for r in table["rows"] if r["method"] == "gradmatch")
     assert row["speedup"] == pytest.approx(100 / 60)
     assert table["speedup_basis"] == "time"
+    assert bench_plots.time_axis(table)[:2] == ("time", 1.0)
 
 
 @pytest.mark.parametrize("extra, match", [({"probe": "yes"}, "probe must be true or false"),

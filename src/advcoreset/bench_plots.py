@@ -6,6 +6,7 @@ against PPGD and LPA, the threats they were trained for, instead of l_inf PGD.""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,16 @@ def _legend(ax: Any, methods: list[str], colors: dict[str, Any], fractions: list
     ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85, ncol=1 if len(handles) < 8 else 2)
 
 
+def time_axis(table: dict[str, Any]) -> tuple[str, float, str]:
+    """(record key, scale, axis label) of the training-time axis: with the speed-up on a probe basis
+    (runs made at different machine speeds), each run's cost (time / its probe reading) times the median
+    reading of all runs, i.e. its time at one machine speed; else the times as measured."""
+    probes = [r["probe"] for r in table.get("runs", []) if r.get("probe")]
+    if table.get("speedup_basis") == "probe-normalised time" and probes:
+        return "cost", statistics.median(probes), "training time at one machine speed (s, probe-normalised)"
+    return "time", 1.0, "training wall-clock (s)"
+
+
 def plot(table: dict[str, Any], out: Path) -> list[Path]:
     """``robust_vs_time.png``, ``robust_vs_speedup.png`` (one panel per objective and threat, error bars
     = seed standard deviation) and ``robust_vs_time_runs.png`` (see ``plot_runs``) under ``out``."""
@@ -66,7 +77,8 @@ def plot(table: dict[str, Any], out: Path) -> list[Path]:
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     fractions = list(dict.fromkeys(r["fraction"] for r in rows))
     paths = []
-    for name, xkey, xlabel in (("robust_vs_time.png", "time", "training wall-clock (s)"),
+    tkey, tscale, tlabel = time_axis(table)
+    for name, xkey, xlabel in (("robust_vs_time.png", tkey, tlabel),
                                ("robust_vs_speedup.png", "speedup", "speed-up vs Full (x)")):
         n = max(len(panels), 1)
         ncols = min(n, 3)
@@ -76,8 +88,9 @@ def plot(table: dict[str, Any], out: Path) -> list[Path]:
             ax.set_visible(False)
         for ax, (obj, key) in zip(axes.flat, panels, strict=False):
             for r in (r for r in rows if r["objective"] == obj and r.get(xkey) and r.get(key) is not None):
-                ax.errorbar(r[xkey], 100 * r[key], yerr=100 * (r.get(key + "_std") or 0),
-                            xerr=(r["time_std"] or 0) if xkey == "time" else None,
+                scale = tscale if xkey == tkey else 1.0
+                ax.errorbar(scale * r[xkey], 100 * r[key], yerr=100 * (r.get(key + "_std") or 0),
+                            xerr=scale * (r.get(xkey + "_std") or 0) if xkey == tkey else None,
                             fmt=MARKERS.get(r["fraction"], "o"), color=colors[r["method"]], ms=8, capsize=2)
             ax.set_title(f"{obj}: {_metric_label(table, key)}")
             ax.set_xlabel(xlabel)
@@ -116,20 +129,21 @@ def plot_runs(table: dict[str, Any], out: Path) -> Path:
     seed_marker = {s: SEED_MARKERS[i % len(SEED_MARKERS)] for i, s in enumerate(seeds)}
     cmap = plt.get_cmap("tab20" if len(rows) > 10 else "tab10")
     colors = {_row_label(r): cmap(i % cmap.N) for i, r in enumerate(rows)}
+    tkey, tscale, tlabel = time_axis(table)
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(6.0 * max(len(keys), 1), 4.8), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=False):
         for run in (r for r in runs if r.get(key) is not None):
-            ax.plot(run["time"], 100 * run[key], ls="", ms=6, alpha=0.75, color=colors.get(_row_label(run), "0.5"),
-                    marker=seed_marker[run["seed"]])
+            ax.plot(tscale * run[tkey], 100 * run[key], ls="", ms=6, alpha=0.75,
+                    color=colors.get(_row_label(run), "0.5"), marker=seed_marker[run["seed"]])
         pts = [r for r in rows if r.get(key) is not None]
-        front = set(pareto_front([(r["time"], r[key]) for r in pts]))
+        front = set(pareto_front([(r[tkey], r[key]) for r in pts]))
         for i, r in enumerate(pts):
             c = colors[_row_label(r)]
-            ax.plot(r["time"], 100 * r[key], ls="", marker="o", ms=12, mew=2, color=c,
+            ax.plot(tscale * r[tkey], 100 * r[key], ls="", marker="o", ms=12, mew=2, color=c,
                     mfc=c if i in front else "none", mec="black" if i in front else c, alpha=0.9)
-        xs, ys = zip(*sorted((pts[i]["time"], 100 * pts[i][key]) for i in front), strict=True)
+        xs, ys = zip(*sorted((tscale * pts[i][tkey], 100 * pts[i][key]) for i in front), strict=True)
         ax.step(xs, ys, where="post", ls="--", color="black", lw=1)
-        ax.set_xlabel("training wall-clock (s), warm start and selection included")
+        ax.set_xlabel(f"{tlabel}, warm start and selection included")
         ax.set_ylabel(f"{_metric_label(table, key)} accuracy (%)")
         ax.set_title(f"{table['name']}: {_metric_label(table, key)}, every run")
         ax.grid(alpha=0.3)
