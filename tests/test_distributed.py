@@ -416,3 +416,30 @@ def test_distributed_config_fields_are_checked() -> None:
                        ("optim.sync_bn=maybe", "optim.sync_bn")]:
         with pytest.raises(ConfigError, match=field):
             load_config(None, [bad])
+
+
+class _Counted:
+    """A progress task that records its updates."""
+
+    def __init__(self) -> None:
+        self.updates: list[int] = []
+
+    def update(self, n: int = 1, note: str = "") -> None:
+        self.updates.append(n)
+
+    def write(self, message: str) -> None:
+        pass
+
+
+def test_sharded_selection_reports_its_attack_pass_and_solver() -> None:
+    from advcoreset.selection.distributed import shard_grads
+
+    images, labels = W.images_labels()
+    model, attack = W.tiny_model(), _Counted()
+    shard, _ = shard_grads(model, W.objective(), images, labels, rank=1, world=2, batch_size=20, progress=attack)
+    lo, hi = shard_range(W.N, 1, 2)
+    assert sum(attack.updates) == hi - lo == shard.labels.numel() and len(attack.updates) == -(-(hi - lo) // 20)
+    solver = _Counted()  # a world of one: the plain selector, one update per class
+    r = select_sharded("gather", SelectionConfig(method="craig", fraction=0.3), 0, shard, labels, torch.Generator(),
+                       7, progress=solver)
+    assert solver.updates == [1] * int(shard.labels.unique().numel()) and r.selection.indices.numel() > 0

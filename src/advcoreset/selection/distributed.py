@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from advcoreset.config import SelectionConfig
 from advcoreset.data.loader import to_float
 from advcoreset.objectives.base import Objective, eval_mode
+from advcoreset.progress import Task
 from advcoreset.selection.base import Selection, approximation_error
 from advcoreset.selection.craig import craig
 from advcoreset.selection.gradients import last_layer_grads
@@ -249,7 +250,7 @@ def _finish(comm: _Comm, mode: str, shard: GradShard, sel: Selection, solver_s: 
 
 
 def gather_select(cfg: SelectionConfig, seed: int, shard: GradShard, num_classes: int,
-                  solver_seed: int) -> ShardedSelection:
+                  solver_seed: int, progress: Task | None = None) -> ShardedSelection:
     """``gather`` mode (see the module docstring); collective: every rank calls it with its own shard."""
     _check_shard(shard, num_classes)
     selector = build_selector(cfg, seed)
@@ -260,14 +261,14 @@ def gather_select(cfg: SelectionConfig, seed: int, shard: GradShard, num_classes
     t0 = time.perf_counter()
     picks, weights, stats = owned.indices[:0], torch.empty(0), {"method": cfg.method}
     if owned.labels.numel():
-        sel = selector.select(owned.grads, owned.labels, torch.Generator().manual_seed(solver_seed))
+        sel = selector.select(owned.grads, owned.labels, torch.Generator().manual_seed(solver_seed), progress=progress)
         picks, weights, stats = owned.indices[sel.indices.to(owned.indices.device)], sel.weights, sel.stats
     solver_s = time.perf_counter() - t0
     return _finish(comm, "gather", shard, _share(comm, picks, weights), solver_s, stats)
 
 
 def partition_select(cfg: SelectionConfig, seed: int, shard: GradShard, num_classes: int, solver_seed: int,
-                     second_round: bool = False) -> ShardedSelection:
+                     second_round: bool = False, progress: Task | None = None) -> ShardedSelection:
     """``partition`` mode (see the module docstring); collective: every rank calls it with its own shard."""
     _check_shard(shard, num_classes)
     if second_round and cfg.method not in ("craig", "gradmatch"):
@@ -280,7 +281,7 @@ def partition_select(cfg: SelectionConfig, seed: int, shard: GradShard, num_clas
     first = dataclasses.replace(cfg, fraction=min(1.0, cfg.fraction * comm.world)) if second_round else cfg
     gen = torch.Generator().manual_seed(solver_seed + comm.rank)
     t0 = time.perf_counter()
-    sel = build_selector(first, seed).select(shard.grads, shard.labels, gen)
+    sel = build_selector(first, seed).select(shard.grads, shard.labels, gen, progress=progress)
     solver_s = time.perf_counter() - t0
     local = sel.indices.to(shard.indices.device)
     if not second_round:
@@ -323,11 +324,12 @@ def _weighted_round(cfg: SelectionConfig, cand: GradShard, w1: Tensor, sizes: Te
 
 
 def select_sharded(mode: str, cfg: SelectionConfig, seed: int, shard: GradShard | None, all_labels: Tensor,
-                   generator: torch.Generator, solver_seed: int, second_round: bool = False
-                   ) -> ShardedSelection:
+                   generator: torch.Generator, solver_seed: int, second_round: bool = False,
+                   progress: Task | None = None) -> ShardedSelection:
     """The one call for the trainer: a selector without gradients (full, random, random_fixed) runs on
     every rank over ``all_labels`` (N,) with the shared ``generator`` (same draw everywhere, nothing
-    moves); a gradient selector runs in ``mode`` on this rank's ``shard`` (``shard_grads``)."""
+    moves); a gradient selector runs in ``mode`` on this rank's ``shard`` (``shard_grads``). ``progress``:
+    a task this rank's per-class solvers advance by one per class (the classes it owns in ``gather``)."""
     if mode not in MODES:
         raise ValueError(f"selection.distributed must be one of {MODES}, got {mode!r}")
     num_classes = int(all_labels.max()) + 1 if all_labels.numel() else 0
@@ -337,17 +339,18 @@ def select_sharded(mode: str, cfg: SelectionConfig, seed: int, shard: GradShard 
     if shard is None:
         raise ValueError(f"selection.method={cfg.method!r} needs this rank's gradient shard, got None")
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return _one_process(selector, mode, _sorted(shard), generator)
+        return _one_process(selector, mode, _sorted(shard), generator, progress)
     if mode == "gather":
-        return gather_select(cfg, seed, shard, num_classes, solver_seed)
-    return partition_select(cfg, seed, shard, num_classes, solver_seed, second_round)
+        return gather_select(cfg, seed, shard, num_classes, solver_seed, progress)
+    return partition_select(cfg, seed, shard, num_classes, solver_seed, second_round, progress)
 
 
-def _one_process(selector: Any, mode: str, shard: GradShard, generator: torch.Generator) -> ShardedSelection:
+def _one_process(selector: Any, mode: str, shard: GradShard, generator: torch.Generator,
+                 progress: Task | None = None) -> ShardedSelection:
     """A world of one: the plain selector on the whole (sorted) shard with the run's generator, exactly
     the single-process selection; nothing moves."""
     t0 = time.perf_counter()
-    sel = selector.select(shard.grads, shard.labels, generator)
+    sel = selector.select(shard.grads, shard.labels, generator, progress=progress)
     solver_s = time.perf_counter() - t0
     err = approximation_error(shard.grads, sel.indices.to(shard.grads.device), sel.weights.to(shard.grads.device))
     glob = Selection(shard.indices[sel.indices.to(shard.indices.device)], sel.weights, sel.stats)
@@ -373,12 +376,13 @@ class _GivenPoints(Objective):
 
 
 def shard_grads(model: nn.Module, objective: Objective, images: Tensor, labels: Tensor, rank: int, world: int,
-                batch_size: int, features: str = "last_layer", amp: bool = False
+                batch_size: int, features: str = "last_layer", amp: bool = False, progress: Task | None = None
                 ) -> tuple[GradShard, dict[str, float]]:
     """This rank's ``shard_range`` of the training set: selection attack, then last-layer gradients.
 
     images: (N, C, H, W) uint8 or float in [0, 1] on the model's device (unaugmented); labels: (N,).
-    Returns the shard and its seconds {"attack", "gradient"}."""
+    ``progress``: a task advanced by the images of each batch done. Returns the shard and its seconds
+    {"attack", "gradient"}."""
     lo, hi = shard_range(labels.numel(), rank, world)
     cuda = images.device.type == "cuda"
     cast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and amp else nullcontext
@@ -398,6 +402,8 @@ def shard_grads(model: nn.Module, objective: Objective, images: Tensor, labels: 
             torch.cuda.synchronize()
         times["attack"] += t1 - t0
         times["gradient"] += time.perf_counter() - t1
+        if progress is not None:
+            progress.update(int(y.numel()))
     d = parts[0].shape[1] if parts else 0
     grads = torch.cat(parts) if parts else torch.empty(0, d, device=images.device)
     return GradShard(grads, labels[lo:hi], torch.arange(lo, hi, device=labels.device)), times

@@ -21,6 +21,7 @@ from advcoreset.data.loader import Batch
 from advcoreset.data.sources import TensorSource
 from advcoreset.objectives import Objective
 from advcoreset.objectives.base import eval_mode
+from advcoreset.progress import reporter_or_silent
 from advcoreset.selection.distributed import select_sharded, shard_grads
 from advcoreset.training.distributed import (
     DistEnv,
@@ -61,15 +62,21 @@ class ShardedCoresetLoader(CoresetLoader):
         assert isinstance(src, TensorSource)
         t0 = time.perf_counter()
         shard, times = None, {"attack": 0.0, "gradient": 0.0}
+        report = reporter_or_silent(self.progress)  # rank 0's share is shown (other ranks' reporters are silent)
         if self.selector.needs_grads:
-            with eval_mode(self.model):
+            lo, hi = shard_range(int(src.labels.numel()), self.env.rank, self.env.world_size)
+            with eval_mode(self.model), report("selection: attack pass + last-layer gradients (this rank's shard)",
+                                               hi - lo) as task:
                 shard, times = shard_grads(self.model, self.objective, src.images, src.labels, self.env.rank,
-                                           self.env.world_size, self.batch_size, self.grad_features, self.amp)
+                                           self.env.world_size, self.batch_size, self.grad_features, self.amp, task)
         t1 = time.perf_counter()
         # Owners' solvers draw from a seed of (run seed, epoch), never from the run generator, which must
         # stay in step on every rank.
-        r = select_sharded(self.sel_cfg.distributed, self.sel_cfg, self.seed, shard, src.labels, self.generator,
-                           self.seed * 1000 + self.epoch, second_round=self.sel_cfg.partition_rounds == 2)
+        with report(f"selection: {self.selector.name} solver ({self.sel_cfg.distributed}, this rank's classes)",
+                    None) as task:
+            r = select_sharded(self.sel_cfg.distributed, self.sel_cfg, self.seed, shard, src.labels, self.generator,
+                               self.seed * 1000 + self.epoch, second_round=self.sel_cfg.partition_rounds == 2,
+                               progress=task)
         t2 = time.perf_counter()
         sel, labels = r.selection, src.labels
         k = self.num_classes if self.num_classes is not None else int(labels.max()) + 1
