@@ -255,7 +255,7 @@ class Trainer:
             if srec["grad_error"] is not None:
                 self.state.grad_errors.append(float(srec["grad_error"]))
         record["phase"] = ld.phase
-        # a bar on a terminal, else a line at most every 10 s: an epoch is a long step like any other
+        # a bar on a terminal, else a line at most once per progress interval: an epoch is a long step like any other
         with self.progress(f"epoch {self.state.epoch + 1}/{cfg.optim.epochs} [{record['phase']}]", len(ld)) as task:
             stats = train_epoch(self._context(), ld.epoch_batches(), len(ld), ld.loss_norm, task,
                                 getattr(ld, "counted", None))
