@@ -59,7 +59,7 @@ def time_axis(table: dict[str, Any]) -> tuple[str, float, str]:
     reading of all runs, i.e. its time at one machine speed; else the times as measured."""
     probes = [r["probe"] for r in table.get("runs", []) if r.get("probe")]
     if table.get("speedup_basis") == "probe-normalised time" and probes:
-        return "cost", statistics.median(probes), "training time at one machine speed (s, probe-normalised)"
+        return "cost", statistics.median(probes), "training time (s) at one machine speed (probe)"
     return "time", 1.0, "training wall-clock (s)"
 
 
@@ -143,7 +143,7 @@ def plot_runs(table: dict[str, Any], out: Path) -> Path:
                     mfc=c if i in front else "none", mec="black" if i in front else c, alpha=0.9)
         xs, ys = zip(*sorted((tscale * pts[i][tkey], 100 * pts[i][key]) for i in front), strict=True)
         ax.step(xs, ys, where="post", ls="--", color="black", lw=1)
-        ax.set_xlabel(f"{tlabel}, warm start and selection included")
+        ax.set_xlabel(f"{tlabel}\nwarm start and selection included")
         ax.set_ylabel(f"{_metric_label(table, key)} accuracy (%)")
         ax.set_title(f"{table['name']}: {_metric_label(table, key)}, every run")
         ax.grid(alpha=0.3)
