@@ -35,14 +35,18 @@ def test_readings_append_and_median(tmp_path, monkeypatch):
     assert bench_probe.read_probes(tmp_path) == []  # a damaged file is no reading, not a crash
 
 
-def _run(folder: Path, method: str, fraction: float | None, seed: int, train_s: float, probe_s: float | None):
+def _run(folder: Path, method: str, fraction: float | None, seed: int, train_s: float, probe_s: float | None,
+         epochs: list[tuple[str, float]] = (), objective: str = "pgd"):
+    """A finished run's folder: ``epochs`` are (phase, wall seconds) records of its metrics.jsonl."""
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps({"test_clean_acc": 0.8, "test_pgd20_acc": 0.7,
                                                      "time_train_total": train_s, "times": {}}))
-    (folder / "metrics.jsonl").write_text("")
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"kind": "epoch", "epoch": i + 1, "phase": p, "time_epoch_wall": s}) + "\n"
+        for i, (p, s) in enumerate(epochs)))
     if probe_s is not None:
         (folder / bench_probe.PROBE_FILE).write_text(json.dumps([{"when": "start", "seconds": probe_s}]))
-    return SimpleNamespace(objective="pgd", method=method, fraction=fraction, seed=seed, folder=folder)
+    return SimpleNamespace(objective=objective, method=method, fraction=fraction, seed=seed, folder=folder)
 
 
 def test_speedup_divides_by_the_probe(tmp_path):
@@ -57,8 +61,8 @@ def test_speedup_divides_by_the_probe(tmp_path):
     assert "machine-speed probe" in bench_report.markdown(table, spec)
     # the plots' time axis: each run's time at one machine speed, the median reading (1.5 s)
     key, scale, label = bench_plots.time_axis(table)
-    assert (key, scale) == ("cost", 1.5) and "one machine speed" in label
-    assert [scale * r[key] for r in table["rows"]] == pytest.approx([150.0, 45.0])  # Full 100/1, coreset 60/2
+    assert (key, scale) == ("cost", {"pgd": 1.5}) and "one machine speed" in label
+    assert [scale["pgd"] * r[key] for r in table["rows"]] == pytest.approx([150.0, 45.0])  # Full 100/1, coreset 60/2
     assert (tmp_path / "robust_vs_time_runs.png") in bench_plots.plot(table, tmp_path)
 
 
@@ -69,10 +73,39 @@ def test_without_a_probe_for_every_run_speedup_uses_time(tmp_path):
     row = next(r for r in table["rows"] if r["method"] == "gradmatch")
     assert row["speedup"] == pytest.approx(100 / 60)
     assert table["speedup_basis"] == "time"
-    assert bench_plots.time_axis(table)[:2] == ("time", 1.0)
+    assert bench_plots.time_axis(table)[:2] == ("time", {})
+
+
+def test_epoch_basis_divides_by_each_runs_full_data_epoch(tmp_path):
+    """Known answer: Full trained 4 epochs of 10 s and 30 s (mean 20 s, 80 s in all) on one day; the coreset
+    took 60 s on a day twice as slow, a 40 s warm epoch then 20 s on coresets. In its own full-data
+    epochs Full took 4.0 and the coreset 1.5: 2.67x (raw 1.33x; the probes, 1 s and 1 s, saw no change).
+    Fast-AT's Full (epochs of 5 s) is compared with PGD's Full on the probe: 80 / 10 = 8x."""
+    runs = [_run(tmp_path / "f", "full", None, 0, 80.0, 1.0, [("full", 10.0), ("full", 30.0)] * 2),
+            _run(tmp_path / "g", "gradmatch", 0.3, 0, 60.0, 1.0, [("warm", 40.0)] + [("coreset", 10.0)] * 2),
+            _run(tmp_path / "x", "full", None, 0, 10.0, 1.0, [("full", 5.0)] * 2, objective="fast")]
+    spec = {"name": "t", "objectives": {"pgd": {}, "fast": {}}, "speedup_basis": "epoch", "reference": "pgd"}
+    table = bench_report.aggregate(bench_report.collect(runs, tmp_path), spec, ["full", "gradmatch"])
+    rows = {(r["objective"], r["method"]): r for r in table["rows"]}
+    assert rows["pgd", "gradmatch"]["speedup"] == pytest.approx(80 / 20 / (60 / 40))
+    assert rows["fast", "full"]["speedup"] == pytest.approx(1.0)
+    assert rows["fast", "full"]["speedup_vs_reference"] == pytest.approx(8.0)
+    assert table["reference_speedup_basis"] == "probe-normalised time"
+    assert "own full-data epochs" in bench_report.markdown(table, spec)
+    # the time axis: epochs times the median full-data epoch of the objective's runs (20 and 40 s -> 30 s)
+    key, scale, _ = bench_plots.time_axis(table)
+    assert key == "epochs" and scale == {"pgd": 30.0, "fast": 5.0}
+    assert [scale[r["objective"]] * r[key] for r in table["rows"]] == pytest.approx([120.0, 45.0, 10.0])
+    assert (tmp_path / "robust_vs_time_runs.png") in bench_plots.plot(table, tmp_path)
+    # a run without a full-data epoch (no warm start) puts the study back on the probe
+    _run(tmp_path / "g2", "gradmatch", 0.3, 1, 30.0, 1.0, [("coreset", 10.0)] * 3)
+    runs.append(SimpleNamespace(objective="pgd", method="gradmatch", fraction=0.3, seed=1, folder=tmp_path / "g2"))
+    table = bench_report.aggregate(bench_report.collect(runs, tmp_path), spec, ["full", "gradmatch"])
+    assert table["speedup_basis"] == "probe-normalised time"
 
 
 @pytest.mark.parametrize("extra, match", [({"probe": "yes"}, "probe must be true or false"),
+                                          ({"speedup_basis": "epochs"}, "speedup_basis must be time, probe or epoch"),
                                           ({"probe": True, "jobs": 2}, "probe: true needs jobs: 1")])
 def test_bad_probe_settings_are_refused(tmp_path, extra, match):
     spec = yaml.safe_load(SPEC.read_text())

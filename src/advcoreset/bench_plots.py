@@ -10,6 +10,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from advcoreset.bench_report import BASES
+
 MARKERS: dict[float | None, str] = {None: "*", 0.1: "v", 0.3: "o", 0.5: "s"}
 SEED_MARKERS = "o^sDvP*Xh"
 MAX_ROWS_RUNS_PLOT = 20
@@ -53,14 +55,22 @@ def _legend(ax: Any, methods: list[str], colors: dict[str, Any], fractions: list
     ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85, ncol=1 if len(handles) < 8 else 2)
 
 
-def time_axis(table: dict[str, Any]) -> tuple[str, float, str]:
-    """(record key, scale, axis label) of the training-time axis: with the speed-up on a probe basis
-    (runs made at different machine speeds), each run's cost (time / its probe reading) times the median
-    reading of all runs, i.e. its time at one machine speed; else the times as measured."""
-    probes = [r["probe"] for r in table.get("runs", []) if r.get("probe")]
-    if table.get("speedup_basis") == "probe-normalised time" and probes:
-        return "cost", statistics.median(probes), "training time (s) at one machine speed (probe)"
-    return "time", 1.0, "training wall-clock (s)"
+def time_axis(table: dict[str, Any]) -> tuple[str, dict[str, float], str]:
+    """(record key, scale per objective, axis label) of the training-time axis, on the speed-up's basis:
+    with full-data epochs, each run's time in its own full-data epochs times the median full-data epoch of
+    its objective's runs; with the probe, each run's cost (time / its probe reading) times the median
+    reading of all runs. Either is the run's time at one machine speed; else the times as measured."""
+    runs = table.get("runs", [])
+    basis = table.get("speedup_basis")
+    if basis == BASES["epoch"][1]:
+        scales = {obj: statistics.median(r["full_epoch"] for r in runs if r["objective"] == obj)
+                  for obj in {r["objective"] for r in runs}}
+        return "epochs", scales, "training time (s) at one machine speed (full-data epochs)"
+    probes = [r["probe"] for r in runs if r.get("probe")]
+    if basis == BASES["probe"][1] and probes:
+        median = statistics.median(probes)
+        return "cost", {r["objective"]: median for r in runs}, "training time (s) at one machine speed (probe)"
+    return "time", {}, "training wall-clock (s)"
 
 
 def plot(table: dict[str, Any], out: Path) -> list[Path]:
@@ -88,7 +98,7 @@ def plot(table: dict[str, Any], out: Path) -> list[Path]:
             ax.set_visible(False)
         for ax, (obj, key) in zip(axes.flat, panels, strict=False):
             for r in (r for r in rows if r["objective"] == obj and r.get(xkey) and r.get(key) is not None):
-                scale = tscale if xkey == tkey else 1.0
+                scale = tscale.get(obj, 1.0) if xkey == tkey else 1.0
                 ax.errorbar(scale * r[xkey], 100 * r[key], yerr=100 * (r.get(key + "_std") or 0),
                             xerr=scale * (r.get(xkey + "_std") or 0) if xkey == tkey else None,
                             fmt=MARKERS.get(r["fraction"], "o"), color=colors[r["method"]], ms=8, capsize=2)
@@ -133,15 +143,16 @@ def plot_runs(table: dict[str, Any], out: Path) -> Path:
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(6.0 * max(len(keys), 1), 4.8), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=False):
         for run in (r for r in runs if r.get(key) is not None):
-            ax.plot(tscale * run[tkey], 100 * run[key], ls="", ms=6, alpha=0.75,
+            ax.plot(tscale.get(run["objective"], 1.0) * run[tkey], 100 * run[key], ls="", ms=6, alpha=0.75,
                     color=colors.get(_row_label(run), "0.5"), marker=seed_marker[run["seed"]])
         pts = [r for r in rows if r.get(key) is not None]
-        front = set(pareto_front([(r[tkey], r[key]) for r in pts]))
+        xs_all = [tscale.get(r["objective"], 1.0) * r[tkey] for r in pts]
+        front = set(pareto_front(list(zip(xs_all, [r[key] for r in pts], strict=True))))
         for i, r in enumerate(pts):
             c = colors[_row_label(r)]
-            ax.plot(tscale * r[tkey], 100 * r[key], ls="", marker="o", ms=12, mew=2, color=c,
+            ax.plot(xs_all[i], 100 * r[key], ls="", marker="o", ms=12, mew=2, color=c,
                     mfc=c if i in front else "none", mec="black" if i in front else c, alpha=0.9)
-        xs, ys = zip(*sorted((tscale * pts[i][tkey], 100 * pts[i][key]) for i in front), strict=True)
+        xs, ys = zip(*sorted((xs_all[i], 100 * pts[i][key]) for i in front), strict=True)
         ax.step(xs, ys, where="post", ls="--", color="black", lw=1)
         ax.set_xlabel(f"{tlabel}\nwarm start and selection included")
         ax.set_ylabel(f"{_metric_label(table, key)} accuracy (%)")

@@ -16,7 +16,19 @@ from typing import Any, Protocol
 
 from advcoreset.bench_probe import probe_median
 
-METRICS = ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error", "cost")
+METRICS = ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error", "cost", "epochs")
+# what a speed-up divides (spec key ``speedup_basis``): the times as measured, the times over each run's
+# machine-speed probe, or the times over each run's own full-data epoch (see ``aggregate``)
+BASES = {"time": ("time", "time"), "probe": ("cost", "probe-normalised time"),
+         "epoch": ("epochs", "time in the run's own full-data epochs")}
+
+
+def full_epoch_seconds(lines: list[dict[str, Any]]) -> float | None:
+    """Mean wall seconds of a run's epochs on the whole training set (every epoch of Full, a coreset's warm
+    epochs), from its ``metrics.jsonl`` records; None when it has none (a coreset without a warm start)."""
+    secs = [s["time_epoch_wall"] for s in lines if s.get("kind") == "epoch" and s.get("phase") in ("full", "warm")
+            and s.get("time_epoch_wall")]
+    return statistics.fmean(secs) if secs else None
 
 
 class RunLike(Protocol):
@@ -47,6 +59,8 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
     pgd_key = next((k for k in res if k.startswith("test_pgd") and k.endswith("_acc")), None)
     times = res.get("times", {})
     probe = probe_median(run.folder)
+    epoch_s = full_epoch_seconds(lines)
+    total = res.get("time_train_total")
     evals = {}
     for name in extra_evals or {}:
         path = run.folder / f"eval_{name}.json"
@@ -58,9 +72,11 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
         "clean": res.get("test_clean_acc"), "pgd": res.get(pgd_key) if pgd_key else None, "pgd_key": pgd_key,
         "autoattack": res.get("test_autoattack_acc"),
         "ppgd": res.get("test_ppgd_acc"), "lpa": res.get("test_lpa_acc"),
-        "time": res.get("time_train_total"),
-        # training time in units of the machine-speed probe (advcoreset.bench_probe): compares across days
-        "probe": probe, "cost": res["time_train_total"] / probe if probe and res.get("time_train_total") else None,
+        "time": total,
+        # training time in units of the machine-speed probe (advcoreset.bench_probe) and in units of the
+        # run's own full-data epoch: both compare runs made at different machine speeds
+        "probe": probe, "cost": total / probe if probe and total else None,
+        "full_epoch": epoch_s, "epochs": total / epoch_s if epoch_s and total else None,
         "selection_time": times.get("selection_attack", 0.0) + times.get("selection_solver", 0.0),
         "grad_error": statistics.fmean(errors) if errors else None,
         "autoattack_info": res.get("test_autoattack"),
@@ -118,24 +134,45 @@ def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order:
         for name in names:
             row["eval_" + name], row["eval_" + name + "_std"] = _stat([r.get("evals", {}).get(name) for r in rs])
         rows.append(row)
-    # with a probe reading for every run, speed-ups are ratios of probe-normalised times (runs made on
-    # different days compare); otherwise of the times as measured
-    basis = "cost" if rows and all(r.get("cost") is not None for r in per_run) else "time"
-    full_time = {r["objective"]: r[basis] for r in rows if r["method"] == "full"}
-    ref = spec.get("reference")  # e.g. the PGD-AT full row, to place plain Fast-AT against it
-    for row in rows:
-        base = full_time.get(row["objective"])
-        row["speedup"] = base / row[basis] if base and row[basis] else None
-        if ref and ref in full_time and row[basis]:
-            row["speedup_vs_reference"] = full_time[ref] / row[basis]
+    basis, cross = _speedups(rows, per_run, spec)
     order = {m: i for i, m in enumerate(method_order)}
     objs = list(spec["objectives"])
     rows.sort(key=lambda r: (objs.index(r["objective"]) if r["objective"] in objs else len(objs),
                              r["fraction"] or 0, order.get(r["method"], len(order))))
     aa = next((r["autoattack_info"] for r in per_run if r.get("autoattack_info")), None)
-    return {"name": spec["name"], "rows": rows, "runs": per_run, "autoattack": aa, "reference": ref,
-            "speedup_basis": "probe-normalised time" if basis == "cost" else "time",
+    return {"name": spec["name"], "rows": rows, "runs": per_run, "autoattack": aa, "reference": spec.get("reference"),
+            "speedup_basis": BASES[basis][1], "reference_speedup_basis": BASES[cross][1],
             "pgd_key": next((r["pgd_key"] for r in per_run if r["pgd_key"]), None)}
+
+
+def _basis(per_run: list[dict[str, Any]], wanted: str) -> str:
+    """The ``BASES`` key to use: ``wanted`` when every run has its number, else probe, else time."""
+    for b in (wanted, "probe", "time"):
+        if b == "time" or (per_run and all(r.get(BASES[b][0]) is not None for r in per_run)):
+            return b
+    return "time"
+
+
+def _speedups(rows: list[dict[str, Any]], per_run: list[dict[str, Any]], spec: dict[str, Any]) -> tuple[str, str]:
+    """Set each row's ``speedup`` (vs Full of its objective) and ``speedup_vs_reference`` (vs Full of the
+    spec's ``reference`` objective); returns the ``BASES`` keys used within an objective and against the
+    reference.
+
+    The basis is the spec's ``speedup_basis`` (default ``probe``), falling back to probe, then time, where
+    a run lacks its number. Full-data epochs are only comparable within an objective (a Fast-AT epoch is
+    not a PGD-7 epoch), so with the epoch basis the speed-up against the reference objective uses the
+    probe where every run has one, else time."""
+    basis = _basis(per_run, spec.get("speedup_basis") or "probe")
+    cross = _basis(per_run, "probe") if basis == "epoch" else basis
+    key, xkey = BASES[basis][0], BASES[cross][0]
+    full = {r["objective"]: r for r in rows if r["method"] == "full"}
+    ref = full.get(spec.get("reference"))
+    for row in rows:
+        base = full.get(row["objective"])
+        row["speedup"] = base[key] / row[key] if base and base[key] and row[key] else None
+        if ref and ref[xkey] and row[xkey]:
+            row["speedup_vs_reference"] = ref[xkey] / row[xkey]
+    return basis, cross
 
 
 def check_targets(table: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any]]:
@@ -220,6 +257,19 @@ def _row_cells(r: dict[str, Any], ref: str | None, perceptual: bool, names: list
                     str(r["seeds"])]
 
 
+def _basis_note(table: dict[str, Any]) -> str:
+    basis = table.get("speedup_basis")
+    if basis == BASES["probe"][1]:
+        return (", from train times divided by each run's machine-speed probe (advcoreset.bench_probe; the "
+                "train-time column is as measured, on the day each run ran)")
+    if basis == BASES["epoch"][1]:
+        return (", from train times divided by the mean time of the run's own full-data epochs (Full's "
+                "epochs, a coreset's warm start), so runs made at different machine speeds compare; the "
+                "train-time column is as measured, on the day each run ran. A speed-up against another "
+                f"objective's Full (in brackets) is on {table.get('reference_speedup_basis', 'time')}")
+    return ""
+
+
 def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
     """The study as Markdown: one row per (objective, method, fraction), the AutoAttack note, the targets."""
     pgd = (table.get("pgd_key") or "pgd").replace("test_", "").replace("_acc", "").upper()
@@ -246,9 +296,7 @@ def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
             lines.append(f"| {c['what']} | {v} | {c['target']} | {met} |")
     lines += ["", "Mean ± standard deviation over seeds. Train time includes warm start and selection, excludes "
               "evaluation. Speed-up is against Full of the same objective"
-              + (", from train times divided by each run's machine-speed probe (advcoreset.bench_probe; "
-                 "the train-time column is as measured, on the day each run ran)"
-                 if table.get("speedup_basis") == "probe-normalised time" else "") + ". Grad error is the relative "
+              + _basis_note(table) + ". Grad error is the relative "
               "gradient approximation error ||sum g - sum w g|| / ||sum g|| of the coreset, averaged over "
               "selection rounds."]
     return "\n".join(lines) + "\n"

@@ -33,7 +33,8 @@ class SpecError(ConfigError):
 
 
 SPEC_KEYS = ("name", "description", "base", "objectives", "methods", "fractions", "seeds", "jobs", "threads",
-             "reference", "targets", "extra_evals", "world_size", "probe")
+             "reference", "targets", "extra_evals", "world_size", "probe",
+             "speedup_basis")
 ENTRY_KEYS = ("methods", "fractions", "coreset")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -61,6 +62,9 @@ def _check_probe(spec: dict[str, Any], where: str) -> None:
     if "probe" in spec and not isinstance(spec["probe"], bool):
         raise SpecError(f"{where}: probe must be true or false (time a machine-speed probe around each run), "
                         f"got {spec['probe']!r}")
+    if spec.get("speedup_basis", "probe") not in ("time", "probe", "epoch"):
+        raise SpecError(f"{where}: speedup_basis must be time, probe or epoch (what a speed-up divides the "
+                        f"training times by), got {spec['speedup_basis']!r}")
     if spec.get("probe") and int(spec.get("jobs", 1)) > 1:
         raise SpecError(f"{where}: probe: true needs jobs: 1 (concurrent runs would disturb each other's probe)")
 
