@@ -106,10 +106,12 @@ def test_pareto_front_is_the_set_no_point_dominates():
 def test_targets_autoattack_drop_and_margin_over_random_by_seed_spread():
     rows = [
         {"objective": "o", "method": "full", "fraction": None, "pgd": 0.60, "autoattack": 0.50, "speedup": 1.0},
-        {"objective": "o", "method": "random", "fraction": 0.3, "pgd": 0.55, "pgd_std": 0.01, "autoattack": 0.47},
-        {"objective": "o", "method": "craig", "fraction": 0.3, "pgd": 0.57, "pgd_std": 0.03, "autoattack": 0.49},
+        {"objective": "o", "method": "random", "fraction": 0.3, "pgd": 0.55, "pgd_std": 0.01, "autoattack": 0.47,
+         "seeds": 2},
+        {"objective": "o", "method": "craig", "fraction": 0.3, "pgd": 0.57, "pgd_std": 0.03, "autoattack": 0.49,
+         "seeds": 2},
         {"objective": "o", "method": "gradmatch", "fraction": 0.3, "pgd": 0.59, "pgd_std": 0.01,
-         "autoattack": None},
+         "autoattack": None, "seeds": 2},
     ]
     targets = {"objective": "o", "fraction": 0.3, "max_aa_drop": 0.02, "beat_random": ["craig", "gradmatch"],
                "beat_random_by_spread": True}
@@ -120,6 +122,10 @@ def test_targets_autoattack_drop_and_margin_over_random_by_seed_spread():
         "gradmatch AutoAttack drop vs full (points)": None,  # not measured: n/a, not a pass
         "craig PGD minus random (points)": False,  # 2 points above, spread 3
         "gradmatch PGD minus random (points)": True}  # 4 points above, spread 1
+    # one seed has no spread: the margin is n/a, not a pass by any gap
+    rows[1]["seeds"] = 1
+    one = next(c for c in bench.check_targets({"rows": rows}, targets) if c["what"].startswith("gradmatch PGD minus"))
+    assert one["ok"] is None and one["value"] == pytest.approx(4.0) and "needs 2 seeds" in one["target"]
 
 
 def test_autoattack_note_names_the_target_classes_and_says_reduced():
