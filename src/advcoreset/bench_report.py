@@ -18,7 +18,7 @@ from advcoreset.bench_probe import probe_median
 
 METRICS = ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error", "cost", "epochs")
 # what a speed-up divides (spec key ``speedup_basis``): the times as measured, the times over each run's
-# machine-speed probe, or the times over each run's own full-data epoch (see ``aggregate``)
+# machine-speed probe, or the times over each run's own full-data epoch (see ``_speedups``)
 BASES = {"time": ("time", "time"), "probe": ("cost", "probe-normalised time"),
          "epoch": ("epochs", "time in the run's own full-data epochs")}
 
