@@ -147,10 +147,8 @@ def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order:
 
 def _basis(per_run: list[dict[str, Any]], wanted: str) -> str:
     """The ``BASES`` key to use: ``wanted`` when every run has its number, else probe, else time."""
-    for b in (wanted, "probe", "time"):
-        if b == "time" or (per_run and all(r.get(BASES[b][0]) is not None for r in per_run)):
-            return b
-    return "time"
+    return next(b for b in (wanted, "probe", "time")
+                if b == "time" or (per_run and all(r.get(BASES[b][0]) is not None for r in per_run)))
 
 
 def _speedups(rows: list[dict[str, Any]], per_run: list[dict[str, Any]], spec: dict[str, Any]) -> tuple[str, str]:
