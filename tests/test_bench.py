@@ -195,9 +195,9 @@ def test_fullscale_spec_is_the_issue_s_study():
     spec = bench.load_spec(SPEC.parent / "bench_fullscale.yaml")
     runs = bench.expand(spec, Path("/tmp/advcoreset-fullscale-check"))
     got = {(r.objective, r.method, r.fraction) for r in runs}
-    assert got == {("pgd_linf", "full", None), ("pgd_linf", "random", 0.3), ("pgd_linf", "craig", 0.3),
-                   ("pgd_linf", "gradmatch", 0.3), ("fast", "full", None), ("fast", "gradmatch", 0.3)}
-    assert len(runs) == 12 and {r.seed for r in runs} == {0, 1}
+    coresets = {("pgd_linf", m, f) for m in ("random", "craig", "gradmatch") for f in (0.3, 0.1)}
+    assert got == {("pgd_linf", "full", None), ("fast", "full", None), ("fast", "gradmatch", 0.3)} | coresets
+    assert len(runs) == 18 and {r.seed for r in runs} == {0, 1}
     for r in runs:
         c = r.config
         assert c["data"]["train_subset"] is None and c["data"]["test_subset"] is None and c["data"]["val_size"] == 0

@@ -114,3 +114,16 @@ def test_bad_probe_settings_are_refused(tmp_path, extra, match):
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(SpecError, match=match):
         load_spec(path)
+
+
+def test_rows_follow_the_specs_fraction_order(tmp_path):
+    """Property: Full first, then the spec's fractions in its own order (the headline 0.3 before 0.1), an
+    unlisted fraction last; within a fraction the methods keep ``method_order``."""
+    runs = [_run(tmp_path / f"{m}{f}", m, f, 0, 50.0, 1.0)
+            for m, f in [("gradmatch", 0.1), ("random", 0.1), ("gradmatch", 0.5), ("gradmatch", 0.3),
+                         ("random", 0.3), ("full", None)]]
+    spec = {"name": "t", "objectives": {"pgd": {}}, "fractions": [0.3, 0.1]}
+    table = bench_report.aggregate(bench_report.collect(runs, tmp_path), spec, ["full", "random", "gradmatch"])
+    assert [(r["method"], r["fraction"]) for r in table["rows"]] == [
+        ("full", None), ("random", 0.3), ("gradmatch", 0.3), ("random", 0.1), ("gradmatch", 0.1),
+        ("gradmatch", 0.5)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -119,6 +119,22 @@ def _stat(values: list[float | None]) -> tuple[float | None, float | None]:
     return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
 
 
+def _row_order(spec: dict[str, Any], method_order: Sequence[str]) -> Callable[[dict[str, Any]], tuple]:
+    """Sort key for table rows: the spec's objective order, then Full, then the fractions in the spec's order
+    (its first fraction is the headline; a fraction the spec does not list goes last, largest first), then
+    the methods in ``method_order``."""
+    objs = list(spec["objectives"])
+    fracs = [float(f) for f in spec.get("fractions") or []]
+    methods = {m: i for i, m in enumerate(method_order)}
+
+    def key(row: dict[str, Any]) -> tuple[int, int, float, int]:
+        frac = row["fraction"]
+        listed = -1 if frac is None else (fracs.index(float(frac)) if float(frac) in fracs else len(fracs))
+        return (objs.index(row["objective"]) if row["objective"] in objs else len(objs), listed,
+                -(frac or 0.0), methods.get(row["method"], len(methods)))
+    return key
+
+
 def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order: Sequence[str]) -> dict[str, Any]:
     """Seed means and standard deviations per (objective, method, fraction), speed-ups against Full of the
     same objective (and against the spec's ``reference`` objective's Full), in the spec's order."""
@@ -135,10 +151,7 @@ def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order:
             row["eval_" + name], row["eval_" + name + "_std"] = _stat([r.get("evals", {}).get(name) for r in rs])
         rows.append(row)
     basis, cross = _speedups(rows, per_run, spec)
-    order = {m: i for i, m in enumerate(method_order)}
-    objs = list(spec["objectives"])
-    rows.sort(key=lambda r: (objs.index(r["objective"]) if r["objective"] in objs else len(objs),
-                             r["fraction"] or 0, order.get(r["method"], len(order))))
+    rows.sort(key=_row_order(spec, method_order))
     aa = next((r["autoattack_info"] for r in per_run if r.get("autoattack_info")), None)
     return {"name": spec["name"], "rows": rows, "runs": per_run, "autoattack": aa, "reference": spec.get("reference"),
             "speedup_basis": BASES[basis][1], "reference_speedup_basis": BASES[cross][1],
