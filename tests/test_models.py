@@ -200,3 +200,22 @@ def test_residual_blocks_known_answers() -> None:
         assert bottle.shortcut is not None
         torch.testing.assert_close(bottle(x), torch.relu(bottle.shortcut(x)))
         assert bottle(x).shape == (2, 16, 3, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(8, 16, 28, 28), (3, 5, 7, 9), (2, 1, 6, 6)])
+def test_fast_pool_equals_max_pool_bit_for_bit(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    """Values, gradients (the argmax among ties) and the no-grad path equal nn.MaxPool2d(2)'s exactly."""
+    from advcoreset.models.base import MaxPool2x2
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=g) * 2).round().relu().to(dtype)  # many ties, zeros among them
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref, fast = nn.MaxPool2d(2)(a), MaxPool2x2()(b)
+    assert torch.equal(ref, fast) and fast.is_contiguous()
+    w = torch.randn(ref.shape, generator=g).to(dtype)
+    (ref * w).sum().backward()
+    (fast * w).sum().backward()
+    assert torch.equal(a.grad, b.grad)
+    with torch.no_grad():
+        assert torch.equal(MaxPool2x2()(x), ref.detach())

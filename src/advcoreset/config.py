@@ -202,10 +202,12 @@ class Config:
     seed: int = 0
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:N."""
-    amp: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
+    amp: bool | str = "auto"
+    """bf16 autocast of the training step and the selection pass: auto (CUDA; a CPU with native bf16 once
+    its accuracy check passes), true (CUDA or a CPU with native bf16; refused on other CPUs), false (fp32).
+    Evaluation attacks always run in fp32 (``advcoreset.precision``)."""
     channels_last: bool = True
-    """channels_last memory format on CUDA (ignored on CPU)."""
+    """channels_last memory format on CUDA, and on the CPU when the run computes in bf16 (``amp``)."""
     threads: int | None = None
     """torch CPU threads; None = torch's default."""
     out_dir: str = "runs/default"

@@ -147,6 +147,7 @@ def _rules(c: Any) -> list[Rule]:
         (0 <= c.seed < 2**63, "seed", c.seed, "must be in [0, 2**63)"),
         (re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device) is not None, "device", c.device,
          "must be auto, cpu, cuda or cuda:N (N a GPU index)"),
+        (any(c.amp is v for v in (True, False)) or c.amp == "auto", "amp", c.amp, "must be auto, true or false"),
         (c.threads is None or c.threads >= 1, "threads", c.threads, "must be >= 1 or null (torch's default)"),
         (bool(c.out_dir.strip()), "out_dir", c.out_dir, "must be a folder path"),
     ]

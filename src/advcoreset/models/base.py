@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 
 class ImageClassifier(nn.Module):
@@ -58,3 +60,39 @@ class ImageClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) in [0, 1] -> logits (B, num_classes)."""
         return self.head(self.features(x))
+
+
+class _Pool2x2ChannelsLast(torch.autograd.Function):
+    """2x2 max pooling of a contiguous (B, C, H, W) CPU tensor through the channels_last kernel: the same
+    values, the same argmax (first maximum in row-major window order) and so the same gradient as the
+    contiguous kernel, bit for bit, in a fraction of its time (benchmarks/README.md, "Precision")."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
+        out, idx = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, return_indices=True)
+        ctx.save_for_backward(x, idx)
+        return out.contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        x, idx = ctx.saved_tensors  # type: ignore[attr-defined]
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, [2, 2], [2, 2], [0, 0],
+                                                               [1, 1], False, idx.contiguous())
+
+
+class MaxPool2x2(nn.MaxPool2d):
+    """``nn.MaxPool2d(2)`` whose CPU forward on contiguous multi-channel maps runs the channels_last kernel
+    (the contiguous one is several times slower); results and gradients are identical. Other inputs
+    (CUDA, channels_last, one channel) take the ordinary path."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        fast = x.device.type == "cpu" and x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous()
+        if not fast:
+            return F.max_pool2d(x, 2)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _Pool2x2ChannelsLast.apply(x)
+        return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous()

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from advcoreset.models.base import ImageClassifier
+from advcoreset.models.base import ImageClassifier, MaxPool2x2
 
 
 def _block(cin: int, cout: int, convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(convs):
         layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.ReLU(inplace=True)]
-    layers.append(nn.MaxPool2d(2))
+    layers.append(MaxPool2x2())
     return nn.Sequential(*layers)
 
 

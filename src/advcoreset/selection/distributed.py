@@ -25,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -376,7 +377,8 @@ class _GivenPoints(Objective):
 
 
 def shard_grads(model: nn.Module, objective: Objective, images: Tensor, labels: Tensor, rank: int, world: int,
-                batch_size: int, features: str = "last_layer", amp: bool = False, progress: Task | None = None
+                batch_size: int, features: str = "last_layer",
+                autocast: Callable[[], AbstractContextManager[Any]] | None = None, progress: Task | None = None
                 ) -> tuple[GradShard, dict[str, float]]:
     """This rank's ``shard_range`` of the training set: selection attack, then last-layer gradients.
 
@@ -385,7 +387,7 @@ def shard_grads(model: nn.Module, objective: Objective, images: Tensor, labels: 
     {"attack", "gradient"}."""
     lo, hi = shard_range(labels.numel(), rank, world)
     cuda = images.device.type == "cuda"
-    cast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and amp else nullcontext
+    cast = autocast or nullcontext
     times = {"attack": 0.0, "gradient": 0.0}
     parts = []
     for s in range(lo, hi, batch_size):

@@ -21,6 +21,7 @@ from advcoreset.data.loader import Batch
 from advcoreset.data.sources import TensorSource
 from advcoreset.objectives import Objective
 from advcoreset.objectives.base import eval_mode
+from advcoreset.precision import Precision
 from advcoreset.progress import reporter_or_silent
 from advcoreset.selection.distributed import select_sharded, shard_grads
 from advcoreset.training.distributed import (
@@ -46,7 +47,7 @@ class ShardedCoresetLoader(CoresetLoader):
     ``selection.distributed`` mode (``select_sharded``)."""
 
     def __init__(self, env: DistEnv, selection: SelectionConfig, seed: int, dataset: Any, model: nn.Module,
-                 objective: Objective, *, amp: bool = False, **kwargs: Any) -> None:
+                 objective: Objective, *, amp: Precision | None = None, **kwargs: Any) -> None:
         super().__init__(dataset, model, objective, seed=seed, **kwargs)
         if not isinstance(self.source, TensorSource):
             raise DistributedError("training under torchrun needs the built-in in-memory datasets (a "
@@ -68,7 +69,8 @@ class ShardedCoresetLoader(CoresetLoader):
             with eval_mode(self.model), report("selection: attack pass + last-layer gradients (this rank's shard)",
                                                hi - lo) as task:
                 shard, times = shard_grads(self.model, self.objective, src.images, src.labels, self.env.rank,
-                                           self.env.world_size, self.batch_size, self.grad_features, self.amp, task)
+                                           self.env.world_size, self.batch_size, self.grad_features,
+                                           self.amp.autocast if self.amp else None, task)
         t1 = time.perf_counter()
         # Owners' solvers draw from a seed of (run seed, epoch), never from the run generator, which must
         # stay in step on every rank.

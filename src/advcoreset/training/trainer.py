@@ -11,7 +11,7 @@ loader and evaluation are the sharded ones of ``training.ddp``, and rank 0 alone
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from advcoreset.data.sources import TensorSource
 from advcoreset.models.export import export_run_model
 from advcoreset.objectives import Objective, build_objective, build_selection_objective
 from advcoreset.optimizers import build_optimizer
+from advcoreset.precision import legacy_precision, precision_record, resolve_precision
 from advcoreset.progress import Reporter, make_progress, silent
 from advcoreset.selection import Selection, build_selector
 from advcoreset.training.build import RunData, builtin_data, builtin_model, eval_alpha, resolve_device, user_data
@@ -55,7 +56,8 @@ FORMAT_VERSION = 1
 """Checkpoint layout: model, optimizer, epoch, rng {torch, data[, cuda]}, coreset {indices, weights} or None,
 best_val, times, config."""
 # Fields that may change between a killed run and its resumption without changing what is trained.
-_RESUME_FREE = {"out_dir", "progress", "tensorboard", "threads", "eval", "device"}
+_RESUME_FREE = {"out_dir", "progress", "tensorboard", "threads", "eval", "device", "amp"}
+"""``amp`` is checked as the precision it resolves to (``auto`` and ``true`` can mean the same)."""
 
 
 @dataclass
@@ -94,7 +96,12 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
         self.cuda = self.device.type == "cuda"
-        self.memory_format = torch.channels_last if (self.cuda and cfg.channels_last) else torch.contiguous_format
+        self.precision = resolve_precision(cfg.amp, self.device)
+        """bf16 autocast or fp32 for the training step and the selection pass (evaluation is fp32)."""
+        # the CPU's bf16 convolutions want channels_last (benchmarks/README.md, "Precision"); fp32 CPU runs keep
+        # the contiguous layout, and their numbers, as before
+        fast_layout = self.cuda or self.precision.dtype is not None
+        self.memory_format = torch.channels_last if (fast_layout and cfg.channels_last) else torch.contiguous_format
         rd: RunData = (builtin_data(cfg, self.device, self.memory_format, data) if train_set is None
                        else user_data(train_set, test_set, self.device, self.memory_format))
         self.run_data = rd
@@ -121,7 +128,7 @@ class Trainer:
         if self.env.is_distributed:
             from advcoreset.training.ddp import ShardedCoresetLoader
             self.loader: CoresetLoader = ShardedCoresetLoader(self.env, s, cfg.seed, rd.source, self.model,
-                                                              sel_objective, amp=self.cuda and cfg.amp, **kw)
+                                                              sel_objective, amp=self.precision, **kw)
         else:
             self.loader = CoresetLoader(rd.source, self.model, sel_objective, **kw)
         self.state = RunState()
@@ -139,9 +146,7 @@ class Trainer:
         return self.loader.source.images
 
     def _autocast(self) -> AbstractContextManager[Any]:
-        if self.cuda and self.cfg.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return self.precision.autocast()
 
     def _add_times(self, times: dict[str, float]) -> None:
         for k, v in times.items():
@@ -155,7 +160,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "epoch": s.epoch, "rng": rng_state(self.generator),
             "coreset": None if sel is None else {"indices": sel.indices.cpu(), "weights": sel.weights.cpu()},
             "best_val": s.best_val, "times": dict(s.times), "config": self.cfg.to_dict(),
-            "grad_errors": list(s.grad_errors),
+            "grad_errors": list(s.grad_errors), "precision": self.precision.name,
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -173,6 +178,11 @@ class Trainer:
             raise TrainingError(f"cannot resume: the checkpoint in {self.out} was trained with different "
                                 f"settings for {diff}; resume with the saved config ({self.out / 'config.yaml'}) "
                                 "or start a new out_dir")
+        was = ckpt.get("precision") or legacy_precision(saved.get("amp"), self.device)
+        if was != self.precision.name:
+            flag = "false" if was == "fp32" else "true"
+            raise TrainingError(f"cannot resume: the checkpoint in {self.out} was trained in {was} and this run "
+                                f"would compute in {self.precision.name}; resume with --set amp={flag}")
         check_state_dict(self.model, ckpt["model"], self.out / CHECKPOINT)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -301,6 +311,7 @@ class Trainer:
                                    "time_train_total": self.train_seconds(), "time_final_eval": final_time,
                                    "time_selection": self.selection_seconds(), **self._grad_error_summary(),
                                    "times": dict(self.state.times), "device": str(self.device),
+                                   "precision": precision_record(self.precision),
                                    "world_size": self.env.world_size}
         self._write(results)
         if self.env.is_main:
