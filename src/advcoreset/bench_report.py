@@ -61,12 +61,14 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
     probe = probe_median(run.folder)
     epoch_s = full_epoch_seconds(lines)
     total = res.get("time_train_total")
-    evals = {}
+    evals, eval_seconds = {}, {}
     for name in extra_evals or {}:
         path = run.folder / f"eval_{name}.json"
         if path.exists():
             ev = json.loads(path.read_text())
             evals[name] = next((v for k, v in ev.items() if k.startswith("pgd") and k.endswith("_acc")), None)
+            if isinstance(ev.get("seconds"), dict):
+                eval_seconds[name] = sum(ev["seconds"].values())
     return {
         "objective": run.objective, "method": run.method, "fraction": run.fraction, "seed": run.seed,
         "clean": res.get("test_clean_acc"), "pgd": res.get(pgd_key) if pgd_key else None, "pgd_key": pgd_key,
@@ -81,7 +83,31 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
         "grad_error": statistics.fmean(errors) if errors else None,
         "autoattack_info": res.get("test_autoattack"),
         "evals": evals,
+        "time_parts": time_parts(res, eval_seconds),
     }
+
+
+def time_parts(res: dict[str, Any], extra_seconds: dict[str, float]) -> dict[str, float]:
+    """Where a run's time went, in seconds: ``train`` (epochs: attack, update, data), ``selection``,
+    ``eval_pgd`` (the final clean + PGD pass), ``eval_autoattack`` and ``eval_<name>`` per extra evaluation.
+    Runs written before evaluations recorded their seconds: AutoAttack from its attacks' seconds, the final
+    PGD pass as the rest of the final evaluation, extra evaluations left out."""
+    times = res.get("times", {})
+    sel = times.get("selection_attack", 0.0) + times.get("selection_solver", 0.0)
+    parts = {"train": (res.get("time_train_total") or 0.0) - sel, "selection": sel}
+    recorded = res.get("test_seconds")
+    aa = res.get("test_autoattack") or {}
+    if isinstance(recorded, dict):
+        parts["eval_pgd"] = recorded.get("clean", 0.0) + recorded.get("pgd", 0.0)
+        if "autoattack" in recorded:
+            parts["eval_autoattack"] = recorded["autoattack"]
+    elif res.get("time_final_eval") is not None:
+        aa_s = sum(a.get("seconds", 0.0) for a in aa.get("attacks", []))
+        parts["eval_pgd"] = res["time_final_eval"] - aa_s
+        if aa_s:
+            parts["eval_autoattack"] = aa_s
+    parts.update({f"eval_{k}": v for k, v in extra_seconds.items()})
+    return parts
 
 
 def recorded(out: Path) -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -149,6 +175,9 @@ def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order:
             row[key], row[key + "_std"] = _stat([r[key] for r in rs])
         for name in names:
             row["eval_" + name], row["eval_" + name + "_std"] = _stat([r.get("evals", {}).get(name) for r in rs])
+        parts = [r.get("time_parts") or {} for r in rs]
+        row["time_parts"] = {k: statistics.fmean(p[k] for p in parts if k in p)
+                             for k in dict.fromkeys(k for p in parts for k in p)}
         rows.append(row)
     basis, cross = _speedups(rows, per_run, spec)
     rows.sort(key=_row_order(spec, method_order))
@@ -308,9 +337,29 @@ def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
             v = "-" if c["value"] is None else f"{c['value']:.2f}"
             met = "n/a" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
             lines.append(f"| {c['what']} | {v} | {c['target']} | {met} |")
+    lines += time_table(table)
     lines += ["", "Mean ± standard deviation over seeds. Train time includes warm start and selection, excludes "
               "evaluation. Speed-up is against Full of the same objective"
               + _basis_note(table) + ". Grad error is the relative "
               "gradient approximation error ||sum g - sum w g|| / ||sum g|| of the coreset, averaged over "
               "selection rounds."]
     return "\n".join(lines) + "\n"
+
+
+def time_table(table: dict[str, Any]) -> list[str]:
+    """Markdown lines: where each row's time went (seed means, seconds, and each part's share of the run)."""
+    keys = list(dict.fromkeys(k for r in table["rows"] for k in r.get("time_parts", {})))
+    if not keys:
+        return []
+    label = {"train": "training epochs", "selection": "selection", "eval_pgd": "final clean + PGD",
+             "eval_autoattack": "AutoAttack"}
+    heads = ["objective", "method", "fraction"] + [label.get(k, k.replace("eval_", "eval ")) for k in keys]
+    lines = ["", "Where each run's time goes (seconds, seed means; share of the run's total in brackets):", "",
+             "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in table["rows"]:
+        tp = r.get("time_parts", {})
+        total = sum(tp.values()) or 1.0
+        frac = "-" if r["fraction"] is None else f"{r['fraction']:g}"
+        cells = [f"{tp[k]:.0f} ({100 * tp[k] / total:.0f}%)" if k in tp else "-" for k in keys]
+        lines.append("| " + " | ".join([r["objective"], r["method"], frac, *cells]) + " |")
+    return lines

@@ -7,6 +7,7 @@ the model in eval mode and restores the caller's mode; none touches the paramete
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -128,26 +129,32 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps
         progress: a reporter (``advcoreset.progress.make_progress``) for each attack; None: silent.
 
     Returns:
-        {"n", "norm", "eps", "clean_acc", f"pgd{pgd_steps}_acc", "pgd": {steps, alpha, restarts}} and, with
-        AutoAttack, the keys of ``autoattack_accuracy``'s result ("autoattack_acc", "autoattack").
+        {"n", "norm", "eps", "clean_acc", f"pgd{pgd_steps}_acc", "pgd": {steps, alpha, restarts},
+        "seconds": {"clean", "pgd"[, "autoattack"]}} and, with AutoAttack, the keys of
+        ``autoattack_accuracy``'s result ("autoattack_acc", "autoattack").
     """
     alpha = default_pgd_alpha(eps, norm) if pgd_alpha is None else float(pgd_alpha)
+    t0 = time.perf_counter()
     out: dict[str, Any] = {
         "n": int(images.shape[0]),
         "norm": norm,
         "eps": float(eps),
         "clean_acc": accuracy(model, images, labels, batch_size=batch_size, device=device, progress=progress),
     }
+    t1 = time.perf_counter()
     out[f"pgd{pgd_steps}_acc"] = pgd_accuracy(model, images, labels, eps=eps, alpha=alpha, steps=pgd_steps,
                                               norm=norm, restarts=pgd_restarts, batch_size=batch_size,
                                               device=device, progress=progress)
     out["pgd"] = {"steps": int(pgd_steps), "alpha": alpha, "restarts": int(pgd_restarts),
                   "random_start": True, "loss": "ce"}
+    out["seconds"] = {"clean": t1 - t0, "pgd": time.perf_counter() - t1}
     if autoattack:
         from advcoreset.evaluation.autoattack import autoattack_accuracy
 
+        t2 = time.perf_counter()
         n = images.shape[0] if aa_n is None else min(int(aa_n), images.shape[0])
         out.update(autoattack_accuracy(model, images[:n], labels[:n], norm=norm, eps=eps, version=aa_version,
                                        budgets=aa_budgets, seed=aa_seed, batch_size=batch_size,
                                        device=device, progress=progress))
+        out["seconds"]["autoattack"] = time.perf_counter() - t2
     return out
