@@ -5,7 +5,8 @@
 #   2. one epoch of PreAct ResNet-18 PGD-7 AT on 32x32 RGB data (CIFAR-10 if CIFAR_ROOT holds its python
 #      batches, else Fashion-MNIST padded and replicated, else random images) on all the data, then one
 #      GradMatch selection round and one epoch on a 30% coreset;
-#   3. writes OUT/gpu_check.json (images/s of each part) and the logs.
+#   3. writes OUT/gpu_check.json (images/s of each part) and the logs;
+#   4. benchmarks/roofline.py on CUDA: OUT/roofline/roofline.{json,md}.
 #   bash benchmarks/gpu_check.sh                          # OUT = benchmarks/results/gpu_check
 #   CIFAR_ROOT=/data/cifar10 OUT=/tmp/gc bash benchmarks/gpu_check.sh
 set -u
@@ -26,5 +27,8 @@ args=(--out "$OUT" --fmnist-root "$FMNIST_ROOT" --tests-rc "$tests_rc")
 [ -n "${CIFAR_ROOT:-}" ] && args+=(--cifar-root "$CIFAR_ROOT")
 timeout 360 "$PY" benchmarks/gpu_check.py "${args[@]}"
 rc=$?
+# the roofline of the same parts on this GPU: counted FLOPs against measured GEMM / convolution peaks
+timeout 120 "$PY" benchmarks/roofline.py --device cuda --data-root "$FMNIST_ROOT" --out "$OUT/roofline" \
+    || echo "gpu_check: roofline failed (exit $?)" >&2
 echo "gpu_check: CUDA tests exit $tests_rc, throughput run exit $rc; results in $OUT/gpu_check.json"
 [ "$tests_rc" -eq 0 ] && [ "$rc" -eq 0 ]

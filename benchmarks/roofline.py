@@ -69,30 +69,30 @@ def peaks(device: str, repeats: int) -> dict[str, dict[str, float]]:
         fmt = torch.channels_last if dtype is torch.bfloat16 else torch.contiguous_format
         x = torch.randn(512, 64, 14, 14, device=device, dtype=dtype).contiguous(memory_format=fmt)
         w = torch.randn(64, 64, 3, 3, device=device, dtype=dtype).contiguous(memory_format=fmt)
-        gemm = lambda: a @ b  # noqa: E731
-        conv = lambda: F.conv2d(x, w, padding=1)  # noqa: E731
+        gemm = lambda a=a, b=b: a @ b  # noqa: E731
+        conv = lambda x=x, w=w: F.conv2d(x, w, padding=1)  # noqa: E731
         out[name] = {k: count_flops(f) / best_seconds(f, device, repeats) / 1e9
                      for k, f in (("gemm", gemm), ("conv", conv))}
     return out
 
 
-def _trainer(device: str, amp: bool, n: int) -> Trainer:
+def _trainer(device: str, amp: bool, n: int, root: str | None) -> Trainer:
     cfg = load_config(None, [f"data.train_subset={n}", "data.augment=none", f"device={device}",
+                             *([f"data.root={root}"] if root else []),
                              f"amp={str(amp).lower()}", "selection.attack_steps=1", "progress=none",
                              "optim.batch_size=128", "out_dir=/tmp/roofline_run"])
     return Trainer(cfg)
 
 
-def parts(device: str, repeats: int, n: int) -> list[dict[str, Any]]:
+def parts(device: str, repeats: int, n: int, root: str | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     precisions = ["fp32"] + (["bf16"] if device.startswith("cuda") or cpu_bf16_native() else [])
     fp32_trainer = None
     for prec in precisions:
-        t = _trainer(device, prec == "bf16", n)
+        t = _trainer(device, prec == "bf16", n, root)
         if fp32_trainer is None:
             fp32_trainer = t
-        idx, w = torch.arange(n), torch.ones(n)
-        for name, fn in (("train_step", lambda t=t: t.train_epoch(idx, w)),
+        for name, fn in (("train_step", lambda t=t: t.train_epoch(torch.arange(n), torch.ones(n))),
                          ("selection", lambda t=t: t.selection_grads())):
             rows.append({"part": name, "precision": prec, "images": n, "flops": count_flops(fn),
                          "seconds": best_seconds(fn, device, repeats)})
@@ -114,7 +114,7 @@ def parts(device: str, repeats: int, n: int) -> list[dict[str, Any]]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     peak = peaks(args.device, args.repeats)
-    rows = parts(args.device, args.repeats, args.n)
+    rows = parts(args.device, args.repeats, args.n, args.data_root)
     for r in rows:
         r["gflops_per_s"] = r["flops"] / r["seconds"] / 1e9
         r["flops_per_image"] = r["flops"] / r["images"]
@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1280, help="training images per timed epoch / selection pass")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/roofline")
+    ap.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files (default: the library's)")
     args = ap.parse_args()
     result = measure(args)
     out = Path(args.out)

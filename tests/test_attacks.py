@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advcoreset.attacks import fgsm_rs, kl_loss, pgd, project, random_init, trades_kl
+from advcoreset.attacks import fgsm_rs, kl_loss, nfgsm, pgd, project, random_init, trades_kl
 from advcoreset.models.base import ImageClassifier
 from advcoreset.models.cnn import small_cnn
-from advcoreset.objectives import PGDAT, TRADES, FastAT, Standard, weighted_mean
+from advcoreset.objectives import NFGSM, PGDAT, TRADES, FastAT, Standard, weighted_mean
 from advcoreset.selection.gradients import last_layer_grads
 
 SHAPE = (1, 4, 4)  # tiny images keep every test well under a second
@@ -389,3 +389,35 @@ def test_last_layer_grads_equal_per_example_autograd(make, monkeypatch: pytest.M
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(last_layer_grads(model, obj, x, y, features="logits"), want[:, :c],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_nfgsm_is_noise_2_eps_plus_a_signed_eps_step_without_projection() -> None:
+    """Binary linear model, interior pixels: x_adv = x + u + eps * sign(dCE/dx) with u ~ U[-2 eps, 2 eps]
+    exactly, so perturbations reach beyond eps (no projection back to the ball) but never 3 eps."""
+    model = linear_model(2)
+    eps = 0.05
+    torch.manual_seed(6)
+    x = 0.3 + 0.4 * torch.rand(256, *SHAPE, dtype=torch.float64)
+    y = torch.randint(0, 2, (256,))
+    w = model.head.weight.detach()
+    ascent = -(w[y] - w[1 - y]).sign().view_as(x)  # sign of dCE/dx for a binary linear model
+    torch.manual_seed(7)
+    x_adv = nfgsm(model, x, y, eps=eps)
+    torch.manual_seed(7)
+    noise = torch.empty_like(x).uniform_(-2 * eps, 2 * eps)  # the draw nfgsm makes
+    torch.testing.assert_close(x_adv, x + noise + eps * ascent, atol=1e-12, rtol=0)
+    linf, _ = distances(x_adv, x)
+    assert float(linf.max()) <= 3 * eps + 1e-12 and float(linf.min()) > eps  # unprojected, bounded
+    obj = NFGSM(eps)
+    assert (obj.noise, obj.alpha) == (2 * eps, eps)
+
+
+def test_nfgsm_stays_in_the_pixel_box_and_trains_in_train_mode() -> None:
+    model = cnn().train()
+    x = torch.rand(16, 1, 8, 8)
+    x[:, :, :2] = 0.0  # pixels at the box's edge
+    y = torch.randint(0, 10, (16,))
+    out = NFGSM(0.1)(model, x, y)
+    assert float(out.x_adv.min()) >= 0.0 and float(out.x_adv.max()) <= 1.0
+    assert float((out.x_adv - x).abs().max()) > 0.1  # beyond the eps-ball: nothing projected it back
+    assert model.training

@@ -162,6 +162,13 @@ def test_extra_evals_become_columns_and_report_rerenders_without_run_folders(tmp
     assert row["eval_pgd4x2"] == pytest.approx(ev["pgd4_acc"]) and row["eval_pgd4x2"] <= row["clean"] + 1e-9
     md = (out / "table.md").read_text()
     assert "| PGD-4x2 % |" in md and f"{100 * ev['pgd4_acc']:.1f} ± 0.0" in md
+    # where the time went: training, the final clean + PGD pass, AutoAttack and the extra evaluation, each
+    # as the run recorded it
+    parts = row["time_parts"]
+    assert parts["eval_pgd4x2"] == pytest.approx(sum(ev["seconds"].values()))
+    assert parts["eval_autoattack"] == pytest.approx(res["test_seconds"]["autoattack"])
+    assert parts["train"] + parts["selection"] == pytest.approx(res["time_train_total"])
+    assert "Where each run's time goes" in md and "| eval pgd4x2 |" in md
     capsys.readouterr()
     assert bench.main([str(spec), "--out", str(out)]) == 0  # nothing left to run or evaluate
     assert "extra evaluations" not in capsys.readouterr().out
@@ -241,3 +248,26 @@ def test_runs_are_seed_major(tmp_path):
     assert seeds == sorted(seeds) and set(seeds) == {0, 1}
     per_seed = [[(r.objective, r.method, r.fraction) for r in runs if r.seed == s] for s in (0, 1)]
     assert per_seed[0] == per_seed[1]
+
+
+def test_time_parts_of_a_run_written_before_evaluations_timed_themselves():
+    """Older results.json: AutoAttack's time from its attacks' seconds, the final PGD pass as the rest."""
+    res = {"time_train_total": 100.0, "times": {"selection_attack": 8.0, "selection_solver": 2.0},
+           "time_final_eval": 50.0, "test_autoattack": {"attacks": [{"seconds": 30.0}, {"seconds": 5.0}]}}
+    assert bench_report.time_parts(res, {}) == {"train": 90.0, "selection": 10.0, "eval_pgd": 15.0,
+                                                "eval_autoattack": 35.0}
+
+
+def test_amp_spec_is_the_fullscale_schedule_in_bf16():
+    """The bf16 accuracy check trains and evaluates exactly as the committed fp32 rows it is compared with."""
+    amp = bench.load_spec(SPEC.parent / "bench_amp.yaml")
+    fp32 = bench.load_spec(SPEC.parent / "bench_fullscale.yaml")
+    runs = bench.expand(amp, Path("/tmp/advcoreset-amp-check"))
+    assert {(r.method, r.fraction, r.seed) for r in runs} == {
+        (m, f, s) for m, f in (("full", None), ("gradmatch", 0.3)) for s in (0, 1)}
+    ref = {(r.method, r.fraction, r.seed): r.config for r in bench.expand(fp32, Path("/tmp/advcoreset-fs-check"))
+           if r.objective == "pgd_linf"}
+    for r in runs:
+        c, f = dict(r.config), dict(ref[(r.method, r.fraction, r.seed)])
+        assert c.pop("amp") is True and f.pop("amp", "auto") == "auto"  # fp32 on the CPU
+        assert {k: v for k, v in c.items() if k != "out_dir"} == {k: v for k, v in f.items() if k != "out_dir"}

@@ -81,3 +81,11 @@ def test_selection_attack_defaults_to_a_longer_step_when_shortened():
     assert cfg.objective.attack.steps == 7  # the training objective is untouched
     cfg = load_config(None, ["selection.attack_steps=2", "selection.attack_alpha=0.05"])
     assert build_selection_objective(cfg.objective, cfg.selection).alpha == pytest.approx(0.05)
+
+
+def test_nfgsm_needs_linf() -> None:
+    from advcoreset.config import ConfigError, load_config
+
+    assert load_config(None, ["objective.name=nfgsm"]).objective.name == "nfgsm"
+    with pytest.raises(ConfigError, match="objective.attack.norm.*linf for objective nfgsm"):
+        load_config(None, ["objective.name=nfgsm", "objective.attack.norm=l2", "objective.attack.eps=0.5"])

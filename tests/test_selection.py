@@ -632,3 +632,54 @@ def test_solver_threads_run_the_solver_with_that_many_and_restore():
     assert seen == [1, 1, 1] and torch.get_num_threads() == before
     default = GradMatchSelector(0.3).select(grads, labels, torch.Generator().manual_seed(0))
     assert torch.equal(one.indices, default.indices) and torch.equal(one.weights, default.weights)
+
+
+def test_rs2_rounds_partition_each_class_before_repeating() -> None:
+    """With budget dividing the class, rounds 0..n_c/k-1 cover every example exactly once; the next cycle
+    is a new permutation; a straddling round (k not dividing n_c) holds no duplicates and completes the
+    cycle; everything is a function of (seed, round) only."""
+    from advcoreset.selection import RS2Selector
+
+    labels = torch.arange(40) % 2  # two classes of 20
+    sel = RS2Selector(0.25, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    rounds = [sel.select(None, labels, gen, round_index=r) for r in range(5)]
+    for c in (0, 1):
+        members = [set(r.indices[labels[r.indices] == c].tolist()) for r in rounds]
+        assert all(len(m) == 5 for m in members)
+        assert set().union(*members[:4]) == set(range(c, 40, 2))  # 4 rounds x 5 = the whole class, once each
+    assert all(torch.equal(r.weights, torch.full((10,), 4.0)) for r in rounds)  # n_c / k: unbiased sums
+    assert not torch.equal(rounds[0].indices, rounds[4].indices)  # cycle 2 is a fresh permutation
+    again = RS2Selector(0.25, seed=3).select(None, labels, torch.Generator().manual_seed(99), round_index=2)
+    assert torch.equal(again.indices, rounds[2].indices)  # not drawn from the run generator: resumable
+    assert not torch.equal(RS2Selector(0.25, seed=4).select(None, labels, gen, round_index=2).indices,
+                           rounds[2].indices)
+    odd = RS2Selector(0.3, seed=0)  # class of 10, k = 3: round 3 straddles two permutations
+    picks = [odd.class_round(10, 0, r) for r in range(4)]
+    assert all(p.numel() == 3 and p.unique().numel() == 3 for p in picks)
+    assert set(torch.cat(picks[:3]).tolist()) | set(picks[3].tolist()) == set(range(10))
+    assert len(set(torch.cat(picks[:3]).tolist())) == 9
+
+
+def test_rs2_in_the_loader_draws_a_new_subset_each_epoch_and_resumes(tmp_path) -> None:
+    from advcoreset.config import ConfigError, load_config
+    from advcoreset.training import Trainer
+
+    cfg = load_config(None, ["data.name=digits", "data.test_subset=100", "selection.method=rs2",
+                             "selection.fraction=0.25", "selection.warm_epochs=0", "selection.interval=1",
+                             "optim.epochs=4", "progress=none", f"out_dir={tmp_path / 'a'}"])
+    t = Trainer(cfg)
+    chosen = []
+    for _ in range(4):
+        assert t.loader.start_epoch() is not None
+        chosen.append(set(t.loader.indices.tolist()))
+        t.loader.end_epoch()
+    # disjoint within a cycle (3 rounds of ceil(n_c / 4) fit in every class; the 4th may straddle)
+    assert all(not (a & b) for i, a in enumerate(chosen[:3]) for b in chosen[i + 1:3])
+    assert chosen[3] != chosen[0]
+    resumed = Trainer(cfg.with_overrides([f"out_dir={tmp_path / 'b'}"]))
+    resumed.loader.load_state_dict({"epoch": 2, "coreset": None})
+    resumed.loader.start_epoch()
+    assert set(resumed.loader.indices.tolist()) == chosen[2]
+    with pytest.raises(ConfigError, match="selection.interval.*must be 1 for selection.method rs2"):
+        load_config(None, ["selection.method=rs2", "selection.interval=4"])

@@ -21,6 +21,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "full": {"method": "full"},
     "random": {"method": "random"},
     "random_fixed": {"method": "random_fixed"},
+    "rs2": {"method": "rs2", "warm_epochs": 0, "interval": 1},  # a fresh subset every epoch from the first
     "craig": {"method": "craig", "batchwise": False},
     "gradmatch": {"method": "gradmatch", "batchwise": False},
     "craig_pb": {"method": "craig", "batchwise": True},

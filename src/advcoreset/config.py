@@ -76,7 +76,7 @@ class PATConfig:
 @dataclass
 class ObjectiveConfig:
     name: str = "pgd"
-    """standard, pgd, trades, fast (FGSM-RS), pat."""
+    """standard, pgd, trades, fast (FGSM-RS), nfgsm (N-FGSM, l_inf only), pat."""
     beta: float = 6.0
     """TRADES trade-off (applied once)."""
     attack: AttackConfig = field(default_factory=AttackConfig)
@@ -86,8 +86,9 @@ class ObjectiveConfig:
 @dataclass
 class SelectionConfig:
     method: str = "gradmatch"
-    """full, random, random_fixed, craig, gradmatch. The default trains an adversarial coreset (GradMatch,
-    30%, re-chosen every 4 epochs with a 1-step selection attack): ``advcoreset train`` shows the method."""
+    """full, random, random_fixed, rs2 (needs interval 1), craig, gradmatch. The default trains an adversarial
+    coreset (GradMatch, 30%, re-chosen every 4 epochs with a 1-step selection attack): ``advcoreset train``
+    shows the method."""
     fraction: float = 0.3
     """Coreset size as a fraction of each class, in (0, 1]."""
     batchwise: bool = False

@@ -49,6 +49,8 @@ def _objective_rules(c: Any) -> list[Rule]:
     a, m = c.objective.attack, c.model
     return [
         (a.norm in ("linf", "l2"), "objective.attack.norm", a.norm, "must be linf or l2"),
+        (c.objective.name != "nfgsm" or a.norm == "linf", "objective.attack.norm", a.norm,
+         "must be linf for objective nfgsm (N-FGSM is defined for l_inf)"),
         (a.eps >= 0, "objective.attack.eps", a.eps, "must be >= 0"),
         (a.norm != "linf" or a.eps <= 1, "objective.attack.eps", a.eps,
          "must be <= 1 for linf (pixels are in [0, 1])"),
@@ -67,6 +69,8 @@ def _selection_rules(c: Any) -> list[Rule]:
         (0 < s.fraction <= 1, "selection.fraction", s.fraction, "must be in (0, 1]"),
         (s.warm_epochs >= 0, "selection.warm_epochs", s.warm_epochs, "must be >= 0"),
         (s.interval >= 1, "selection.interval", s.interval, "must be >= 1"),
+        (s.method != "rs2" or s.interval == 1, "selection.interval", s.interval,
+         "must be 1 for selection.method rs2 (a fresh random subset every epoch)"),
         (s.grad_features in ("logits", "last_layer"), "selection.grad_features", s.grad_features,
          "must be logits or last_layer"),
         (s.lam >= 0, "selection.lam", s.lam, "must be >= 0"),

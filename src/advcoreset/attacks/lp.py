@@ -115,6 +115,22 @@ def fgsm_rs(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float 
     return pgd(model, x, y, eps=eps, alpha=alpha, steps=1, norm=norm, random_start=True)
 
 
+def nfgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, noise: float | None = None,
+          alpha: float | None = None) -> Tensor:
+    """N-FGSM (de Jorge et al., NeurIPS 2022), l_inf: start at x + U[-noise, noise] (default 2 eps), take one
+    signed-gradient step of ``alpha`` (default eps) and do *not* project back to the eps-ball; only [0, 1]
+    is enforced. The result may lie up to noise + alpha from x (3 eps by default): the larger, noisier
+    perturbation is what keeps single-step training from catastrophic overfitting.
+
+    x: (B, C, H, W) in [0, 1], y: (B,) -> x_adv of the same shape in [0, 1], detached."""
+    noise = 2 * eps if noise is None else noise
+    alpha = eps if alpha is None else alpha
+    x = x.detach()
+    delta = ((x + torch.empty_like(x).uniform_(-noise, noise)).clamp(0, 1) - x).requires_grad_(True)
+    (grad,) = torch.autograd.grad(_ce(model(x + delta), y).sum(), delta)
+    return (x + delta.detach() + alpha * grad.sign()).clamp(0, 1).detach()
+
+
 def kl_loss(clean_logits: Tensor) -> LossFn:
     """The TRADES attack loss KL(p(x) || p(x')) per example, with p(x) fixed from ``clean_logits``."""
     p = F.softmax(clean_logits.detach(), dim=1)

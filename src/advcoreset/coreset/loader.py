@@ -98,6 +98,11 @@ class CoresetLoader:
         e = self.epoch if epoch is None else epoch
         return self.selector.subset and e >= self.warm_epochs and (e - self.warm_epochs) % self.interval == 0
 
+    def round_index(self, epoch: int | None = None) -> int:
+        """Selection rounds before ``epoch`` (0-based; default: the next): the round a selection at its start is."""
+        e = self.epoch if epoch is None else epoch
+        return max(0, -(-(e - self.warm_epochs) // self.interval))
+
     @property
     def phase(self) -> str:
         """What the next epoch trains on: full (a selector that keeps everything), warm or coreset."""
@@ -129,7 +134,8 @@ class CoresetLoader:
             return None
         sel, stats = run_selection(self.selector, self.model, self.objective, self.source, self.generator,
                                    batch_size=self.batch_size, features=self.grad_features, layer=self.layer,
-                                   autocast=self.autocast, progress=self.progress, num_classes=self.num_classes)
+                                   autocast=self.autocast, progress=self.progress, num_classes=self.num_classes,
+                                   round_index=self.round_index())
         self.selection, self.stats = sel, {"epoch": self.epoch + 1, **stats}
         return self.stats
 

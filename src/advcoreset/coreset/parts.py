@@ -38,7 +38,7 @@ def resolve_objective(spec: str | Objective, **options: Any) -> Objective:
 
 def resolve_selector(method: str | Selector, fraction: float, seed: int = 0, **options: Any) -> Selector:
     """A selector: ``method`` itself when it is one, else the registered selector of that name (full, random,
-    random_fixed, craig, gradmatch) for ``fraction`` of every class, with the config's defaults overridden by
+    random_fixed, rs2, craig, gradmatch) for ``fraction`` of every class, with the config's defaults overridden by
     ``options`` (batchwise, selection_batch_size, lam, tol, max_class_size). ``seed`` fixes batch splits and
     the fixed random subset."""
     if not isinstance(method, str):

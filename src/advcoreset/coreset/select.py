@@ -20,7 +20,7 @@ from advcoreset.models.adapter import LastLayer, last_layer
 from advcoreset.objectives import Objective
 from advcoreset.objectives.base import eval_mode
 from advcoreset.progress import Reporter, reporter_or_silent
-from advcoreset.selection import Selection, Selector, approximation_error, last_layer_grads
+from advcoreset.selection import Selection, Selector, approximation_error, last_layer_grads, select_round
 
 Progress = Reporter
 """``advcoreset.progress`` reporter: ``progress(desc, total)`` opens a task (bar, line or silent) for the attack
@@ -60,7 +60,7 @@ def selection_gradients(model: nn.Module, objective: Objective, source: DataSour
 def run_selection(selector: Selector, model: nn.Module, objective: Objective, source: DataSource,
                   generator: torch.Generator, *, batch_size: int, features: str = "last_layer",
                   layer: LastLayer | None = None, autocast: Autocast | None = None,
-                  progress: Progress | None = None, num_classes: int | None = None,
+                  progress: Progress | None = None, num_classes: int | None = None, round_index: int = 0,
                   ) -> tuple[Selection, dict[str, Any]]:
     """Choose a weighted coreset of ``source``; returns it and its JSON-serialisable statistics (size, class
     histogram, weight sum, attack and solver seconds, relative gradient error, solver diagnostics)."""
@@ -71,7 +71,7 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
                                     autocast=autocast, progress=progress) if selector.needs_grads else None
     t1 = time.perf_counter()
     with reporter_or_silent(progress)(f"selection: {selector.name} solver", _n_classes(labels)) as task:
-        sel = selector.select(grads, labels, generator, progress=task)
+        sel = select_round(selector, grads, labels, generator, progress=task, round_index=round_index)
         task.write(f"selection: {selector.name} solver: {int(sel.indices.numel())} of {labels.numel()} chosen")
     if sel.indices.is_cuda:
         torch.cuda.synchronize()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from advcoreset.objectives.base import Objective, ObjectiveOutput, eval_mode, weighted_mean
-from advcoreset.objectives.lp import PGDAT, TRADES, FastAT, Standard
+from advcoreset.objectives.lp import NFGSM, PGDAT, TRADES, FastAT, Standard
 from advcoreset.registry import Registry
 
 if TYPE_CHECKING:  # configs are read by attribute only, so that the config module may import this package
@@ -37,6 +37,12 @@ def _trades(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
 def _fast(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
     # Fast-AT's step is 1.25 eps by definition; attack.alpha is the multi-step attacks' step.
     return FastAT(cfg.attack.eps, None, cfg.attack.norm)
+
+
+@OBJECTIVES.register("nfgsm")
+def _nfgsm(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
+    # N-FGSM's noise (2 eps) and step (eps) are the paper's; attack.alpha is the multi-step attacks' step.
+    return NFGSM(cfg.attack.eps)
 
 
 from advcoreset.objectives import pat  # noqa: E402 - pat imports this package's base module
@@ -70,4 +76,4 @@ def build_selection_objective(cfg: ObjectiveConfig, sel: SelectionConfig) -> Obj
 
 
 __all__ = ["Objective", "ObjectiveOutput", "build_objective", "build_selection_objective", "available_objectives",
-           "eval_mode", "weighted_mean", "OBJECTIVES", "PGDAT", "TRADES", "FastAT", "Standard"]
+           "eval_mode", "weighted_mean", "OBJECTIVES", "NFGSM", "PGDAT", "TRADES", "FastAT", "Standard"]

@@ -1,11 +1,11 @@
-"""Standard, PGD-AT (l_inf / l_2), TRADES and Fast-AT (FGSM-RS) objectives."""
+"""Standard, PGD-AT (l_inf / l_2), TRADES, Fast-AT (FGSM-RS) and N-FGSM objectives."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advcoreset.attacks import fgsm_rs, pgd, trades_kl
+from advcoreset.attacks import fgsm_rs, nfgsm, pgd, trades_kl
 from advcoreset.objectives.base import Objective, eval_mode
 
 
@@ -43,6 +43,24 @@ class FastAT(Objective):
     def attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         with eval_mode(model):
             return fgsm_rs(model, x, y, eps=self.eps, alpha=self.alpha, norm=self.norm)
+
+
+class NFGSM(Objective):
+    """de Jorge et al. 2022 "Make some noise": CE at the N-FGSM point (noise U[-2 eps, 2 eps], one signed
+    step of eps, no projection back to the eps-ball), l_inf; a single-step method that does not overfit
+    catastrophically where Fast-AT can."""
+
+    name = "nfgsm"
+
+    def __init__(self, eps: float, noise: float | None = None, alpha: float | None = None):
+        super().__init__()
+        self.eps = eps
+        self.noise = 2 * eps if noise is None else noise
+        self.alpha = eps if alpha is None else alpha
+
+    def attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        with eval_mode(model):
+            return nfgsm(model, x, y, eps=self.eps, noise=self.noise, alpha=self.alpha)
 
 
 class TRADES(Objective):

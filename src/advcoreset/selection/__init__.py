@@ -1,10 +1,10 @@
-"""Coreset selection: per-class CRAIG / GradMatch / random / full selectors behind one interface.
+"""Coreset selection: per-class CRAIG / GradMatch / random / RS2 / full selectors behind one interface.
 
 ``build_selector(cfg.selection, seed).select(grads, labels, generator) -> Selection`` is all the trainer
 needs; ``last_layer_grads`` produces the (n, d) gradients the gradient-based selectors read.
 """
 
-from advcoreset.selection.base import Selection, Selector, approximation_error
+from advcoreset.selection.base import Selection, Selector, approximation_error, select_round
 from advcoreset.selection.craig import craig
 from advcoreset.selection.gradients import last_layer_grads
 from advcoreset.selection.gradmatch import GradMatchResult, gradmatch, gradmatch_solve, ridge
@@ -14,11 +14,13 @@ from advcoreset.selection.selectors import (
     FullSelector,
     GradMatchSelector,
     RandomSelector,
+    RS2Selector,
     available_selectors,
     build_selector,
     class_budget,
 )
 
-__all__ = ["Selection", "Selector", "approximation_error", "craig", "gradmatch", "gradmatch_solve", "ridge",
+__all__ = ["Selection", "Selector", "approximation_error", "select_round", "craig", "gradmatch", "gradmatch_solve",
+           "ridge",
            "GradMatchResult", "last_layer_grads", "available_selectors", "build_selector", "class_budget",
-           "SELECTORS", "CraigSelector", "FullSelector", "GradMatchSelector", "RandomSelector"]
+           "SELECTORS", "CraigSelector", "FullSelector", "GradMatchSelector", "RandomSelector", "RS2Selector"]

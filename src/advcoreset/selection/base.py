@@ -56,3 +56,13 @@ def _blocked_sum(g: Tensor, w: Tensor, block: int = 1024) -> Tensor:
     for i in range(0, g.shape[0], block):
         out += (w[i:i + block] @ g[i:i + block]).double()
     return out
+
+
+def select_round(selector: Selector, grads: Tensor | None, labels: Tensor, generator: torch.Generator, *,
+                 progress: Task | None = None, round_index: int = 0) -> Selection:
+    """``selector.select``, telling a selector that draws by round (``per_round``, e.g. RS2) which round of
+    the schedule this is (``round_index``: rounds before this one); other selectors are called as they are."""
+    if getattr(selector, "per_round", False):
+        return selector.select(grads, labels, generator, progress=progress,  # type: ignore[call-arg]
+                               round_index=round_index)
+    return selector.select(grads, labels, generator, progress=progress)

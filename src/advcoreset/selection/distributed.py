@@ -38,7 +38,7 @@ from advcoreset.config import SelectionConfig
 from advcoreset.data.loader import to_float
 from advcoreset.objectives.base import Objective, eval_mode
 from advcoreset.progress import Task
-from advcoreset.selection.base import Selection, approximation_error
+from advcoreset.selection.base import Selection, approximation_error, select_round
 from advcoreset.selection.craig import craig
 from advcoreset.selection.gradients import last_layer_grads
 from advcoreset.selection.gradmatch import gradmatch_solve, ridge
@@ -326,8 +326,8 @@ def _weighted_round(cfg: SelectionConfig, cand: GradShard, w1: Tensor, sizes: Te
 
 def select_sharded(mode: str, cfg: SelectionConfig, seed: int, shard: GradShard | None, all_labels: Tensor,
                    generator: torch.Generator, solver_seed: int, second_round: bool = False,
-                   progress: Task | None = None) -> ShardedSelection:
-    """The one call for the trainer: a selector without gradients (full, random, random_fixed) runs on
+                   progress: Task | None = None, round_index: int = 0) -> ShardedSelection:
+    """The one call for the trainer: a selector without gradients (full, random, random_fixed, rs2) runs on
     every rank over ``all_labels`` (N,) with the shared ``generator`` (same draw everywhere, nothing
     moves); a gradient selector runs in ``mode`` on this rank's ``shard`` (``shard_grads``). ``progress``:
     a task this rank's per-class solvers advance by one per class (the classes it owns in ``gather``)."""
@@ -336,7 +336,8 @@ def select_sharded(mode: str, cfg: SelectionConfig, seed: int, shard: GradShard 
     num_classes = int(all_labels.max()) + 1 if all_labels.numel() else 0
     selector = build_selector(cfg, seed)
     if not selector.needs_grads:
-        return ShardedSelection(selector.select(None, all_labels, generator), mode, 0, 0, {"solver": 0.0})
+        sel = select_round(selector, None, all_labels, generator, round_index=round_index)
+        return ShardedSelection(sel, mode, 0, 0, {"solver": 0.0})
     if shard is None:
         raise ValueError(f"selection.method={cfg.method!r} needs this rank's gradient shard, got None")
     if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -11,6 +11,7 @@ meant to be used as sum_j w_j loss_j / sum_j w_j over an epoch (the trainer's no
   of a class sum to n_c.
 - ``random_fixed``: the same as ``random`` but drawn once from a generator seeded with the selector's own
   seed, hence identical at every call: the paper's (and the official code's) fixed random baseline.
+- ``rs2``: a uniform subset per class at every round, without replacement across rounds (``RS2Selector``).
 - ``craig``, ``gradmatch``: the solvers of ``craig.py`` and ``gradmatch.py`` on the class's gradients.
 
 Batch-wise selection (``batchwise=True``, CRAIG and GradMatch): the examples of a class are split, in one
@@ -152,6 +153,64 @@ class RandomSelector:
             parts.append((members[pick], torch.full((k,), n_c / k)))
             per_class[str(c)] = {"size": n_c, "budget": k}
         return _assemble(parts, labels.device, {"method": self.name, "solver_seconds": 0.0,
+                                                 "classes": per_class})
+
+
+class RS2Selector:
+    """RS2 (Okanovic et al., ICLR 2024, "repeated sampling of random subsets"): at round r a uniform subset
+    of each class, drawn *without replacement across rounds*, weight n_c / budget_c.
+
+    Class c's examples are visited along a sequence of random permutations of the class (each seeded by
+    the selector's seed, the class and the permutation's number); round r takes the next budget_c of
+    them, so every example is trained once before any is trained twice. A round that straddles two
+    permutations takes the rest of the old one, then the first examples of the new one not already taken
+    (those skipped count as visited in the new permutation). Nothing is stored: round r's subset is
+    recomputed from (seed, r), so it resumes exactly and is the same on every rank. Meant to run every
+    epoch (``selection.interval: 1``) and needs no gradients, so a round costs nothing."""
+
+    name = "rs2"
+    needs_grads = False
+    subset = True
+    weight_rule = "batch"
+    per_round = True
+    """``select`` takes the ``round_index`` (rounds before this one) of the schedule."""
+
+    def __init__(self, fraction: float, seed: int = 0) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        self.fraction, self.seed = fraction, seed
+
+    def _perm(self, n_c: int, c: int, cycle: int) -> Tensor:
+        key = ((self.seed * 1_000_003 + c) * 1_000_003 + cycle) % (2**63)
+        return torch.randperm(n_c, generator=torch.Generator().manual_seed(key))
+
+    def class_round(self, n_c: int, c: int, round_index: int) -> Tensor:
+        """(budget_c,) positions within class c (0..n_c-1) chosen at round ``round_index``."""
+        k = class_budget(self.fraction, n_c)
+        cycle, perm, pos = 0, self._perm(n_c, c, 0), 0
+        for _ in range(round_index + 1):
+            take = perm[pos:pos + k]
+            pos += take.numel()
+            if take.numel() < k:  # the permutation ran out: continue in a new one, skipping what we hold
+                cycle, perm = cycle + 1, self._perm(n_c, c, cycle + 1)
+                fresh = perm[~torch.isin(perm, take)]
+                extra = fresh[:k - take.numel()]
+                pos = int((perm == extra[-1]).nonzero()) + 1 if extra.numel() else 0
+                take = torch.cat([take, extra])
+        return take
+
+    def select(self, grads: Tensor | None, labels: Tensor, generator: torch.Generator,
+               progress: Task | None = None, round_index: int = 0) -> Selection:
+        _check_inputs(grads, labels, self.name, False)
+        if round_index < 0:
+            raise ValueError(f"round_index must be >= 0, got {round_index}")
+        parts, per_class = [], {}
+        for c, members in _class_members(labels):
+            n_c = members.numel()
+            pick = self.class_round(n_c, c, round_index)
+            parts.append((members[pick], torch.full((pick.numel(),), n_c / pick.numel())))
+            per_class[str(c)] = {"size": n_c, "budget": int(pick.numel())}
+        return _assemble(parts, labels.device, {"method": self.name, "round": round_index, "solver_seconds": 0.0,
                                                  "classes": per_class})
 
 
@@ -315,6 +374,11 @@ def _random_fixed(cfg: SelectionConfig, seed: int) -> Selector:
     return RandomSelector(cfg.fraction, fixed=True, seed=seed)
 
 
+@SELECTORS.register("rs2")
+def _rs2(cfg: SelectionConfig, seed: int) -> Selector:
+    return RS2Selector(cfg.fraction, seed)
+
+
 @SELECTORS.register("craig")
 def _craig(cfg: SelectionConfig, seed: int) -> Selector:
     return CraigSelector(cfg.fraction, cfg.batchwise, cfg.selection_batch_size, seed, cfg.max_class_size,
@@ -328,7 +392,7 @@ def _gradmatch(cfg: SelectionConfig, seed: int) -> Selector:
 
 
 def available_selectors() -> list[str]:
-    """Registered selector names: craig, full, gradmatch, random, random_fixed."""
+    """Registered selector names: craig, full, gradmatch, random, random_fixed, rs2."""
     return SELECTORS.names()
 
 

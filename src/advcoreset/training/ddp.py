@@ -78,7 +78,7 @@ class ShardedCoresetLoader(CoresetLoader):
                     None) as task:
             r = select_sharded(self.sel_cfg.distributed, self.sel_cfg, self.seed, shard, src.labels, self.generator,
                                self.seed * 1000 + self.epoch, second_round=self.sel_cfg.partition_rounds == 2,
-                               progress=task)
+                               progress=task, round_index=self.round_index())
         t2 = time.perf_counter()
         sel, labels = r.selection, src.labels
         k = self.num_classes if self.num_classes is not None else int(labels.max()) + 1
