@@ -219,3 +219,26 @@ def test_fast_pool_equals_max_pool_bit_for_bit(dtype: torch.dtype, shape: tuple[
     assert torch.equal(a.grad, b.grad)
     with torch.no_grad():
         assert torch.equal(MaxPool2x2()(x), ref.detach())
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "trades_cnn"])
+def test_small_cnns_equal_conv_relu_pool_bit_for_bit(name: str) -> None:
+    """The CNNs pool before their last ReLU and through MaxPool2x2; the textbook conv-ReLU-MaxPool2d network
+    with the same parameters gives the same logits and input gradients exactly."""
+    model = create_model(name, 1, 10, 28, [0.5], [0.25]).eval()
+    ref = create_model(name, 1, 10, 28, [0.5], [0.25]).eval()
+    stages = []
+    for stage in ref.stages:
+        layers: list[nn.Module] = []
+        for conv in (m for m in stage if isinstance(m, nn.Conv2d)):
+            layers += [conv, nn.ReLU()]
+        stages.append(nn.Sequential(*layers, nn.MaxPool2d(2)))
+    ref.stages = nn.ModuleList(stages)
+    ref.load_state_dict(model.state_dict())  # the same parameter names
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_a, out_b = model(a), ref(b)
+    assert torch.equal(out_a, out_b)
+    (ga,) = torch.autograd.grad(out_a.logsumexp(1).sum(), a)
+    (gb,) = torch.autograd.grad(out_b.logsumexp(1).sum(), b)
+    assert torch.equal(ga, gb)

@@ -4,6 +4,8 @@ shape / class mismatch is one error before any attack, and a run with a foreign 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +100,76 @@ def test_self_bound_perceptual_needs_feature_maps_before_any_attack(tmp_path, mo
     monkeypatch.setattr(outside, "evaluate", lambda *a, **k: pytest.fail("an attack ran first"))
     assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *ARGS, "--perceptual"]) == 2
     assert "feature_maps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("eps", ["5", "nan", "inf", "0", "-0.1"])
+def test_an_impossible_radius_is_refused_before_any_attack(tmp_path, trained, capsys, eps):
+    weights = tmp_path / "w.safetensors"
+    save_file(trained.state_dict(), str(weights))
+    args = [a if a != "0.1" else eps for a in ARGS]  # --eps EPS, l_inf on [0, 1] pixels
+    assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"--eps {float(eps)}" in err and "Traceback" not in err
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_the_output_may_not_be_the_weights_it_evaluates(tmp_path, trained, capsys):
+    weights = tmp_path / "w.safetensors"
+    save_file(trained.state_dict(), str(weights))
+    before = weights.read_bytes()
+    assert main(["eval", "--model", "tests_helpers:factory", "--weights", str(weights), *ARGS,
+                 "-o", str(tmp_path / "." / "w.safetensors")]) == 2
+    assert "also an input" in capsys.readouterr().err
+    assert weights.read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["train", "--out", str(run), "--set", "data.name=digits", "--set", "data.test_subset=32",
+                 "--set", "model.width=8", "--set", "objective.attack.steps=1", "--set", "optim.epochs=1",
+                 "--set", "eval.pgd_steps=1", "--set", "progress=none", "--set", "selection.method=full"]) == 0
+    return run
+
+
+@pytest.mark.parametrize("name", ["last.pt", "config.yaml", "results.json", "model.safetensors"])
+def test_an_eval_never_writes_over_the_runs_own_files(tmp_path, tiny_run, capsys, name):
+    """eval RUN --output RUN/<a file of the run> is refused before any attack and the file is untouched."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / name).read_bytes()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--output", str(run / name), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run's own {name}" in err and "Traceback" not in err
+    assert (run / name).read_bytes() == before
+
+
+@pytest.mark.parametrize("how", ["in-process", "python -m advcoreset"])
+def test_a_stray_module_in_the_working_folder_never_runs(tmp_path, trained, monkeypatch, how):
+    """A safetensors.py (or torch.py) in the working folder is not imported in place of the installed
+    package, while the user's own --model module there is still found."""
+    import subprocess
+    import sys
+
+    weights = tmp_path / "w.safetensors"
+    save_file(trained.state_dict(), str(weights))
+    marker = tmp_path / "pwned"
+    for stray in ("safetensors", "torch"):
+        (tmp_path / f"{stray}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (tmp_path / "my_nets.py").write_text("import tests_helpers\n\ndef build():\n    return tests_helpers.factory()\n")
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "--model", "my_nets:build", "--weights", str(weights), *ARGS, "-o", str(tmp_path / "e.json")]
+    if how == "in-process":
+        # as the console script runs: the working folder not on the path (pytest may have put '' there)
+        monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+        for name in ("safetensors", "safetensors.torch"):  # imported afresh, as in a new process
+            monkeypatch.delitem(sys.modules, name, raising=False)
+        monkeypatch.delitem(sys.modules, "my_nets", raising=False)
+        assert main(argv) == 0
+    else:
+        env = {"PYTHONPATH": str(Path(tests_helpers.__file__).parent), "PATH": "/usr/bin:/bin"}
+        done = subprocess.run([sys.executable, "-m", "advcoreset", *argv], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == 60

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -76,7 +77,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.model is not None:
         _check_outside_args(args)
         out = check_output_file(Path(args.output) if args.output else Path(args.weights).parent / "eval.json",
-                                "eval output file")
+                                "eval output file", inputs=(args.weights,))
         res = _eval_outside(args, progress)
     else:
         from advcoreset.evaluation.run import evaluate_run
@@ -93,7 +94,8 @@ def _eval(args: argparse.Namespace) -> int:
         if not (run / "config.yaml").is_file():
             raise ConfigError(f"{run} is not an advcoreset run folder (no {run / 'config.yaml'}); give the --out "
                               "folder of a training run")
-        out = check_output_file(Path(args.output) if args.output else run / "eval.json", "eval output file")
+        out = check_output_file(Path(args.output) if args.output else run / "eval.json", "eval output file",
+                                run=run)
         res = evaluate_run(args.run, checkpoint=args.checkpoint, n=args.n, pgd_steps=args.pgd_steps,
                            restarts=args.restarts, autoattack=args.autoattack, aa_version=args.aa_version,
                            perceptual=args.perceptual, device=args.device, progress=progress)
@@ -112,6 +114,10 @@ def _check_outside_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"eval --model also needs {', '.join(missing)}")
     if args.run is not None:
         raise ConfigError(f"give either a run folder ({args.run}) or --model, not both")
+    eps = args.eps
+    if not math.isfinite(eps) or eps <= 0 or (args.norm == "linf" and eps > 1):
+        limit = "in (0, 1] (pixels are in [0, 1]; 8/255 = 0.0314)" if args.norm == "linf" else "finite and > 0"
+        raise ConfigError(f"--eps {eps} for --norm {args.norm}: the radius must be {limit}")
 
 
 def _eval_outside(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
@@ -268,5 +274,6 @@ def _entry() -> Any:  # pragma: no cover
     sys.exit(main())
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover - python -m advcoreset.cli (the bench's extra evaluations)
+    sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]  # see advcoreset/__main__.py
     sys.exit(main())

@@ -26,18 +26,24 @@ from advcoreset.progress import Reporter, reporter_or_silent
 
 
 def import_factory(spec: str) -> Callable[[], nn.Module]:
-    """``"package.module:factory"`` -> the callable (the current directory is importable, as with
-    ``python -m``). ValueError naming the spec when it cannot be imported."""
+    """``"package.module:factory"`` -> the callable. The working folder is searched last, and only while the
+    user's module is imported: a stray file there (``safetensors.py``, ``torch.py``) never shadows an
+    installed package. ValueError naming the spec when it cannot be imported."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"--model {spec!r}: expected package.module:factory, e.g. my_models:build_net")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ValueError(f"--model {spec!r}: cannot import {module_name!r} ({e}); run from the folder that "
                          "holds it or add it to PYTHONPATH") from e
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"--model {spec!r}: {module_name} has no callable {attr!r}")

@@ -53,11 +53,27 @@ def check_writable(folder: str | Path, what: str = "run folder", hint: str = "ch
     return folder
 
 
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "results.json", "metrics.jsonl", "model.safetensors",
+             "model.json", "model_arch.py", "probe.json")
+"""Files a training run owns: an evaluation never writes over them."""
+
+
 def check_output_file(path: str | Path, what: str = "output file",
-                      hint: str = "write the result elsewhere with --output FILE") -> Path:
+                      hint: str = "write the result elsewhere with --output FILE", *,
+                      run: str | Path | None = None, inputs: tuple[str | Path, ...] = ()) -> Path:
     """Prove that ``path`` can be written (its folder writable, the path not a folder), before any work.
-    Nothing is left behind: the folder is only created if it had to be, and the probe file is removed."""
+    Nothing is left behind: the folder is only created if it had to be, and the probe file is removed.
+    ``run``: the run folder the command reads, none of whose own files (``RUN_FILES``) may be the output;
+    ``inputs``: files the command reads, which may not be the output either."""
     path = Path(path)
+    target = path.resolve()
+    for inp in inputs:
+        if Path(inp).resolve() == target:
+            raise RunFolderError(f"{what} {path} is also an input of this command ({inp}): writing it would "
+                                 f"destroy it; {hint}")
+    if run is not None and target.parent == Path(run).resolve() and target.name in RUN_FILES:
+        raise RunFolderError(f"{what} {path} is the run's own {target.name}: writing it would destroy it; {hint} "
+                             f"(e.g. {Path(run) / 'eval.json'})")
     if path.is_dir():
         raise RunFolderError(f"{what} {path} is a folder; give a file name (e.g. {path / 'eval.json'})")
     if path.exists() and not os.access(path, os.W_OK):
