@@ -64,7 +64,7 @@ def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, args
     t1 = time.perf_counter()
     aa, info = autoattack_robust_mask(model, images[:args.aa_n], labels[:args.aa_n], norm="linf", eps=args.eps)
     t2 = time.perf_counter()
-    per_attack = {a["name"]: a["seconds"] for a in info["attacks"]}
+    per_attack = {a["name"]: a["seconds"] for a in info["autoattack"]["attacks"]}
     return {"pgd": pgd, "autoattack": aa}, {"pgd20": t1 - t0, "autoattack": t2 - t1, **per_attack}
 
 

@@ -12,10 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from advcoreset.bench_evals import check_extra_evals
-from advcoreset.config import ConfigError
+from advcoreset.config import ConfigError, read_yaml
 
 METHODS: dict[str, dict[str, Any]] = {
     "full": {"method": "full"},
@@ -46,12 +44,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"benchmark spec {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"benchmark spec {path} is not valid YAML: {' '.join(str(e).split())}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"benchmark spec {path} cannot be read ({type(e).__name__})") from None
+    spec = read_yaml(path, "benchmark spec", SpecError)  # duplicate or non-string keys, absurd nesting: refused
     if not isinstance(spec, dict):
         raise SpecError(f"benchmark spec {path} must hold a mapping (name, base, objectives, methods, seeds)")
     _check_spec(spec, f"benchmark spec {path}")
@@ -83,6 +76,39 @@ def _check_list(value: Any, where: str, ok: Any, what: str) -> None:
         raise SpecError(f"{where} must be a non-empty list of {what}, got {value!r:.80}")
 
 
+def _check_distinct(fractions: list[float], where: str) -> None:
+    """Fractions that agree to 6 decimals (or to the 6 digits of a run folder's name, ``-f{fraction:g}``) would
+    share one run folder and one table row: refuse them."""
+    seen: dict[Any, float] = {}
+    for f in fractions:
+        for key in (("g", f"{f:g}"), ("r", round(float(f), 6))):
+            if key in seen:
+                raise SpecError(f"{where}: fractions {seen[key]!r} and {f!r} are equal to 6 decimals and would share "
+                                f"one run folder (-f{f:g}); list each fraction once, differing within 6 decimals")
+            seen[key] = f
+
+
+def _check_world_size(spec: dict[str, Any], w: int, where: str) -> None:
+    """``world_size`` processes per run must fit the machine: CUDA devices when the runs use CUDA, CPU cores
+    otherwise."""
+    import os
+
+    import torch
+
+    devices = {str(spec["base"].get("device", "auto"))}
+    devices |= {str(e["device"]) for e in spec["objectives"].values() if isinstance(e, dict) and "device" in e}
+    if any(d.startswith("cuda") or (d == "auto" and torch.cuda.is_available()) for d in devices):
+        n = torch.cuda.device_count()
+        if w > n:
+            raise SpecError(f"{where}: world_size {w} needs {w} CUDA devices per run and this machine has {n}; "
+                            f"set world_size to at most {max(n, 1)}" + ("" if n else " (or base device: cpu)"))
+    else:
+        n = os.cpu_count() or 1
+        if w > n:
+            raise SpecError(f"{where}: world_size {w} would start {w} processes per run on {n} CPU core(s); set "
+                            f"world_size to at most {n}")
+
+
 def _check_spec(spec: dict[str, Any], where: str) -> None:
     for key in ("name", "base", "objectives", "methods", "seeds"):
         if key not in spec:
@@ -102,6 +128,7 @@ def _check_spec(spec: dict[str, Any], where: str) -> None:
     _check_list(spec["methods"], f"{where}: methods", is_method, f"methods from {sorted(METHODS)}")
     if "fractions" in spec:
         _check_list(spec["fractions"], f"{where}: fractions", is_frac, "numbers in (0, 1]")
+        _check_distinct(spec["fractions"], f"{where}: fractions")
     seeds = spec["seeds"]
     _check_list(seeds, f"{where}: seeds", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                 "integers >= 0")
@@ -122,6 +149,7 @@ def _check_spec(spec: dict[str, Any], where: str) -> None:
             _check_list(entry["methods"], f"{w}.methods", is_method, f"methods from {sorted(METHODS)}")
         if "fractions" in entry:
             _check_list(entry["fractions"], f"{w}.fractions", is_frac, "numbers in (0, 1]")
+            _check_distinct(entry["fractions"], f"{w}.fractions")
         if not isinstance(entry.get("coreset", {}), dict):
             raise SpecError(f"{w}.coreset must be a mapping of config fields")
     if spec.get("reference") is not None and spec["reference"] not in objs:
@@ -129,6 +157,8 @@ def _check_spec(spec: dict[str, Any], where: str) -> None:
     w = spec.get("world_size", 1)
     if isinstance(w, bool) or not isinstance(w, int) or w < 1:
         raise SpecError(f"{where}: world_size must be an integer >= 1 (processes per run), got {w!r}")
+    if w > 1:
+        _check_world_size(spec, w, where)
     t = spec.get("targets")
     if t is not None and (not isinstance(t, dict) or t.get("objective") not in objs or not is_frac(t.get("fraction"))):
         raise SpecError(f"{where}: targets must name one of the objectives {list(objs)} and a fraction")

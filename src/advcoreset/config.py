@@ -229,13 +229,7 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {path} cannot be read ({type(e).__name__}); give a readable "
-                              "UTF-8 YAML file") from None
+        raw = read_yaml(path, "config file") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         return cls.from_dict(raw)
@@ -338,6 +332,99 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = cfg.with_overrides(overrides)
     return cfg.validate()
 
+
+
+MAX_YAML_BYTES = 1_000_000
+"""The largest config or bench spec read: the biggest in configs/ is a few kB."""
+MAX_YAML_DEPTH = 20
+"""The deepest nesting of a value (a bench spec's objectives.NAME.coreset.selection.KEY is 5)."""
+
+
+class YamlShapeError(ValueError):
+    """A YAML document parses but has a shape no config has (a duplicate or non-string key, absurd nesting)."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (safe tags only, never Python objects) that refuses, naming the key by its dotted
+    path and line: a key given twice in one mapping (plain YAML keeps the last in silence), a key that is not
+    a string (``1:``, ``~:``, ``yes:``), values nested deeper than ``MAX_YAML_DEPTH`` and an alias inside its
+    own anchor (a recursive value)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._path: list[str] = []
+        self._depth = 0
+        self._open_anchors: set[str] = set()
+
+    def _where(self, key: str | None = None) -> str:
+        parts = [*self._path, key] if key is not None else self._path
+        return ".".join(parts).replace(".[", "[") or "the top level"
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        step = None
+        if isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.ScalarNode):
+            step = str(index.value)  # the value of key ``index``
+        elif isinstance(parent, yaml.SequenceNode):
+            step = f"[{index}]"
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self._open_anchors:
+            raise YamlShapeError(f"{self._where(step)} (line {event.start_mark.line + 1}) refers to *{event.anchor} "
+                                 "inside its own anchor, a value without end; write the value out")
+        if step is not None:
+            self._path.append(step)
+        self._depth += 1  # keys too: a key can be a nested collection (``? [[...]]``)
+        if self._depth > MAX_YAML_DEPTH + 1:
+            where = self._where()
+            where = where if len(where) <= 60 else where[:60] + "..."
+            raise YamlShapeError(f"the value at {where} (line {event.start_mark.line + 1}) is nested more than "
+                                 f"{MAX_YAML_DEPTH} levels deep; no config field is nested that deep")
+        anchor = None if isinstance(event, yaml.AliasEvent) else getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+            self._open_anchors.discard(anchor or "")
+            if step is not None:
+                self._path.pop()
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node: yaml.MappingNode = super().compose_mapping_node(anchor)
+        seen: dict[str, int] = {}
+        for key, _ in node.value:
+            line = key.start_mark.line + 1
+            if key.tag == "tag:yaml.org,2002:merge":  # ``<<: *base``: its keys may be overridden, by design
+                continue
+            if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str":
+                place = f"in {self._where()}" if self._path else "at the top level"
+                what = (f"key {key.value!r} {place} (line {line}) is read as {str(key.tag).rsplit(':', 1)[-1]}"
+                        if isinstance(key, yaml.ScalarNode) else f"a {key.id} used as a key {place} (line {line})")
+                raise YamlShapeError(f"{what}, not a name: every key must be a field name (a string); quote it "
+                                     "if it is one")
+            if key.value in seen:
+                raise YamlShapeError(f"key {self._where(key.value)!r} is given twice (lines {seen[key.value]} and "
+                                     f"{line}); YAML would silently keep the last: remove one")
+            seen[key.value] = line
+        return node
+
+
+def read_yaml(path: Path, what: str, error: type[ConfigError] = ConfigError) -> Any:
+    """The YAML document in ``path`` read with ``StrictLoader``; ``error`` names ``what`` and ``path`` when the
+    file is too large (over ``MAX_YAML_BYTES``), unreadable, not YAML or of a shape no config has."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
+        if len(data) > MAX_YAML_BYTES:
+            raise error(f"{what} {path} is larger than {MAX_YAML_BYTES // 1_000_000} MB; a config is a few kB: "
+                        "give the right file")
+        return yaml.load(data.decode("utf-8"), Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except YamlShapeError as e:
+        raise error(f"{what} {path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise error(f"{what} {path} is not valid YAML: {_one_line(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{what} {path} cannot be read ({type(e).__name__}); give a readable UTF-8 YAML file") from None
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""Reading tensors a user hands over (checkpoints, weights files) without running any of their code.
+"""Reading tensors a user hands over (checkpoints, weights files) without running any of their code, and
+checking them before any use (every entry a tensor, finite, a valid normalisation, the model's names and shapes).
 
 ``torch.load(weights_only=True)`` or safetensors; every failure becomes a ``CheckpointError`` that names the
 file and what to do. torch's own message is never passed on: for a refused pickle it advises
@@ -8,10 +9,12 @@ file and what to do. torch's own message is never passed on: for a refused pickl
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 
 class CheckpointError(ValueError):
@@ -43,3 +46,80 @@ def load_weights_only(path: str | Path, what: str = "checkpoint",
     except Exception as e:  # noqa: BLE001 - truncated zip, wrong magic, EOF: the file is named, not torch
         raise CheckpointError(f"{what} {path} could not be read ({type(e).__name__}): it is truncated, "
                               "empty or not a torch file; restore it or start a new run") from None
+
+
+def check_weights(state: Mapping[str, Any], path: str | Path, what: str = "checkpoint") -> None:
+    """Raise ``CheckpointError`` naming ``path`` unless every entry of the state dict ``state`` is a tensor,
+    every floating one finite (the first NaN/inf tensor is named) and the normalisation buffers valid
+    (``check_normalisation``). ``what``: how the file is called in the message."""
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{what} {path}: model entry {key!r} is a {type(value).__name__}, not a tensor "
+                                  "(a damaged or foreign file); restore it or start a new run")
+    check_normalisation(state, path, what)
+    for key, value in state.items():
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            n = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{what} {path}: model weight {key!r} holds {n} NaN/inf value(s) (a diverged "
+                                  "run or a damaged file); use an earlier checkpoint or train again")
+
+
+def check_normalisation(state: Mapping[str, Any], path: str | Path, what: str = "checkpoint") -> None:
+    """Raise ``CheckpointError`` naming ``path`` unless the per-channel ``mean``/``std`` buffers of ``state``
+    (where present) are finite, ``std`` > 0 (inputs are divided by it) and ``mean`` in [0, 1] (the mean of
+    pixels in [0, 1])."""
+    for key in ("mean", "std"):
+        value = state.get(key)
+        if not isinstance(value, Tensor):
+            continue
+        values = value.detach().double().flatten()
+        shown = [round(v, 6) for v in values.tolist()[:4]]
+        if not bool(torch.isfinite(values).all()):
+            problem = "is not finite"
+        elif key == "std" and bool((values <= 0).any()):
+            problem = "must be > 0 (every input is divided by it)"
+        elif key == "mean" and bool(((values < 0) | (values > 1)).any()):
+            problem = "must lie in [0, 1] (the mean of pixels in [0, 1])"
+        else:
+            continue
+        raise CheckpointError(f"{what} {path}: normalisation {key} {shown} {problem} (a damaged or tampered "
+                              "file); restore it or train again")
+
+
+def model_signature(state: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(input channels, classes) of a built-in model's state dict: from its ``mean`` (1, C, 1, 1) and
+    ``head.weight`` (classes, F) entries, None for whichever is absent or of another form."""
+    mean, head = state.get("mean"), state.get("head.weight")
+    channels = mean.shape[1] if isinstance(mean, Tensor) and mean.dim() == 4 else None
+    classes = head.shape[0] if isinstance(head, Tensor) and head.dim() == 2 else None
+    return channels, classes
+
+
+def describe_model(channels: int | None, classes: int | None) -> str:
+    return f"{'?' if classes is None else classes} classes on {'?' if channels is None else channels}-channel images"
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, Any], path: str | Path, what: str = "checkpoint",
+                     against: str = "the run's model (made for its data)",
+                     advice: str = "use the run's own last.pt or start a new run") -> None:
+    """Raise ``CheckpointError`` naming ``path`` unless ``state`` has exactly ``model``'s keys, tensors of its
+    shapes (a checkpoint of another model, width or dataset; classes and channels named where they differ).
+    ``what``: how the file is called; ``against``: how the model is; ``advice``: what to do."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{what} {path} does not fit {against}: missing {missing[:3]}, "
+                              f"unexpected {extra[:3]} (a checkpoint of another model?); {advice}")
+    not_tensors = [f"{k!r} is a {type(v).__name__}" for k, v in state.items() if not isinstance(v, Tensor)][:3]
+    if not_tensors:
+        raise CheckpointError(f"{what} {path} is damaged or foreign: {'; '.join(not_tensors)}, not a tensor; "
+                              "restore it or start a new run")
+    have, want = model_signature(state), model_signature(own)
+    if None not in want and have != want:
+        raise CheckpointError(f"{what} {path} holds a model of {describe_model(*have)}, but {against} has "
+                              f"{describe_model(*want)}: they are not of the same run; {advice}")
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape][:3]
+    if bad:
+        raise CheckpointError(f"{what} {path} does not fit {against} (another model width, number "
+                              f"of classes or dataset?): {'; '.join(bad)}; {advice}")

@@ -14,7 +14,13 @@ from advcoreset.data import prepare_data
 from advcoreset.data.datasets import dataset_record
 from advcoreset.models import available_models, create_model
 from advcoreset.progress import Reporter
-from advcoreset.training.checkpoint import CheckpointError, check_state_dict, load_checkpoint
+from advcoreset.training.checkpoint import (
+    CheckpointError,
+    check_fits_data,
+    check_state_dict,
+    check_weights,
+    load_checkpoint,
+)
 
 CHECKPOINTS = {"last": "last.pt", "best": "best.pt"}
 
@@ -42,6 +48,8 @@ def load_run_model(run: str | Path, checkpoint: str = "last.pt",
         raise CheckpointError(f"checkpoint {ckpt_path} is not a model of this run (no mean/std/head entries); "
                               "give a last.pt or best.pt written by advcoreset train, or evaluate your own module "
                               "with `advcoreset eval --model package.module:factory --weights FILE ...`")
+    check_weights(state, ckpt_path)  # NaN/inf weights, a std of 0, a non-tensor entry: refused before any use
+    check_fits_data(state, ckpt_path, *_data_signature(cfg), cfg.data.name)  # another dataset's model
     c = state["mean"].shape[1]
     num_classes = state["head.weight"].shape[0]
     size = _input_size(cfg, c)
@@ -51,6 +59,20 @@ def load_run_model(run: str | Path, checkpoint: str = "last.pt",
     check_state_dict(model, state, ckpt_path)  # another model's checkpoint, named
     model.load_state_dict(state)
     return model.to(device).eval(), cfg
+
+
+def _data_signature(cfg: Config) -> tuple[int | None, int | None]:
+    """(channels, classes) of the run's data, read from its test split; where its files cannot be read (an
+    export on another machine), the channels of the dataset's record and classes None (not checked)."""
+    from advcoreset.data import load_dataset
+    from advcoreset.data.datasets import DataError
+
+    try:
+        test = load_dataset(cfg.data.name, cfg.data.root, train=False, image_size=cfg.data.image_size)
+    except (DataError, OSError):
+        shape = dataset_record(cfg.data.name).shape
+        return (shape[0] if shape is not None else None), None
+    return test.shape[0], test.num_classes
 
 
 def _input_size(cfg: Config, channels: int) -> int:

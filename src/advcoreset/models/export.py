@@ -18,6 +18,7 @@ An export folder holds:
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from advcoreset.models import MODELS, create_model
+from advcoreset.safeload import CheckpointError, check_state_dict, check_weights, load_weights_only
 
 if TYPE_CHECKING:
     from advcoreset.config import Config
@@ -179,31 +181,118 @@ def export_run_model(run_dir: str | Path, model: nn.Module, cfg: Config, input_s
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
-    """Parsed ``model.json`` of an export folder; FileNotFoundError naming the folder otherwise."""
+    """Parsed ``model.json`` of an export folder; FileNotFoundError naming the folder when it is absent,
+    ``CheckpointError`` naming the file when it is not a JSON object."""
     path = Path(folder) / META
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {folder} is not an exported model folder (make one with "
                                 "`advcoreset export RUN --out DIR`)")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(f"{path} is not valid JSON ({type(e).__name__}): restore it or export the run "
+                              "again (`advcoreset export RUN --out DIR`)") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(meta).__name__}, not the object advcoreset export "
+                              "writes: restore it or export the run again")
+    return meta
+
+
+MAX_PARAMETERS = 2_000_000_000
+"""Most parameters a model.json may describe: far above any built-in model at a sane width (wrn34_10 has
+46M), far below what would exhaust memory; checked on the meta device before anything is allocated."""
+
+_SIZES = ("in_channels", "num_classes", "input_size")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_meta(meta: dict[str, Any], path: str | Path) -> tuple[str, dict[str, Any]]:
+    """(architecture, factory arguments) of a parsed model.json, or ``CheckpointError`` naming ``path`` and the
+    field: an unknown architecture, a missing or extra argument, a size that is not a positive integer, mean/std
+    of the wrong length or out of range (std > 0, mean in [0, 1]), an ``input_shape`` that disagrees, or a
+    model of more than ``MAX_PARAMETERS`` (counted on the meta device: nothing is allocated)."""
+    import inspect
+
+    def refuse(field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{path}: field {field!r} {problem}; restore the file or export the run again "
+                               "(`advcoreset export RUN --out DIR`)")
+
+    arch = meta.get("architecture")
+    if arch is None:
+        raise CheckpointError(f"{path} names no built-in architecture (the model was not built by "
+                              f"advcoreset): rebuild it with your own code and load {Path(path).parent / WEIGHTS} "
+                              "with safetensors.torch.load_file")
+    if not isinstance(arch, str) or not is_exportable_architecture(arch):
+        names = [n for n in MODELS.names() if is_exportable_architecture(n)]
+        raise refuse("architecture", f"is {arch!r}, not a built-in architecture (one of {', '.join(names)})")
+    args = meta.get("arguments")
+    if not isinstance(args, dict):
+        raise refuse("arguments", f"is a {type(args).__name__}, not an object of the factory's arguments")
+    params = inspect.signature(MODELS.get(arch)).parameters
+    extra = sorted(set(args) - set(params))
+    if extra:
+        raise refuse(f"arguments.{extra[0]}", f"is not an argument of {arch} (it takes {', '.join(params)})")
+    for name in _SIZES:
+        if not _is_count(args.get(name)):
+            raise refuse(f"arguments.{name}", f"is {args.get(name)!r}, not a positive integer")
+    for name in set(args) - {*_SIZES, "mean", "std"}:
+        value = args[name]
+        if not (_is_count(value) or (value is None and params[name].default is None)):
+            raise refuse(f"arguments.{name}", f"is {value!r}, not a positive integer")
+    c = args["in_channels"]
+    for name, lo, hi in (("mean", 0.0, 1.0), ("std", 0.0, None)):
+        value = args.get(name)
+        if value is None:
+            continue
+        ok = (isinstance(value, list) and len(value) == c
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+        if not ok:
+            raise refuse(f"arguments.{name}", f"is {value!r}, not a list of {c} finite numbers (one per channel)")
+        if any(v < lo or (hi is not None and v > hi) or (hi is None and v <= lo) for v in value):
+            rule = "in [0, 1] (the mean of pixels in [0, 1])" if hi is not None else "> 0 (inputs are divided by it)"
+            raise refuse(f"arguments.{name}", f"is {value}; each entry must be {rule}")
+    shape = meta.get("input_shape")
+    size = args["input_size"]
+    if shape is not None and shape != [c, size, size]:
+        raise refuse("input_shape", f"is {shape!r} but the arguments describe {[c, size, size]}")
+    try:
+        with torch.device("meta"):
+            ref = create_model(arch, **args)
+    except Exception as e:  # noqa: BLE001 - any failure to build: the arguments are named, not torch's trace
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise refuse("arguments", f"do not build a {arch} ({type(e).__name__}: {first})") from None
+    n = sum(t.numel() for t in ref.state_dict().values())
+    if n > MAX_PARAMETERS:
+        sizes = {k: v for k, v in args.items() if k not in ("mean", "std")}
+        raise refuse("arguments", f"describe a {arch} of {n:.2e} parameters ({sizes}), over the "
+                      f"{MAX_PARAMETERS:.0e} a model file may hold")
+    return arch, dict(args)
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild an exported built-in model with the library and load its weights (eval mode).
 
-    The model maps (B, C, H, W) pixels in [0, 1] (``model.json``'s input_shape) to (B, num_classes) logits."""
-    from safetensors.torch import load_file
-
+    ``model.json`` is checked first (``check_meta``), then the weights (readable, every tensor finite, the
+    normalisation valid, the names and shapes the architecture has): each failure a ``CheckpointError``
+    naming the file. The model maps (B, C, H, W) pixels in [0, 1] (``model.json``'s input_shape) to
+    (B, num_classes) logits."""
     meta = read_meta(folder)
-    if meta.get("architecture") is None:
-        raise ValueError(f"{Path(folder) / META} names no built-in architecture (the model was not built by "
-                         f"advcoreset): rebuild it with your own code and load {Path(folder) / WEIGHTS} "
-                         "with safetensors.torch.load_file")
-    args = dict(meta["arguments"])
-    model = create_model(meta["architecture"], args.pop("in_channels"), args.pop("num_classes"),
-                         args.pop("input_size"), args.pop("mean"), args.pop("std"), **args)
-    model.load_state_dict(load_file(str(Path(folder) / WEIGHTS)))
+    arch, args = check_meta(meta, Path(folder) / META)
+    weights = Path(folder) / WEIGHTS
+    state = load_weights_only(weights, "weights file")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"weights file {weights} holds a {type(state).__name__}, not a state dict; "
+                              "export the run again")
+    check_weights(state, weights, "weights file")
+    model = create_model(arch, **args)
+    check_state_dict(model, state, weights, "weights file", against=f"the model of {Path(folder) / META}",
+                     advice="export the run again (`advcoreset export RUN --out DIR`)")
+    model.load_state_dict(state)
     return model.to(device).eval()
 
 
-__all__ = ["ARCH", "META", "WEIGHTS", "export_model", "export_run_model", "load_model", "plain_state_dict",
-           "read_meta", "standalone_source", "threat_model_of"]
+__all__ = ["ARCH", "MAX_PARAMETERS", "META", "WEIGHTS", "check_meta", "export_model", "export_run_model",
+           "load_model", "plain_state_dict", "read_meta", "standalone_source", "threat_model_of"]

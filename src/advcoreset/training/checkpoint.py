@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from advcoreset.safeload import CheckpointError, load_weights_only
+from advcoreset.safeload import (
+    CheckpointError,
+    check_normalisation,
+    check_state_dict,
+    check_weights,
+    describe_model,
+    load_weights_only,
+    model_signature,
+)
 
-__all__ = ["CheckpointError", "check_resumable", "check_state_dict", "load_checkpoint", "load_weights_only",
-           "rng_state", "save_atomic", "set_rng_state"]
+__all__ = ["CheckpointError", "check_fits_data", "check_normalisation", "check_resumable", "check_rng_state",
+           "check_state_dict", "check_weights", "describe_model", "load_checkpoint", "load_weights_only",
+           "model_signature", "rng_state", "save_atomic", "set_rng_state"]
 
 # What a resumable checkpoint (Trainer._checkpoint) holds beside the model.
 RESUME_KEYS = ("model", "optimizer", "epoch", "rng")
@@ -42,31 +51,72 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def check_resumable(ckpt: dict[str, Any], path: str | Path) -> None:
-    """Raise ``CheckpointError`` unless ``ckpt`` holds what ``--resume`` restores (``RESUME_KEYS``)."""
+def check_resumable(ckpt: dict[str, Any], path: str | Path, generator: torch.Generator | None = None) -> None:
+    """Raise ``CheckpointError`` unless ``ckpt`` holds what ``--resume`` restores (``RESUME_KEYS``), each in a
+    form that restores: finite weights (``check_weights``), an optimizer state dict, random-number states
+    that ``set_rng_state`` takes (``check_rng_state``; ``generator``: the run's data generator, by default a
+    CPU one). Nothing is restored here, so a refused checkpoint leaves the run as it was."""
     missing = [k for k in RESUME_KEYS if k not in ckpt]
-    if missing or not isinstance(ckpt.get("epoch"), int) or ckpt["epoch"] < 0:
+    epoch = ckpt.get("epoch")
+    if missing or not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise CheckpointError(f"checkpoint {path} cannot be resumed: it lacks {missing or ['a valid epoch']} "
                               "(a best.pt or a foreign file?); resume from the run's own last.pt")
+    opt = ckpt["optimizer"]
+    if not (isinstance(opt, Mapping) and isinstance(opt.get("state"), Mapping)
+            and isinstance(opt.get("param_groups"), list)):
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: its 'optimizer' entry is not an optimizer "
+                              "state dict (a damaged or foreign file); restore the run's last.pt or start a new run")
+    check_weights(ckpt["model"], path)
+    check_rng_state(ckpt["rng"], path, generator)
 
 
-def check_state_dict(model: nn.Module, state: Mapping[str, Any], path: str | Path) -> None:
-    """Raise ``CheckpointError`` naming ``path`` unless ``state`` has exactly ``model``'s keys and shapes
-    (a checkpoint of another model, width or dataset)."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    if missing or extra:
-        raise CheckpointError(f"checkpoint {path} does not fit the run's model: missing {missing[:3]}, "
-                              f"unexpected {extra[:3]} (a checkpoint of another model?)")
-    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-           if not isinstance(v, Tensor) or v.shape != own[k].shape][:3]
-    if bad:
-        raise CheckpointError(f"checkpoint {path} does not fit the run's model (another model width, number "
-                              f"of classes or dataset?): {'; '.join(bad)}")
+def check_rng_state(rng: Any, path: str | Path, generator: torch.Generator | None = None) -> None:
+    """Raise ``CheckpointError`` naming ``path`` unless ``rng`` (a checkpoint's ``rng`` entry) holds random-number
+    states ``set_rng_state`` restores: ``torch`` and ``data`` uint8 tensors of the size and form the CPU
+    generators take (each tried on a scratch generator, so no state of this process changes), ``cuda`` a list
+    of uint8 tensors, one per visible GPU at most (checked only where CUDA is available, as it is restored)."""
+    if not isinstance(rng, Mapping):
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: its 'rng' entry is a {type(rng).__name__}, "
+                              "not the random-number states (a damaged or foreign file); restore the run's last.pt "
+                              "or start a new run")
+    data = generator or torch.Generator()
+    for key, ref, device in (("torch", torch.get_rng_state(), torch.device("cpu")),
+                             ("data", data.get_state(), data.device)):
+        value = rng.get(key)
+        if not (isinstance(value, Tensor) and value.dtype == torch.uint8 and value.shape == ref.shape):
+            got = f"{value.dtype} of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            problem = f"is {got}, not a uint8 tensor of {ref.numel()} bytes"
+        else:
+            try:
+                torch.Generator(device=device).set_state(value)
+                continue
+            except RuntimeError:
+                problem = "is not a state the generator accepts"
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: its random-number state rng[{key!r}] "
+                              f"{problem} (a damaged or foreign file); restore the run's last.pt or start a new run")
+    cuda = rng.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if not (isinstance(cuda, (list, tuple)) and len(cuda) <= torch.cuda.device_count()
+                and all(isinstance(t, Tensor) and t.dtype == torch.uint8 and t.dim() == 1 for t in cuda)):
+            raise CheckpointError(f"checkpoint {path} cannot be resumed: its rng['cuda'] is not a list of uint8 "
+                                  "states, one per GPU of this machine; resume on the machine it ran on or start "
+                                  "a new run")
+
+
+def check_fits_data(state: Mapping[str, Any], path: str | Path, channels: int | None, classes: int | None,
+                    data: str) -> None:
+    """Raise ``CheckpointError`` naming ``path`` unless the model of ``state`` takes images of ``channels``
+    channels and predicts ``classes`` classes, those of the run's data ``data`` (None: not known, not checked)."""
+    have = model_signature(state)
+    if (channels is not None and have[0] != channels) or (classes is not None and have[1] != classes):
+        raise CheckpointError(f"checkpoint {path} holds a model of {describe_model(*have)}, but the run's data "
+                              f"({data}) has {describe_model(channels, classes)}: it is not a checkpoint of this "
+                              "run; use the run's own last.pt or best.pt")
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """The random-number states a checkpoint keeps: torch's global CPU state, ``generator``'s (the data order)
+    and, where CUDA is available, every GPU's."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "data": generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -74,6 +124,7 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Restore what ``rng_state`` saved (checked first by ``check_rng_state``)."""
     torch.set_rng_state(state["torch"])
     generator.set_state(state["data"])
     if "cuda" in state and torch.cuda.is_available():

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from advcoreset.config import Config, ConfigError, SelectionConfig
+from advcoreset.data.formats import DataError
 
 _BATCHWISE = ("craig", "gradmatch")
 
@@ -57,14 +58,31 @@ def check_selection_fits(cfg: SelectionConfig, labels: Tensor) -> None:
                           f"the whole class; use selection.selection_batch_size <= {fit}, or more data")
 
 
+def check_classes(labels: Tensor, cfg: Config | None = None) -> None:
+    """Refuse training data of one class (every label equal): a model that always answers that class scores
+    100% clean and robust accuracy, a result that means nothing. Raises ``DataError`` naming the labels.
+
+    labels: (n,) int64 training labels."""
+    if labels.numel() == 0 or not bool((labels == labels[0]).all()):
+        return
+    hint = ""
+    if cfg is not None and cfg.data.train_subset is not None:
+        hint = f" (data.train_subset is {cfg.data.train_subset}: raise it)"
+    raise DataError(f"the training labels are all {int(labels[0])}: {labels.numel()} image(s) of one class, on "
+                    f"which any model that answers that class scores 100%; give training data with at least two "
+                    f"classes{hint}")
+
+
 def check_against_data(cfg: Config, labels: Tensor, image_shape: tuple[int, int, int], num_classes: int) -> None:
     """What the config asks of the loaded training data, checked before training rather than after it:
-    batch-wise selection splits every class (``check_selection_fits``); AutoAttack at the end has the
-    classes (>= 4, for APGD-T's targeted DLR loss) and, for l_2, an image size its Square attack can tile.
+    more than one class (``check_classes``); batch-wise selection splits every class (``check_selection_fits``);
+    AutoAttack at the end has the classes (>= 4, for APGD-T's targeted DLR loss) and, for l_2, an image size its
+    Square attack can tile.
 
     labels: (n,) int64 training labels; image_shape: (C, H, W)."""
     from advcoreset.evaluation.autoattack import square_l2_fits
 
+    check_classes(labels, cfg)
     check_selection_fits(cfg.selection, labels)
     e = cfg.eval
     if not e.autoattack:

@@ -147,9 +147,13 @@ def lock_holder(folder: str | Path) -> int | None:
     return None
 
 
-def finished_results(folder: str | Path) -> dict[str, Any] | None:
+def finished_results(folder: str | Path, epochs: int | None = None) -> dict[str, Any] | None:
     """The final results of a finished run in ``folder`` (its results.json beside its checkpoint), or None
-    when the run is not finished (no results.json, or one that does not parse)."""
+    when the run is not finished (no results.json, or one that does not parse).
+
+    ``epochs``: the length the caller's config asks for (``optim.epochs``), when it would resume the run. A
+    finished run trained to another length raises ``RunFolderError``: resuming it trains nothing, and its
+    results would stand for a run that was not trained."""
     folder = Path(folder)
     path = folder / RESULTS
     if not (path.is_file() and (folder / CHECKPOINT).is_file()):
@@ -158,7 +162,14 @@ def finished_results(folder: str | Path) -> dict[str, Any] | None:
         res = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return res if isinstance(res, dict) and res.get("kind") == "final" else None
+    if not (isinstance(res, dict) and res.get("kind") == "final"):
+        return None
+    done = res.get("epoch")
+    if epochs is not None and isinstance(done, int) and not isinstance(done, bool) and done != epochs:
+        raise RunFolderError(f"--resume: {folder} holds a finished run ({path}) of {done} epoch(s) and the config "
+                             f"now asks for optim.epochs={epochs}; a finished run is not trained further: start a "
+                             f"new --out for {epochs} epochs (nothing was changed)")
+    return res
 
 
 def check_start(folder: str | Path, resume: bool) -> None:

@@ -30,7 +30,14 @@ from advcoreset.precision import legacy_precision, precision_record, resolve_pre
 from advcoreset.progress import Reporter, make_progress, silent
 from advcoreset.selection import Selection, build_selector
 from advcoreset.training.build import RunData, builtin_data, builtin_model, eval_alpha, resolve_device, user_data
-from advcoreset.training.checkpoint import check_state_dict, load_checkpoint, rng_state, save_atomic, set_rng_state
+from advcoreset.training.checkpoint import (
+    check_resumable,
+    check_state_dict,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 from advcoreset.training.distributed import (
     convert_sync_bn,
     default_threads,
@@ -45,7 +52,7 @@ from advcoreset.training.evaluate import evaluate_model
 from advcoreset.training.logging import MetricsLog, progress_mode
 from advcoreset.training.preflight import check_against_data
 from advcoreset.training.report import epoch_line, final_line
-from advcoreset.training.run_folder import final_evaluation, write_json_atomic
+from advcoreset.training.run_folder import final_evaluation, finished_results, write_json_atomic
 
 __all__ = ["BEST", "CHECKPOINT", "FORMAT_VERSION", "RunState", "Trainer", "TrainingError", "eval_alpha",
            "resolve_device", "train"]
@@ -183,6 +190,7 @@ class Trainer:
             flag = "false" if was == "fp32" else "true"
             raise TrainingError(f"cannot resume: the checkpoint in {self.out} was trained in {was} and this run "
                                 f"would compute in {self.precision.name}; resume with --set amp={flag}")
+        check_resumable(ckpt, self.out / CHECKPOINT, self.generator)  # before anything is restored
         check_state_dict(self.model, ckpt["model"], self.out / CHECKPOINT)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -238,6 +246,7 @@ class Trainer:
         if resume:
             if not ckpt_path.exists():
                 raise TrainingError(f"--resume: no checkpoint {ckpt_path} to resume from")
+            finished_results(self.out, self.cfg.optim.epochs)  # a finished run of another length: refused
             self._restore(load_checkpoint(ckpt_path, self.device))
         elif ckpt_path.exists():
             raise TrainingError(f"{self.out} already holds a run ({ckpt_path}); pass --resume to continue it "
