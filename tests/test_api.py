@@ -273,3 +273,38 @@ def test_builtin_model_on_a_user_dataset(tmp_path):
     assert 0 <= res["test_clean_acc"] <= 1 and not torch.equal(before, t.model.head.weight)
     with pytest.raises(ConfigError, match="square"):
         advcoreset.train(_cfg(tmp_path / "b"), train_set=toy(16, 0), test_set=toy(8, 1))
+
+
+def test_random_selection_reports_its_gradient_error_as_the_solvers_do():
+    """select_coreset gives grad_error for random too (the one comparison a user wants), equal to the error
+    of its chosen indices and weights against the same gradients a solver reads; the subset is unchanged."""
+    from advcoreset.coreset.select import selection_gradients
+    from advcoreset.objectives import build_objective
+    from advcoreset.selection import approximation_error
+
+    ds, model = toy(64, 0), mlp()
+    torch.manual_seed(5)
+    idx, w, stats = select_coreset(model, ds, "pgd", method="random", fraction=0.25, batch_size=16, seed=3,
+                                   objective_options={"steps": 2})
+    torch.manual_seed(5)  # the same random starts as the error pass
+    cfg = load_config(None, ["objective.attack.steps=2"])
+    from advcoreset.data.sources import as_source
+    grads = selection_gradients(model, build_objective(cfg.objective), as_source(ds, "cpu"), 16)
+    assert stats["grad_error"] == pytest.approx(approximation_error(grads, idx, w))
+    assert 0 < stats["grad_error"] < 2 and stats["time_selection_attack"] >= 0 and stats["time_error_pass"] > 0
+    idx2, _, _ = select_coreset(model, ds, "pgd", method="random", fraction=0.25, batch_size=16, seed=3)
+    assert torch.equal(idx, idx2)  # drawn from the selector's generator, not from the error pass's RNG
+    _, _, gm = select_coreset(model, ds, "pgd", method="gradmatch", fraction=0.25, batch_size=16, seed=3)
+    assert gm["grad_error"] < stats["grad_error"] and "time_error_pass" not in gm
+
+
+def test_a_compiled_model_selects_as_the_module_itself():
+    ds, model = toy(64, 0), mlp()
+    compiled = torch.compile(model, backend="eager")
+    out = []
+    for m in (compiled, model):
+        torch.manual_seed(5)
+        out.append(select_coreset(m, ds, "pgd", method="gradmatch", fraction=0.3, batch_size=16, seed=3,
+                                  objective_options={"steps": 2}))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert last_layer(compiled, toy(4, 0).tensors[0]).linear is model[-1]

@@ -102,7 +102,11 @@ def last_layer(model: nn.Module, sample: Tensor | None = None) -> LastLayer:
 
     Raises:
         LastLayerError: no convention applies, or the dry run shows the linear's output is not the logits.
+
+    A ``torch.compile``d model is looked through (its ``_orig_mod``): the selection pass runs the module
+    itself, eagerly, while training may go on through the compiled wrapper.
     """
+    model = getattr(model, "_orig_mod", model)
     if isinstance(model, ImageClassifier):
         return LastLayer(model, model.head, model.features, "classifier")
     layer: LastLayer | None = None
