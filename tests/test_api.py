@@ -308,3 +308,54 @@ def test_a_compiled_model_selects_as_the_module_itself():
                                   objective_options={"steps": 2}))
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
     assert last_layer(compiled, toy(4, 0).tensors[0]).linear is model[-1]
+
+
+def _epochs_of(loader: CoresetLoader, steps_per_epoch: int | None, epochs: int) -> list[int]:
+    """Iterate ``epochs`` times, stopping after ``steps_per_epoch`` batches (None: whole epochs); the batch
+    counts each iteration yielded."""
+    counts = []
+    for _ in range(epochs):
+        n = 0
+        for _batch in loader:
+            n += 1
+            if steps_per_epoch is not None and n == steps_per_epoch:
+                break
+        counts.append(n)
+    return counts
+
+
+def test_an_early_stop_still_ends_the_epoch_and_the_schedule_goes_on():
+    """A loop that stops early (break, a step budget, Lightning's len() batches) leaves the warm phase and
+    re-selects on schedule, as a loop of whole epochs does."""
+    ds = toy(64, 0)
+    kw = dict(method="random", fraction=0.25, warm_epochs=1, interval=2, batch_size=8, seed=1)
+    whole = CoresetLoader(ds, mlp(), "pgd", **kw)
+    stopped = CoresetLoader(ds, mlp(), "pgd", **kw)
+    assert _epochs_of(whole, None, 4) == [8, 2, 2, 2]
+    assert _epochs_of(stopped, 1, 4) == [1, 1, 1, 1]
+    assert whole.epoch == 4 and stopped.epoch == 3  # epochs done; the 4th ends when the next one starts
+    sel_epochs = []
+    probe = CoresetLoader(ds, mlp(), "pgd", **kw)
+    for e in range(5):
+        for _batch in probe:
+            break
+        sel_epochs.append(probe.stats["epoch"] if probe.stats else None)
+    assert sel_epochs == [None, 2, 2, 4, 4]  # selections at the starts of epochs 2 and 4 (1-based)
+
+
+def test_len_is_right_before_an_epoch_that_reselects_and_set_epoch_moves_the_schedule():
+    ds = toy(64, 0)
+    loader = CoresetLoader(ds, mlp(), "pgd", method="random", fraction=0.25, warm_epochs=1, interval=2,
+                           batch_size=8, seed=1)
+    assert len(loader) == 8
+    assert sum(1 for _ in loader) == 8
+    assert len(loader) == 2  # the coreset chosen for epoch 2 (was: 8, then 2 batches yielded)
+    assert loader.stats is not None and loader.stats["epoch"] == 2
+    chosen = loader.selection.indices.clone()
+    assert sum(1 for _ in loader) == 2 and torch.equal(loader.selection.indices, chosen)  # not chosen twice
+    loader.set_epoch(0)
+    assert len(loader) == 8 and loader.phase == "warm"
+    loader.set_epoch(3)
+    assert loader.selects_at() and len(loader) == 2 and loader.stats["epoch"] == 4
+    with pytest.raises(ValueError, match="epoch must be >= 0"):
+        loader.set_epoch(-1)

@@ -82,6 +82,10 @@ class CoresetLoader:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self.epoch = 0
         """Epochs completed."""
+        self._started: int | None = None
+        """The epoch whose ``start_epoch`` has run (its selection made), if it has not ended yet."""
+        self._open = False
+        """An iteration began an epoch that has not ended (the loop stopped early): the next one ends it."""
         self.selection: Selection | None = None
         self.stats: dict[str, Any] | None = None
         """The last selection's statistics (``run_selection``), with the epoch it was made for."""
@@ -129,7 +133,11 @@ class CoresetLoader:
 
     # --------------------------------------------------------------------- epoch
     def start_epoch(self) -> dict[str, Any] | None:
-        """Select a new coreset if the schedule says so; returns that selection's stats, else None."""
+        """Select a new coreset if the schedule says so; returns that selection's stats, else None (also when
+        this epoch has been started already, e.g. by ``len()``)."""
+        if self._started == self.epoch:
+            return None
+        self._started = self.epoch
         if not self.selects_at():
             return None
         sel, stats = run_selection(self.selector, self.model, self.objective, self.source, self.generator,
@@ -159,7 +167,18 @@ class CoresetLoader:
         return self.source.batches(indices, weights, self.batch_size, self.generator)
 
     def end_epoch(self) -> None:
+        """Count the current epoch as done (iteration does this itself)."""
         self.epoch += 1
+        self._open = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make ``epoch`` (0-based) the next one, as ``DistributedSampler.set_epoch`` does: a loop that calls it
+        every epoch keeps the schedule whatever its iterations did (stopped early, skipped)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if epoch != self.epoch:
+            self.epoch, self._started = epoch, None
+        self._open = False
 
     def loss_norm(self, batch: Batch) -> Tensor | None:
         """The loss normaliser of ``batch`` under the weight rule: None (the batch's own weight sum) or, for
@@ -167,12 +186,22 @@ class CoresetLoader:
         return None if self._wbar is None else batch.y.numel() * self._wbar
 
     def __iter__(self) -> Iterator[Batch]:
+        """One epoch. The epoch counts from the moment iteration starts: a loop that stops early (``break``,
+        ``islice``, a fixed number of steps) has still done its epoch, and the next iteration is the next
+        epoch, re-selecting on schedule."""
+        if self._open:
+            self.end_epoch()
         self.start_epoch()
+        self._open = True
         yield from self.epoch_batches()
-        self.end_epoch()
+        if self._open:
+            self.end_epoch()
 
     def __len__(self) -> int:
-        """Batches in the next epoch (after a re-selection, once ``start_epoch`` has run)."""
+        """Batches of the epoch the next iteration yields, right before it starts: a selection due at its
+        start is made now (iteration then uses it). During an epoch (an iteration under way): that epoch's."""
+        if not self._open:
+            self.start_epoch()
         return math.ceil(self._plan()[0].numel() / self.batch_size)
 
     # --------------------------------------------------------------------- state
@@ -181,11 +210,15 @@ class CoresetLoader:
         attacks draw from): epochs done, the coreset, the generator's state and the last stats."""
         sel = self.selection
         return {"epoch": self.epoch, "generator": self.generator.get_state(), "stats": self.stats,
-                "coreset": None if sel is None else {"indices": sel.indices.cpu(), "weights": sel.weights.cpu()}}
+                "coreset": None if sel is None else {"indices": sel.indices.cpu(), "weights": sel.weights.cpu()},
+                "started": self._started == self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a ``state_dict`` (``generator`` may be absent when the caller restores it itself)."""
         self.epoch = int(state["epoch"])
+        self._open = False
+        # a selection already made for this epoch (len() before the save) is the coreset saved: keep it
+        self._started = self.epoch if state.get("started") else None
         if state.get("generator") is not None:
             self.generator.set_state(state["generator"])
         cs, dev = state.get("coreset"), self.source.labels.device

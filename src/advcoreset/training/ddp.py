@@ -56,7 +56,11 @@ class ShardedCoresetLoader(CoresetLoader):
         self._rank_batch: RankBatch | None = None
 
     def start_epoch(self) -> dict[str, Any] | None:
-        """Sharded selection when the schedule says so; the same coreset lands on every rank."""
+        """Sharded selection when the schedule says so; the same coreset lands on every rank. Once per epoch
+        (``CoresetLoader.start_epoch``)."""
+        if self._started == self.epoch:
+            return None
+        self._started = self.epoch
         if not self.selects_at():
             return None
         src = self.source
