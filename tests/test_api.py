@@ -359,3 +359,46 @@ def test_len_is_right_before_an_epoch_that_reselects_and_set_epoch_moves_the_sch
     assert loader.selects_at() and len(loader) == 2 and loader.stats["epoch"] == 4
     with pytest.raises(ValueError, match="epoch must be >= 0"):
         loader.set_epoch(-1)
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """A dataset with a random horizontal flip (drawn from torch's global RNG) and no ``targets``."""
+
+    def __init__(self, base: TensorDataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        return (x.flip(-1) if torch.rand(()) < 0.5 else x), int(y)
+
+
+def test_selection_reads_the_unaugmented_view_and_labels_cost_no_random_draws():
+    from advcoreset.data.datasets import DataError
+    from advcoreset.data.sources import DatasetSource
+
+    plain = toy(64, 0)
+    aug = _Augmented(plain)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    src = DatasetSource(aug)  # no targets: one read pass over the items, its flips drawn from a forked RNG
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(src.labels, plain.tensors[1])
+    model = mlp()
+    kw = dict(method="gradmatch", fraction=0.25, batch_size=16, seed=3, objective_options={"steps": 2})
+    torch.manual_seed(5)
+    ref = select_coreset(model, plain, "pgd", **kw)
+    torch.manual_seed(5)
+    viewed = select_coreset(model, aug, "pgd", selection_dataset=plain, **kw)
+    assert torch.equal(viewed[0], ref[0]) and torch.equal(viewed[1], ref[1])  # chosen on the images themselves
+    torch.manual_seed(5)
+    flipped = select_coreset(model, aug, "pgd", **kw)
+    assert viewed[2]["grad_error"] != flipped[2]["grad_error"]  # without the view: chosen on augmented views
+    loader = CoresetLoader(aug, model, "pgd", warm_epochs=0, selection_dataset=plain, **kw)
+    assert loader.source.view is plain and loader.source.dataset is aug
+    with pytest.raises(DataError, match="selection view has 63 items"):
+        DatasetSource(aug, selection_view=toy(63, 0))
+    with pytest.raises(DataError, match="labels differ"):
+        DatasetSource(aug, selection_view=TensorDataset(plain.tensors[0], plain.tensors[1].flip(0)))

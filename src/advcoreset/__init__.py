@@ -38,7 +38,8 @@ def __getattr__(name: str) -> Any:
 
 
 def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: Any = None, train_set: Any = None,
-          test_set: Any = None, optimizer: Any = None, resume: bool = False) -> dict[str, Any]:
+          test_set: Any = None, optimizer: Any = None, resume: bool = False,
+          selection_set: Any = None) -> dict[str, Any]:
     """Train and evaluate one run; returns the results dict (``test_clean_acc``, ``test_pgd{k}_acc``, times...).
 
     Args:
@@ -48,6 +49,8 @@ def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: 
         train_set, test_set: map-style Datasets of (image (C, H, W) uint8 or float in [0, 1], int label), any
             channel count and size; None: ``config.data.name``.
         optimizer: an optimiser over ``model``'s parameters; None: ``config.optim.name``.
+        selection_set: ``train_set`` without its random augmentation (same items, same order): the selection
+            pass reads it, so the coreset is chosen on the images themselves, not on augmented views.
     """
     from advcoreset.training.trainer import train as run
 
@@ -57,7 +60,8 @@ def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: 
         cfg = Config.from_dict(config).validate()
     else:
         cfg = config
-    return run(cfg, resume=resume, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer)
+    return run(cfg, resume=resume, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer,
+               selection_set=selection_set)
 
 
 def load_model(folder: Any, device: Any = "cpu") -> nn.Module:

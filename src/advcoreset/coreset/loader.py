@@ -57,6 +57,8 @@ class CoresetLoader:
             ``seed``); its state is part of ``state_dict``.
         progress: an ``advcoreset.progress`` reporter (``make_progress("line")``, ...): the selection pass
             reports examples done, the solver classes done; None: silent.
+        selection_dataset: ``dataset`` without its random augmentation (same items, same order), read by the
+            selection pass, so the coreset is chosen on the images rather than on augmented views.
     """
 
     def __init__(self, dataset: Any, model: nn.Module, objective: str | Objective = "pgd", *,
@@ -64,7 +66,8 @@ class CoresetLoader:
                  weight_rule: str | None = None, batch_size: int = 128, grad_features: str = "last_layer",
                  seed: int = 0, generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  progress: Progress | None = None, autocast: Autocast | None = None, num_classes: int | None = None,
-                 objective_options: dict[str, Any] | None = None, **selector_options: Any) -> None:
+                 objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
+                 **selector_options: Any) -> None:
         if warm_epochs < 0 or interval < 1 or batch_size < 1:
             raise ValueError(f"need warm_epochs >= 0, interval >= 1 and batch_size >= 1, got {warm_epochs}, "
                              f"{interval} and {batch_size}")
@@ -73,7 +76,8 @@ class CoresetLoader:
         if rule not in WEIGHT_RULES:
             raise ValueError(f"weight_rule must be one of {WEIGHT_RULES} or None, got {rule!r}")
         dev = device if device is not None else next(model.parameters()).device
-        self.source = as_source(dataset, dev)
+        self.source = as_source(dataset, dev, **({} if selection_dataset is None else
+                                                 {"selection_view": selection_dataset}))
         self.model, self.objective = model, resolve_objective(objective, **(objective_options or {}))
         self.layer = last_layer(model, self.source.sample())
         self.warm_epochs, self.interval, self.weight_rule = warm_epochs, interval, rule

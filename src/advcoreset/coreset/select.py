@@ -106,8 +106,8 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
                    method: str | Selector = "craig", fraction: float = 0.3, batch_size: int = 128,
                    features: str = "last_layer", seed: int = 0, generator: torch.Generator | None = None,
                    device: torch.device | str | None = None, progress: Progress | None = None,
-                   objective_options: dict[str, Any] | None = None, **selector_options: Any,
-                   ) -> tuple[Tensor, Tensor, dict[str, Any]]:
+                   objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
+                   **selector_options: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Choose a weighted adversarial coreset of ``dataset`` for ``model`` in one call.
 
     Args:
@@ -121,6 +121,8 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
             ``selector_options``: batchwise, selection_batch_size, lam, tol, max_class_size.
         generator: randomness of the selector (default: seeded with ``seed``).
         device: where the pass runs (default: the model's device).
+        selection_dataset: ``dataset`` without its random augmentation (same items and order): what the pass
+            reads; default ``dataset`` itself.
 
     Returns:
         indices (k,) int64 positions into ``dataset``, ascending; weights (k,) float32 > 0; stats (see
@@ -128,7 +130,7 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
         random, gets the gradient pass too, timed as ``time_error_pass``).
     """
     dev = device if device is not None else next(model.parameters()).device
-    source = as_source(dataset, dev)
+    source = as_source(dataset, dev, **({} if selection_dataset is None else {"selection_view": selection_dataset}))
     obj = resolve_objective(objective, **(objective_options or {}))
     selector = resolve_selector(method, fraction, seed, **selector_options)
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)

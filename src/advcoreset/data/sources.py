@@ -14,12 +14,15 @@ training batches over a coreset's indices (:class:`~advcoreset.data.loader.Batch
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from advcoreset.data.datasets import DataError
 from advcoreset.data.loader import Batch, iterate_batches, to_float
@@ -76,17 +79,41 @@ class TensorSource:
                                padding=self.padding, flip=self.flip, memory_format=self.memory_format)
 
 
-def _dataset_labels(dataset: Dataset[Any], n: int) -> Tensor:
-    """(n,) int64 labels without reading images where the dataset exposes them (TensorDataset, ``targets``)."""
+def _exposed_labels(dataset: Any) -> Tensor | None:
+    """The labels a dataset exposes without reading its items: a TensorDataset's second tensor, ``targets``
+    or ``labels`` (torchvision, many others), a ``Subset`` of such a dataset; None otherwise."""
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
-        labels = dataset.tensors[1]
-    elif hasattr(dataset, "targets"):
-        labels = torch.as_tensor(dataset.targets)
-    else:
-        labels = torch.tensor([int(dataset[i][1]) for i in range(n)])
+        return dataset.tensors[1]
+    for name in ("targets", "labels"):
+        value = getattr(dataset, name, None)
+        if isinstance(value, (Tensor, list, tuple)) or type(value).__name__ == "ndarray":
+            return torch.as_tensor(value)
+    if isinstance(dataset, Subset):
+        parent = _exposed_labels(dataset.dataset)
+        return None if parent is None else parent[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    return None
+
+
+def _dataset_labels(dataset: Dataset[Any], n: int) -> Tensor:
+    """(n,) int64 labels without reading images where the dataset exposes them (``_exposed_labels``); else
+    one pass over the items, with torch's, Python's and NumPy's random states restored afterwards, so a
+    random transform in the dataset does not shift the run's random streams."""
+    labels = _exposed_labels(dataset)
+    if labels is None:
+        with _random_states_kept():
+            labels = torch.tensor([int(dataset[i][1]) for i in range(n)])
     if labels.shape != (n,) or labels.is_floating_point():
         raise DataError(f"dataset labels must be n={n} integers, got {labels.dtype} {tuple(labels.shape)}")
     return labels.long()
+
+
+@contextmanager
+def _random_states_kept() -> Iterator[None]:
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(py)
+    np.random.set_state(npy)
 
 
 def _check_item(item: Any) -> None:
@@ -108,14 +135,30 @@ class DatasetSource:
     ``num_workers``: DataLoader worker processes; batches come back in the order asked for either way."""
 
     def __init__(self, dataset: Dataset[Any], device: torch.device | str = "cpu", *, num_workers: int = 0,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 selection_view: Dataset[Any] | None = None) -> None:
         n = len(dataset)  # type: ignore[arg-type]
         if n == 0:
             raise DataError("the dataset is empty: coreset selection needs at least one example")
-        _check_item(dataset[0])
+        with _random_states_kept():  # reading an item may draw a random augmentation
+            _check_item(dataset[0])
         self.dataset, self.device, self.num_workers = dataset, torch.device(device), num_workers
         self.memory_format = memory_format
         self.labels = _dataset_labels(dataset, n).to(self.device)
+        self.view = dataset if selection_view is None else selection_view
+        """What ``ordered`` and ``sample`` read (the selection pass): the same items without random
+        augmentation, when the caller gives such a view."""
+        if selection_view is not None:
+            m = len(selection_view)  # type: ignore[arg-type]
+            if m != n:
+                raise DataError(f"the selection view has {m} items, the training set {n}: give the same dataset "
+                                "without its random augmentation")
+            with _random_states_kept():
+                _check_item(selection_view[0])
+            exposed = _exposed_labels(selection_view)
+            if exposed is not None and not torch.equal(exposed.long().cpu(), self.labels.cpu()):
+                raise DataError("the selection view's labels differ from the training set's: give the same "
+                                "dataset, in the same order, without its random augmentation")
 
     def __len__(self) -> int:
         return self.labels.numel()
@@ -124,10 +167,11 @@ class DatasetSource:
         return to_float(x.to(self.device)).contiguous(memory_format=self.memory_format)
 
     def sample(self, n: int = 2) -> Tensor:
-        return self._to_device(torch.stack([self.dataset[i][0] for i in range(min(n, len(self)))]))
+        with _random_states_kept():  # a dry run's read draws nothing from the run's streams
+            return self._to_device(torch.stack([self.view[i][0] for i in range(min(n, len(self)))]))
 
     def ordered(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers)
+        loader = DataLoader(self.view, batch_size=batch_size, shuffle=False, num_workers=self.num_workers)
         for x, y in loader:
             yield self._to_device(x), torch.as_tensor(y).long().to(self.device)
 
@@ -144,8 +188,10 @@ class DatasetSource:
 
 def as_source(data: Any, device: torch.device | str = "cpu", **kwargs: Any) -> DataSource:
     """``data`` as a source: a source is returned as it is, a ``Dataset`` becomes a :class:`DatasetSource`
-    (``kwargs``: ``num_workers``, ``memory_format``)."""
+    (``kwargs``: ``num_workers``, ``memory_format``, ``selection_view``)."""
     if isinstance(data, (TensorSource, DatasetSource)):
+        if kwargs.get("selection_view") is not None:
+            raise DataError("a selection view goes with a Dataset, not with a data source: pass the Dataset")
         return data
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         return DatasetSource(data, device, **kwargs)

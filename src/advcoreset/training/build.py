@@ -62,12 +62,14 @@ def builtin_data(cfg: Config, device: torch.device, memory_format: torch.memory_
                    run_stats(cfg.data.name, tr.images), list(tr.classes))
 
 
-def user_data(train_set: Any, test_set: Any, device: torch.device, memory_format: torch.memory_format) -> RunData:
-    """A caller's map-style Datasets of (image (C, H, W) uint8 or float in [0, 1], int label)."""
+def user_data(train_set: Any, test_set: Any, device: torch.device, memory_format: torch.memory_format,
+              selection_set: Any = None) -> RunData:
+    """A caller's map-style Datasets of (image (C, H, W) uint8 or float in [0, 1], int label);
+    ``selection_set``: ``train_set`` without its random augmentation, read by the selection pass."""
     if test_set is None:
         raise ConfigError("train(..., train_set=...) needs test_set too (a Dataset of the same kind): the run "
                           "ends with its clean and PGD accuracy on it")
-    source = DatasetSource(train_set, device, memory_format=memory_format)
+    source = DatasetSource(train_set, device, memory_format=memory_format, selection_view=selection_set)
     test = dataset_tensors(test_set)
     c, h, w = source.sample(1).shape[1:]
     num_classes = int(max(int(source.labels.max()), int(test[1].max()))) + 1

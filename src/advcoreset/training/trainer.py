@@ -84,10 +84,12 @@ class Trainer:
 
     ``model`` (any classifier of (B, C, H, W) in [0, 1] to logits), ``train_set``/``test_set`` (map-style
     Datasets of (image, int label)) and ``optimizer`` (over ``model``'s parameters) replace the parts the
-    config would build; ``data`` replaces the dataset the config names with in-memory splits."""
+    config would build; ``data`` replaces the dataset the config names with in-memory splits;
+    ``selection_set``: ``train_set`` without its random augmentation, which the selection pass reads."""
 
     def __init__(self, cfg: Config, data: DataSplits | None = None, *, model: nn.Module | None = None,
-                 train_set: Any = None, test_set: Any = None, optimizer: torch.optim.Optimizer | None = None) -> None:
+                 train_set: Any = None, test_set: Any = None, optimizer: torch.optim.Optimizer | None = None,
+                 selection_set: Any = None) -> None:
         self.cfg = cfg.validate()
         if optimizer is not None and model is None:
             raise ConfigError("an optimizer was given without its model: pass model=... too")
@@ -110,7 +112,7 @@ class Trainer:
         fast_layout = self.cuda or self.precision.dtype is not None
         self.memory_format = torch.channels_last if (fast_layout and cfg.channels_last) else torch.contiguous_format
         rd: RunData = (builtin_data(cfg, self.device, self.memory_format, data) if train_set is None
-                       else user_data(train_set, test_set, self.device, self.memory_format))
+                       else user_data(train_set, test_set, self.device, self.memory_format, selection_set))
         self.run_data = rd
         check_against_data(cfg, rd.source.labels.cpu(), rd.shape, rd.num_classes)  # before any training
         self.progress: Reporter = make_progress(cfg.progress) if self.env.is_main else silent
@@ -367,10 +369,11 @@ class Trainer:
 
 def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, data: DataSplits | None = None,
           model: nn.Module | None = None, train_set: Any = None, test_set: Any = None,
-          optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+          optimizer: torch.optim.Optimizer | None = None, selection_set: Any = None) -> dict[str, Any]:
     """Train (and finally evaluate) the run described by ``cfg``, with any parts the caller brings; see
     ``Trainer`` and ``Trainer.run``."""
-    trainer = Trainer(cfg, data, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer)
+    trainer = Trainer(cfg, data, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer,
+                      selection_set=selection_set)
     try:
         results = trainer.run(resume=resume, stop_after=stop_after)
     except BaseException:
