@@ -402,3 +402,59 @@ def test_selection_reads_the_unaugmented_view_and_labels_cost_no_random_draws():
         DatasetSource(aug, selection_view=toy(63, 0))
     with pytest.raises(DataError, match="labels differ"):
         DatasetSource(aug, selection_view=TensorDataset(plain.tensors[0], plain.tensors[1].flip(0)))
+
+
+def _two_group_sgd(model: nn.Module) -> torch.optim.SGD:
+    first, last = model[1], model[3]
+    return torch.optim.SGD([{"params": first.parameters(), "lr": 0.01},
+                            {"params": last.parameters(), "lr": 0.001}], lr=0.01, momentum=0.9)
+
+
+def test_a_users_optimiser_keeps_its_rates_and_its_groups(tmp_path):
+    """train(dict, optimizer=...) without a schedule trains at the optimiser's own per-group rates (it
+    logged the config's one-cycle 0.080 before); a schedule set explicitly scales each group by its shape."""
+    model = mlp()
+    opt = _two_group_sgd(model)
+    cfg = {"selection": {"method": "full"}, "optim": {"epochs": 2, "batch_size": 32},
+           "eval": {"pgd_steps": 1}, "progress": "none", "threads": 1, "device": "cpu",
+           "out_dir": str(tmp_path / "a")}
+    advcoreset.train(cfg, model=model, train_set=toy(64, 0), test_set=toy(16, 1), optimizer=opt)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.001]
+    recs = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in recs if r["kind"] == "epoch"] == [0.01, 0.01]
+    assert load_config(tmp_path / "a" / "config.yaml").optim.schedule == "none"  # recorded as it ran
+    model2 = mlp()
+    opt2 = _two_group_sgd(model2)
+    t = Trainer(_cfg(tmp_path / "b", "selection.method=full", "optim.schedule=constant", "optim.lr=0.05",
+                     "optim.epochs=1"), model=model2, train_set=toy(64, 0), test_set=toy(16, 1), optimizer=opt2)
+    t.train_epoch(torch.arange(64), torch.ones(64))
+    assert [g["lr"] for g in opt2.param_groups] == pytest.approx([0.01, 0.001])  # constant shape: own rates
+
+
+def test_a_users_scheduler_steps_every_step_and_resumes(tmp_path):
+    def parts():
+        torch.manual_seed(0)
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return model, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+
+    cfg = {"selection": {"method": "full"}, "optim": {"epochs": 2, "batch_size": 16},
+           "eval": {"pgd_steps": 1}, "progress": "none", "threads": 1, "device": "cpu"}
+    model, opt, sched = parts()
+    advcoreset.train({**cfg, "out_dir": str(tmp_path / "a")}, model=model, train_set=toy(64, 0),
+                     test_set=toy(16, 1), optimizer=opt, scheduler=sched)
+    assert sched.last_epoch == 8 and opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5 ** (8 // 3))
+    from advcoreset.config import Config
+    run_cfg = Config.from_dict({**cfg, "optim": {**cfg["optim"], "schedule": "none"}, "out_dir": str(tmp_path / "b")})
+    m1, o1, s1 = parts()
+    Trainer(run_cfg, model=m1, train_set=toy(64, 0), test_set=toy(16, 1), optimizer=o1, scheduler=s1).run(
+        stop_after=1)
+    m2, o2, s2 = parts()  # a new process: everything rebuilt, then resumed
+    Trainer(run_cfg, model=m2, train_set=toy(64, 0), test_set=toy(16, 1), optimizer=o2, scheduler=s2).run(
+        resume=True)
+    assert s2.last_epoch == 8
+    for a, b in zip(model.state_dict().values(), m2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="optim.schedule=none"):
+        Trainer(_cfg(tmp_path / "c"), model=m2, train_set=toy(64, 0), test_set=toy(16, 1), optimizer=o2,
+                scheduler=s2)

@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
 
 def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: Any = None, train_set: Any = None,
           test_set: Any = None, optimizer: Any = None, resume: bool = False,
-          selection_set: Any = None) -> dict[str, Any]:
+          selection_set: Any = None, scheduler: Any = None) -> dict[str, Any]:
     """Train and evaluate one run; returns the results dict (``test_clean_acc``, ``test_pgd{k}_acc``, times...).
 
     Args:
@@ -48,7 +48,11 @@ def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: 
             timm's ``forward_head``/``get_classifier``); None: ``config.model.name``.
         train_set, test_set: map-style Datasets of (image (C, H, W) uint8 or float in [0, 1], int label), any
             channel count and size; None: ``config.data.name``.
-        optimizer: an optimiser over ``model``'s parameters; None: ``config.optim.name``.
+        optimizer: an optimiser over ``model``'s parameters; None: ``config.optim.name``. Its groups keep their
+            own learning rates: a config given as a dict without ``optim.schedule`` trains at those rates
+            (schedule ``none``); a schedule set explicitly (or a Config's) scales each group's rate by its shape.
+        scheduler: an LR scheduler of ``optimizer``, stepped after every optimiser step; needs schedule ``none``
+            (the default for a dict config with an optimizer).
         selection_set: ``train_set`` without its random augmentation (same items, same order): the selection
             pass reads it, so the coreset is chosen on the images themselves, not on augmented views.
     """
@@ -57,11 +61,13 @@ def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: 
     if config is None or isinstance(config, (str, Path)):
         cfg = load_config(config)
     elif isinstance(config, dict):
+        if optimizer is not None and "schedule" not in (config.get("optim") or {}):
+            config = {**config, "optim": {**(config.get("optim") or {}), "schedule": "none"}}
         cfg = Config.from_dict(config).validate()
     else:
         cfg = config
     return run(cfg, resume=resume, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer,
-               selection_set=selection_set)
+               selection_set=selection_set, scheduler=scheduler)
 
 
 def load_model(folder: Any, device: Any = "cpu") -> nn.Module:

@@ -144,7 +144,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """AdamW's moment decay rates."""
     schedule: str = "onecycle"
-    """onecycle, step, cosine or constant. Counts only the epochs (and steps) that train."""
+    """onecycle, step, cosine, constant or none. Counts only the epochs (and steps) that train. With an
+    optimiser of one's own (``train(optimizer=...)``) the schedule scales each parameter group's own rate by
+    its shape (``lr_at / lr``); ``none`` leaves the rates alone (the optimiser's, or a ``scheduler=``'s)."""
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     """Step schedule: fractions of the run at which the LR drops by ``gamma``."""
     gamma: float = 0.1

@@ -83,6 +83,11 @@ class EpochContext:
     ``model`` itself: their input-gradient passes must not enter DDP's gradient reduction)."""
     reduce: Callable[[Tensor], Tensor] | None = None
     """Under torchrun: sum of a float64 vector over the ranks, so every rank judges the loss alike."""
+    base_lrs: list[float] | None = None
+    """An optimiser of the caller's: each parameter group's own rate, which the schedule's shape scales
+    (None: the library's optimiser, whose groups all take ``lr_at`` itself)."""
+    scheduler: Any = None
+    """The caller's LR scheduler, stepped after every optimiser step (the loop then sets no rate)."""
 
 
 def _step(ctx: EpochContext, b: Batch, norm: Tensor | None, timer: StepTimer) -> Any:
@@ -98,6 +103,20 @@ def _step(ctx: EpochContext, b: Batch, norm: Tensor | None, timer: StepTimer) ->
             nn.utils.clip_grad_norm_(model.parameters(), ctx.optim.grad_clip)
         opt.step()
     return out
+
+
+def _set_lr(ctx: EpochContext, progress: float) -> float:
+    """Set the optimiser's rates for training progress ``progress``; returns the first group's rate."""
+    groups = ctx.optimizer.param_groups
+    if ctx.scheduler is None and ctx.optim.schedule != "none":
+        lr = lr_at(progress, ctx.optim)
+        if ctx.base_lrs is None:
+            for g in groups:
+                g["lr"] = lr
+        else:
+            for g, base in zip(groups, ctx.base_lrs, strict=True):
+                g["lr"] = base * lr / ctx.optim.lr
+    return float(groups[0]["lr"])
 
 
 def _totals(ctx: EpochContext, loss_sum: Tensor, correct: Tensor, seen: int) -> tuple[float, float, int]:
@@ -126,10 +145,10 @@ def train_epoch(ctx: EpochContext, batches: Iterator[Batch], n_batches: int,
     for i in range(n_batches):
         with timer.section("data"):
             b = next(batches)
-        lr = lr_at((ctx.epoch + i / n_batches) / ctx.optim.epochs, ctx.optim)
-        for g in ctx.optimizer.param_groups:
-            g["lr"] = lr
+        lr = _set_lr(ctx, (ctx.epoch + i / n_batches) / ctx.optim.epochs)
         out = _step(ctx, b, loss_norm(b), timer)
+        if ctx.scheduler is not None:
+            ctx.scheduler.step()
         if counted is None or counted(b):
             loss_sum += out.per_example.float().sum()
             correct += (out.logits.argmax(1) == b.y).sum()

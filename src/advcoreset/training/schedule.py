@@ -16,7 +16,7 @@ from advcoreset.selection import build_selector
 def lr_at(progress: float, cfg: OptimConfig) -> float:
     """Learning rate at training progress ``progress`` in [0, 1]."""
     p = min(max(progress, 0.0), 1.0)
-    if cfg.schedule == "constant":
+    if cfg.schedule in ("constant", "none"):  # none: the loop sets no rate at all (training/epoch.py)
         return cfg.lr
     if cfg.schedule == "step":
         return cfg.lr * cfg.gamma ** sum(p >= m for m in cfg.milestones)

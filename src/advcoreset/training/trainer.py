@@ -89,10 +89,13 @@ class Trainer:
 
     def __init__(self, cfg: Config, data: DataSplits | None = None, *, model: nn.Module | None = None,
                  train_set: Any = None, test_set: Any = None, optimizer: torch.optim.Optimizer | None = None,
-                 selection_set: Any = None) -> None:
+                 selection_set: Any = None, scheduler: Any = None) -> None:
         self.cfg = cfg.validate()
         if optimizer is not None and model is None:
             raise ConfigError("an optimizer was given without its model: pass model=... too")
+        if scheduler is not None and (optimizer is None or cfg.optim.schedule != "none"):
+            raise ConfigError("a scheduler needs its optimizer (optimizer=...) and optim.schedule=none: the loop "
+                              "sets no learning rate then, the scheduler does")
         if data is not None and train_set is not None:
             raise ConfigError("pass either data (DataSplits) or train_set/test_set (Datasets), not both")
         self.device = resolve_device(cfg.device)
@@ -126,6 +129,10 @@ class Trainer:
         sel_objective = build_selection_objective(cfg.objective, cfg.selection)
         selector = build_selector(cfg.selection, cfg.seed)
         self.optimizer = optimizer or build_optimizer(self.model.parameters(), cfg.optim)
+        self.base_lrs = None if optimizer is None else [float(g.get("initial_lr", g["lr"]))
+                                                        for g in optimizer.param_groups]
+        """A caller's optimiser keeps its groups' own rates: the schedule scales them (``optim.schedule``)."""
+        self.scheduler = scheduler
         self.generator = torch.Generator().manual_seed(cfg.seed)
         s = cfg.selection
         kw: dict[str, Any] = dict(
@@ -170,6 +177,7 @@ class Trainer:
             "coreset": None if sel is None else {"indices": sel.indices.cpu(), "weights": sel.weights.cpu()},
             "best_val": s.best_val, "times": dict(s.times), "config": self.cfg.to_dict(),
             "grad_errors": list(s.grad_errors), "precision": self.precision.name,
+            **({} if self.scheduler is None else {"scheduler": self.scheduler.state_dict()}),
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -196,6 +204,8 @@ class Trainer:
         check_state_dict(self.model, ckpt["model"], self.out / CHECKPOINT)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and isinstance(ckpt.get("scheduler"), dict):
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"], self.generator)
         self.loader.load_state_dict({"epoch": ckpt["epoch"], "coreset": ckpt.get("coreset")})
         self.state = RunState(ckpt["epoch"], float(ckpt.get("best_val", -1.0)), dict(ckpt.get("times", {})),
@@ -222,7 +232,8 @@ class Trainer:
         env = self.env
         return EpochContext(self.model, self.objective, self.optimizer, self.cfg.optim, self.device,
                             self.state.epoch, self._autocast, str(self.out / CHECKPOINT), self.ddp,
-                            (lambda t: sum_counts(t, env)) if env.is_distributed else None)
+                            (lambda t: sum_counts(t, env)) if env.is_distributed else None, self.base_lrs,
+                            self.scheduler)
 
     def train_epoch(self, indices: Tensor, weights: Tensor, bar: Any = None) -> dict[str, float]:
         """One pass over ``indices`` (k,) with ``weights`` (k,) under the run's weight rule (``optim.weight_norm``;
@@ -369,11 +380,12 @@ class Trainer:
 
 def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, data: DataSplits | None = None,
           model: nn.Module | None = None, train_set: Any = None, test_set: Any = None,
-          optimizer: torch.optim.Optimizer | None = None, selection_set: Any = None) -> dict[str, Any]:
+          optimizer: torch.optim.Optimizer | None = None, selection_set: Any = None,
+          scheduler: Any = None) -> dict[str, Any]:
     """Train (and finally evaluate) the run described by ``cfg``, with any parts the caller brings; see
     ``Trainer`` and ``Trainer.run``."""
     trainer = Trainer(cfg, data, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer,
-                      selection_set=selection_set)
+                      selection_set=selection_set, scheduler=scheduler)
     try:
         results = trainer.run(resume=resume, stop_after=stop_after)
     except BaseException:
