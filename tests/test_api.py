@@ -336,7 +336,7 @@ def test_an_early_stop_still_ends_the_epoch_and_the_schedule_goes_on():
     assert whole.epoch == 4 and stopped.epoch == 3  # epochs done; the 4th ends when the next one starts
     sel_epochs = []
     probe = CoresetLoader(ds, mlp(), "pgd", **kw)
-    for e in range(5):
+    for _ in range(5):
         for _batch in probe:
             break
         sel_epochs.append(probe.stats["epoch"] if probe.stats else None)

@@ -48,3 +48,14 @@ def test_evaluate_any_model():
     res = run("evaluate_any_model.py", "--n", "16", "--eps", "0.05", "--smoke")[-1]
     assert res["n"] == 16 and res["comparable_to_robustbench"] is False  # tiny budgets are labelled
     assert 0 <= res["autoattack_acc"] <= res["clean_acc"] and 0 <= res["pgd20_acc"] <= res["clean_acc"]
+
+
+def test_lightning_selects_on_schedule_even_when_it_stops_epochs_early():
+    """Under Lightning, with limit_train_batches stopping every epoch before the loader is exhausted: the
+    warm epoch, then a coreset chosen at the starts of epochs 2 and 4 (it used to stay warm forever)."""
+    lines = run("lightning_coreset.py", "--epochs", "4", "--n", "200", "--limit-batches", "2")
+    k = coreset_size(200)
+    assert [r["batches"] for r in lines[:4]] == [2, math.ceil(k / 64), math.ceil(k / 64), math.ceil(k / 64)]
+    assert lines[-1]["selections_at"] == 4 and lines[-1]["coreset_size"] == k
+    full = run("lightning_coreset.py", "--epochs", "3", "--n", "200")
+    assert [r["batches"] for r in full[:3]] == [math.ceil(200 / 64), math.ceil(k / 64), math.ceil(k / 64)]

@@ -23,12 +23,12 @@ if TYPE_CHECKING:
     from advcoreset.coreset import CoresetLoader, select_coreset
     from advcoreset.models.adapter import LastLayerError
 
-__all__ = ["Config", "ConfigError", "CoresetLoader", "LastLayerError", "load_config", "load_model",
+__all__ = ["Config", "ConfigError", "CoresetCallback", "CoresetLoader", "LastLayerError", "load_config", "load_model",
            "select_coreset", "train"]
 __version__ = "0.1.0"
 
 _LAZY = {"CoresetLoader": "advcoreset.coreset", "select_coreset": "advcoreset.coreset",
-         "LastLayerError": "advcoreset.models.adapter"}
+         "LastLayerError": "advcoreset.models.adapter", "CoresetCallback": "advcoreset.coreset.lightning"}
 
 
 def __getattr__(name: str) -> Any:
