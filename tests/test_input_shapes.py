@@ -9,6 +9,7 @@ Each refusal is one ``error:`` line (exit 2) naming the input, and nothing is wr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -150,19 +151,25 @@ def test_every_shipped_config_and_spec_loads(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------- meaningless combinations
-def test_warm_start_as_long_as_the_run_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for sets in (["optim.epochs=2", "selection.warm_epochs=2"], ["optim.epochs=3", "selection.warm_epochs=5",
-                                                                 "selection.method=craig"]):
-        with pytest.raises(ConfigError, match=r"selection\.warm_epochs.*selection\.method=full"):
-            load_config(None, sets)
-    # a warm start shorter than the run, or no coreset at all, is fine
-    load_config(None, ["optim.epochs=2", "selection.warm_epochs=1"])
-    load_config(None, ["optim.epochs=2", "selection.warm_epochs=4", "selection.method=full"])
+def test_warm_start_as_long_as_the_run_is_labelled_by_what_it_did(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A coreset method whose warm start spans every epoch trains on all data: the run says so (banner,
+    results.json), and a bench spec, whose table would label the row by the method, refuses it."""
     run = tmp_path / "run"
     code, out = _run_cli(["train", "--out", str(run), *TINY], capsys)  # gradmatch, warm 1 of 1 epoch
-    line = _one_error(out)
-    assert code == 2 and "selection.warm_epochs" in line and "lower it" in line, out
-    assert not run.exists()
+    assert code == 0, out
+    assert "selection gradmatch @ 0.3 (never reached: the warm start spans all 1 epochs" in out
+    res = json.loads((run / "results.json").read_text())
+    assert res["selection_rounds"] == 0 and "no selection round ran" in res["note"]
+    ok = tmp_path / "ok"
+    code, out = _run_cli(["train", "--out", str(ok), *TINY, "--set", "optim.epochs=2"], capsys)
+    res = json.loads((ok / "results.json").read_text())
+    assert code == 0 and res["selection_rounds"] == 1 and "note" not in res and "never reached" not in out
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(GOOD_SPEC.replace("methods: [full]", "methods: [full, gradmatch]")
+                    .replace("optim: {epochs: 2}", "optim: {epochs: 1}"))
+    with pytest.raises(SpecError, match=r"warm_epochs 1 >= optim.epochs 1.*no coreset"):
+        bench.expand(bench.load_spec(spec), tmp_path / "b")
 
 
 @pytest.mark.parametrize(("old", "new", "names"), [
@@ -249,7 +256,6 @@ def test_finished_run_resumed_to_more_epochs_refused(finished_run: Path, tmp_pat
     assert _snapshot(run) == before
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py _train must pass the epochs: finished_results(out, cfg.optim.epochs)")
 def test_cli_resume_of_a_finished_run_to_more_epochs_refused(finished_run: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"

@@ -93,9 +93,13 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
                     if threads:
                         cfg["threads"] = threads
                     try:
-                        Config.from_dict(cfg).validate()  # fail before any run starts
+                        c = Config.from_dict(cfg).validate()  # fail before any run starts
                     except ConfigError as e:
                         raise SpecError(f"benchmark spec, objective {obj_name!r}, method {method!r}: {e}") from None
+                    if method != "full" and c.selection.warm_epochs >= c.optim.epochs:  # a row labelled wrongly
+                        raise SpecError(f"benchmark spec, objective {obj_name!r}, method {method!r}: "
+                                        f"selection.warm_epochs {c.selection.warm_epochs} >= optim.epochs "
+                                        f"{c.optim.epochs}, so no coreset would ever be chosen; lower the warm start")
                     runs.append(run)
     # seed-major order: each seed's whole comparison (Full and every coreset) finishes before the next seed
     # starts, so a study spread over sessions has complete, same-machine comparisons as it goes

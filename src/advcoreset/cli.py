@@ -40,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     check_device(cfg.device)
     out = Path(cfg.out_dir)
-    if args.resume and finished_results(out) is not None:
+    if args.resume and finished_results(out, cfg.optim.epochs) is not None:
         print(f"advcoreset: {out} holds a finished run ({out / 'results.json'}); nothing to train. "
               f"`advcoreset eval {out}` evaluates it again.", flush=True)
         return 0
@@ -58,9 +58,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _banner(cfg: Any) -> str:
     s = cfg.selection
+    never = s.method != "full" and s.warm_epochs >= cfg.optim.epochs
     return (f"advcoreset: training {cfg.objective.name} ({cfg.objective.attack.norm}, eps {cfg.objective.attack.eps}) "
             f"on {cfg.data.name} with {cfg.model.name}, selection {s.method}"
-            + (f" @ {s.fraction}" if s.method != "full" else "") + f" -> {cfg.out_dir}")
+            + (f" @ {s.fraction}" if s.method != "full" else "")
+            + (f" (never reached: the warm start spans all {cfg.optim.epochs} epochs, so every epoch trains on all "
+               "data)" if never else "") + f" -> {cfg.out_dir}")
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -68,10 +68,6 @@ def _selection_rules(c: Any) -> list[Rule]:
     return [
         (0 < s.fraction <= 1, "selection.fraction", s.fraction, "must be in (0, 1]"),
         (s.warm_epochs >= 0, "selection.warm_epochs", s.warm_epochs, "must be >= 0"),
-        # a warm start as long as the run trains every epoch on all data, yet the run is labelled "method @ f"
-        (s.method == "full" or s.warm_epochs < c.optim.epochs, "selection.warm_epochs", s.warm_epochs,
-         f"must be < optim.epochs ({c.optim.epochs}) for selection.method {s.method}, or every epoch trains on all "
-         "data and no coreset is ever chosen: lower it, or use selection.method=full"),
         (s.interval >= 1, "selection.interval", s.interval, "must be >= 1"),
         (s.method != "rs2" or s.interval == 1, "selection.interval", s.interval,
          "must be 1 for selection.method rs2 (a fresh random subset every epoch)"),

@@ -332,6 +332,7 @@ class Trainer:
         results: dict[str, Any] = {"kind": "final", "epoch": self.state.epoch, **final,
                                    "time_train_total": self.train_seconds(), "time_final_eval": final_time,
                                    "time_selection": self.selection_seconds(), **self._grad_error_summary(),
+                                   **self._selection_summary(),
                                    "times": dict(self.state.times), "device": str(self.device),
                                    "precision": precision_record(self.precision),
                                    "world_size": self.env.world_size}
@@ -366,6 +367,20 @@ class Trainer:
     def selection_seconds(self) -> float:
         """Seconds spent choosing coresets so far (selection attack pass + solver), part of the training time."""
         return sum(self.state.times.get(k, 0.0) for k in ("selection_attack", "selection_solver"))
+
+    def _selection_summary(self) -> dict[str, Any]:
+        """How many selection rounds ran, and a note when a coreset method never got to choose (a warm start
+        as long as the run): the run is then labelled by what it did."""
+        ld = self.loader
+        if not ld.selector.subset:
+            return {"selection_rounds": 0}
+        rounds = ld.round_index(self.state.epoch)
+        out: dict[str, Any] = {"selection_rounds": rounds}
+        if rounds == 0:
+            out["note"] = (f"no selection round ran (selection.warm_epochs {self.cfg.selection.warm_epochs} >= "
+                           f"optim.epochs {self.cfg.optim.epochs}): every epoch trained on all data, as "
+                           "selection.method=full does")
+        return out
 
     def _grad_error_summary(self) -> dict[str, Any]:
         errs = self.state.grad_errors
