@@ -279,7 +279,6 @@ def test_random_selection_reports_its_gradient_error_as_the_solvers_do():
     """select_coreset gives grad_error for random too (the one comparison a user wants), equal to the error
     of its chosen indices and weights against the same gradients a solver reads; the subset is unchanged."""
     from advcoreset.coreset.select import selection_gradients
-    from advcoreset.objectives import build_objective
     from advcoreset.selection import approximation_error
 
     ds, model = toy(64, 0), mlp()
@@ -287,9 +286,9 @@ def test_random_selection_reports_its_gradient_error_as_the_solvers_do():
     idx, w, stats = select_coreset(model, ds, "pgd", method="random", fraction=0.25, batch_size=16, seed=3,
                                    objective_options={"steps": 2})
     torch.manual_seed(5)  # the same random starts as the error pass
-    cfg = load_config(None, ["objective.attack.steps=2"])
+    from advcoreset.coreset.parts import resolve_selection_objective
     from advcoreset.data.sources import as_source
-    grads = selection_gradients(model, build_objective(cfg.objective), as_source(ds, "cpu"), 16)
+    grads = selection_gradients(model, resolve_selection_objective("pgd", {"steps": 2}), as_source(ds, "cpu"), 16)
     assert stats["grad_error"] == pytest.approx(approximation_error(grads, idx, w))
     assert 0 < stats["grad_error"] < 2 and stats["time_selection_attack"] >= 0 and stats["time_error_pass"] > 0
     idx2, _, _ = select_coreset(model, ds, "pgd", method="random", fraction=0.25, batch_size=16, seed=3)
@@ -458,3 +457,33 @@ def test_a_users_scheduler_steps_every_step_and_resumes(tmp_path):
     with pytest.raises(ConfigError, match="optim.schedule=none"):
         Trainer(_cfg(tmp_path / "c"), model=m2, train_set=toy(64, 0), test_set=toy(16, 1), optimizer=o2,
                 scheduler=s2)
+
+
+
+def test_the_loaders_defaults_are_trains_and_attack_steps_is_honoured():
+    """CoresetLoader and select_coreset default to what train() runs (GradMatch, 30%, warm 1, interval 4, a
+    1-step selection attack of 2.5 eps); attack_steps / attack_alpha change the selection attack (they were
+    accepted and ignored, so a loop paid the full training attack at every round)."""
+    import inspect
+
+    from advcoreset.config import SelectionConfig
+    from advcoreset.objectives import PGDAT
+
+    sel = SelectionConfig()
+    params = inspect.signature(CoresetLoader).parameters
+    for name, want in (("method", sel.method), ("fraction", sel.fraction), ("warm_epochs", sel.warm_epochs),
+                       ("interval", sel.interval)):
+        assert params[name].default == want, name
+    assert inspect.signature(select_coreset).parameters["method"].default == sel.method
+    ds = toy(32, 0)
+    default = CoresetLoader(ds, mlp(), "pgd", objective_options={"eps": 0.1, "steps": 10})
+    assert (default.objective.steps, default.objective.alpha) == (1, pytest.approx(0.25))
+    three = CoresetLoader(ds, mlp(), "pgd", objective_options={"eps": 0.1, "steps": 10}, attack_steps=3)
+    assert (three.objective.steps, three.objective.alpha) == (3, pytest.approx(0.25 / 3))
+    assert CoresetLoader(ds, mlp(), "pgd", attack_steps=2, attack_alpha=0.01).objective.alpha == 0.01
+    own = PGDAT(eps=0.1, alpha=0.02, steps=5)
+    assert CoresetLoader(ds, mlp(), own).objective is own  # an object attacks as it was built
+    with pytest.raises(ValueError, match="attack_steps / attack_alpha apply to an objective given by name"):
+        CoresetLoader(ds, mlp(), own, attack_steps=1)
+    with pytest.raises(ValueError, match="attack_steps must be >= 1"):
+        select_coreset(mlp(), ds, "pgd", attack_steps=0)

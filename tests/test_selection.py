@@ -387,7 +387,7 @@ def per_class_error(x: Tensor, y: Tensor, sel: Selection) -> float:
 
 
 def test_available_selectors_and_build_from_config():
-    assert available_selectors() == ["craig", "full", "gradmatch", "random", "random_fixed"]
+    assert available_selectors() == ["craig", "full", "gradmatch", "random", "random_fixed", "rs2"]
     s = build_selector(sel_cfg(method="gradmatch", fraction=0.2, batchwise=True, selection_batch_size=16,
                                lam=0.1, tol=0.01), seed=3)
     assert (s.name, s.needs_grads, s.fraction, s.batchwise, s.batch_size, s.lam, s.tol, s.seed) == (

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advcoreset.coreset.parts import resolve_objective, resolve_selector
+from advcoreset.coreset.parts import resolve_selection_objective, resolve_selector
 from advcoreset.coreset.select import Autocast, Progress, run_selection
 from advcoreset.data.loader import Batch
 from advcoreset.data.sources import as_source
@@ -46,8 +46,9 @@ class CoresetLoader:
         dataset: a map-style Dataset of (image (C, H, W) uint8 or float in [0, 1], int label), or a data
             source (``advcoreset.data.sources``).
         model: the model being trained (its final nn.Linear is found and checked on a sample batch now).
-        objective: the selection objective: a name (pgd, trades, fast, pat, standard) with defaults changed by
-            ``objective_options``, or an Objective.
+        objective: the selection objective: a name (pgd, trades, fast, nfgsm, pat, standard) with defaults
+            changed by ``objective_options``, attacking with ``attack_steps`` (default 1, as ``train()``) of
+            ``attack_alpha`` (default 2.5 eps / steps); or an Objective, used as it is.
         method, fraction, selector_options: the selector (name or object), the share of every class kept
             and its options (batchwise, selection_batch_size, lam, tol, max_class_size).
         warm_epochs, interval: epochs on all data first, then a new coreset every ``interval`` epochs.
@@ -62,11 +63,12 @@ class CoresetLoader:
     """
 
     def __init__(self, dataset: Any, model: nn.Module, objective: str | Objective = "pgd", *,
-                 method: str | Selector = "craig", fraction: float = 0.3, warm_epochs: int = 1, interval: int = 2,
+                 method: str | Selector = "gradmatch", fraction: float = 0.3, warm_epochs: int = 1, interval: int = 4,
                  weight_rule: str | None = None, batch_size: int = 128, grad_features: str = "last_layer",
                  seed: int = 0, generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  progress: Progress | None = None, autocast: Autocast | None = None, num_classes: int | None = None,
                  objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
+                 attack_steps: int | None = None, attack_alpha: float | None = None,
                  **selector_options: Any) -> None:
         if warm_epochs < 0 or interval < 1 or batch_size < 1:
             raise ValueError(f"need warm_epochs >= 0, interval >= 1 and batch_size >= 1, got {warm_epochs}, "
@@ -78,7 +80,8 @@ class CoresetLoader:
         dev = device if device is not None else next(model.parameters()).device
         self.source = as_source(dataset, dev, **({} if selection_dataset is None else
                                                  {"selection_view": selection_dataset}))
-        self.model, self.objective = model, resolve_objective(objective, **(objective_options or {}))
+        self.model = model
+        self.objective = resolve_selection_objective(objective, objective_options, attack_steps, attack_alpha)
         self.layer = last_layer(model, self.source.sample())
         self.warm_epochs, self.interval, self.weight_rule = warm_epochs, interval, rule
         self.batch_size, self.grad_features, self.num_classes = batch_size, grad_features, num_classes

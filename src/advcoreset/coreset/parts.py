@@ -6,12 +6,13 @@ import dataclasses
 from typing import Any
 
 from advcoreset.config import AttackConfig, ObjectiveConfig, PATConfig, SelectionConfig
-from advcoreset.objectives import Objective, available_objectives, build_objective
+from advcoreset.objectives import Objective, available_objectives, build_objective, build_selection_objective
 from advcoreset.selection import Selector, available_selectors, build_selector
 
 _ATTACK = {f.name for f in dataclasses.fields(AttackConfig)}
 _PAT = {f.name for f in dataclasses.fields(PATConfig)}
-_SELECTION = {f.name for f in dataclasses.fields(SelectionConfig)} - {"method", "fraction"}
+_SELECTION = {f.name for f in dataclasses.fields(SelectionConfig)} - {"method", "fraction", "attack_steps",
+                                                                      "attack_alpha"}
 
 
 def resolve_objective(spec: str | Objective, **options: Any) -> Objective:
@@ -30,10 +31,33 @@ def resolve_objective(spec: str | Objective, **options: Any) -> Objective:
     if unknown:
         raise ValueError(f"unknown objective option(s) {sorted(unknown)}; known: "
                          f"{sorted(_ATTACK | _PAT | {'beta'})}")
+    return build_objective(_objective_config(spec, options))
+
+
+def _objective_config(spec: str, options: dict[str, Any]) -> ObjectiveConfig:
     attack = AttackConfig(**{k: v for k, v in options.items() if k in _ATTACK})
     pat = PATConfig(**{k: v for k, v in options.items() if k in _PAT})
-    cfg = ObjectiveConfig(name=spec, beta=options.get("beta", ObjectiveConfig.beta), attack=attack, pat=pat)
-    return build_objective(cfg)
+    return ObjectiveConfig(name=spec, beta=options.get("beta", ObjectiveConfig.beta), attack=attack, pat=pat)
+
+
+def resolve_selection_objective(spec: str | Objective, options: dict[str, Any] | None = None,
+                                attack_steps: int | None = None, attack_alpha: float | None = None) -> Objective:
+    """The objective a selection pass attacks with, as ``train()`` builds it: an objective given by name gets
+    ``attack_steps`` (default: the config's, ``SelectionConfig.attack_steps``, a 1-step attack) and
+    ``attack_alpha`` (default 2.5 eps / attack_steps); an Objective object is used as it is (then neither may
+    be given)."""
+    options = options or {}
+    if isinstance(spec, Objective):
+        if attack_steps is not None or attack_alpha is not None:
+            raise ValueError("attack_steps / attack_alpha apply to an objective given by name; the "
+                             f"{type(spec).__name__} object passed attacks as it was built")
+        return resolve_objective(spec, **options)
+    resolve_objective(spec, **options)  # the name and the options checked, each error naming them
+    steps = SelectionConfig.attack_steps if attack_steps is None else attack_steps
+    if steps is not None and steps < 1:
+        raise ValueError(f"attack_steps must be >= 1, got {steps}")
+    return build_selection_objective(_objective_config(spec, options),
+                                     SelectionConfig(attack_steps=steps, attack_alpha=attack_alpha))
 
 
 def resolve_selector(method: str | Selector, fraction: float, seed: int = 0, **options: Any) -> Selector:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advcoreset.coreset.parts import resolve_objective, resolve_selector
+from advcoreset.coreset.parts import resolve_selection_objective, resolve_selector
 from advcoreset.data.sources import DataSource, as_source
 from advcoreset.models.adapter import LastLayer, last_layer
 from advcoreset.objectives import Objective
@@ -103,10 +103,11 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
 
 
 def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = "pgd", *,
-                   method: str | Selector = "craig", fraction: float = 0.3, batch_size: int = 128,
+                   method: str | Selector = "gradmatch", fraction: float = 0.3, batch_size: int = 128,
                    features: str = "last_layer", seed: int = 0, generator: torch.Generator | None = None,
                    device: torch.device | str | None = None, progress: Progress | None = None,
                    objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
+                   attack_steps: int | None = None, attack_alpha: float | None = None,
                    **selector_options: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Choose a weighted adversarial coreset of ``dataset`` for ``model`` in one call.
 
@@ -115,8 +116,9 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
             checked on a sample batch first.
         dataset: a map-style Dataset of (image (C, H, W) uint8 or float in [0, 1], int label), streamed in
             batches of ``batch_size`` (never held as one tensor), or a ``DataSource``.
-        objective: a name (pgd, trades, fast, pat, standard) with default settings, changed by
-            ``objective_options`` (e.g. ``{"eps": 8 / 255}``), or an Objective.
+        objective: a name (pgd, trades, fast, nfgsm, pat, standard) with default settings, changed by
+            ``objective_options`` (e.g. ``{"eps": 8 / 255}``) and attacking with ``attack_steps`` (default 1,
+            as ``train()``) of ``attack_alpha`` (default 2.5 eps / steps); or an Objective, used as it is.
         method, fraction: the selector (name or object) and the share of every class to keep;
             ``selector_options``: batchwise, selection_batch_size, lam, tol, max_class_size.
         generator: randomness of the selector (default: seeded with ``seed``).
@@ -131,7 +133,7 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
     """
     dev = device if device is not None else next(model.parameters()).device
     source = as_source(dataset, dev, **({} if selection_dataset is None else {"selection_view": selection_dataset}))
-    obj = resolve_objective(objective, **(objective_options or {}))
+    obj = resolve_selection_objective(objective, objective_options, attack_steps, attack_alpha)
     selector = resolve_selector(method, fraction, seed, **selector_options)
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     layer = last_layer(model, source.sample())
