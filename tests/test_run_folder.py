@@ -183,3 +183,39 @@ def test_an_unwritable_folder_is_reported_before_any_work(tmp_path: Path, monkey
     assert f"{run} is not writable (Permission denied)" in err and "--output" in err
     assert cli.main(["train", "--out", str(tmp_path / "new"), "--set", "data.name=digits"]) == 2
     assert f"run folder {tmp_path / 'new'} is not writable" in capsys.readouterr().err
+
+
+def test_json_results_get_the_users_umask_not_0600(tmp_path):
+    import os
+    import stat
+
+    from advcoreset.training.run_folder import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "results.json", {"a": 1})
+        assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
+        os.umask(0o077)
+        write_json_atomic(tmp_path / "private.json", {"a": 1})
+        assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_every_file_of_a_run_is_readable_by_others_under_umask_022(tmp_path):
+    import os
+    import stat
+
+    from advcoreset.cli import main
+
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        assert main(["train", "--out", str(run), "--set", "data.name=digits", "--set", "data.test_subset=32",
+                     "--set", "model.width=8", "--set", "objective.attack.steps=1", "--set", "optim.epochs=1",
+                     "--set", "eval.pgd_steps=1", "--set", "progress=none", "--set", "selection.method=full"]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.iterdir() if p.is_file()}
+    assert {"results.json", "model.safetensors", "model.json", "last.pt"} <= set(modes)
+    assert all(m & 0o044 == 0o044 for m in modes.values()), modes

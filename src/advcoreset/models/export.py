@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from advcoreset.fileperm import as_created
 from advcoreset.models import MODELS, create_model
 from advcoreset.safeload import CheckpointError, check_state_dict, check_weights, load_weights_only
 
@@ -123,6 +124,7 @@ def export_model(model: nn.Module, out: str | Path, *, architecture: str | None,
     out.mkdir(parents=True, exist_ok=True)
     state = plain_state_dict(model)
     save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT})
+    as_created(out / WEIGHTS)  # safetensors writes 0600
     args = dict(arguments)
     fits = is_exportable_architecture(architecture) and _fits(architecture, args, state)
     meta: dict[str, Any] = {

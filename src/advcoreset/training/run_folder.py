@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from advcoreset.fileperm import default_file_mode
+
 LOCK = ".lock"
 RESULTS = "results.json"
 CHECKPOINT = "last.pt"
@@ -88,6 +90,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2)
             f.flush()
