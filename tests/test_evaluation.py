@@ -215,8 +215,8 @@ def test_autoattack_on_small_cnn_is_no_weaker_than_pgd_and_reports_budgets() -> 
     assert set(res["seconds"]) == {"clean", "pgd", "autoattack"} and set(without["seconds"]) == {"clean", "pgd"}
     assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
     assert res["clean_acc"] == pytest.approx(14 / 16)
-    assert res["pgd"] == {"steps": 10, "alpha": pytest.approx(0.003), "restarts": 1, "random_start": True,
-                          "loss": "ce"}
+    assert res["pgd"] == {"steps": 10, "alpha": pytest.approx(0.0075), "restarts": 1, "random_start": True,
+                          "loss": "ce", "alpha_rule": "2.5 eps / steps"}
     assert 0 < res["pgd10_acc"] < res["clean_acc"]
     assert res["autoattack_acc"] <= res["pgd10_acc"] + 1 / 16
     attacks = res["autoattack"]["attacks"]
@@ -287,3 +287,20 @@ def test_autoattack_rejects_too_few_classes() -> None:
     with pytest.raises(ValueError, match="at least 4 classes"):
         autoattack_accuracy(model, torch.rand(2, 1, SIDE, SIDE), torch.zeros(2, dtype=torch.long),
                             norm="linf", eps=0.01)
+
+
+def test_the_default_pgd_step_scales_with_the_steps_and_is_labelled() -> None:
+    """2.5 eps / steps (a fixed eps / 10 let a 5-step attack travel half the ball: an over-optimistic number),
+    recorded as the rule; an explicit step wins and is labelled as given."""
+    from advcoreset.evaluation import default_pgd_alpha
+
+    assert default_pgd_alpha(0.1, "linf", 5) == pytest.approx(0.05)
+    assert default_pgd_alpha(0.1, "linf", 20) == pytest.approx(0.0125)
+    assert default_pgd_alpha(1.0, "l2", 10) == pytest.approx(0.25)
+    torch.manual_seed(0)
+    model = small_cnn(1, 10, SIDE, [0.5], [0.25], width=4, hidden=16).eval()
+    x, y = torch.rand(8, 1, SIDE, SIDE), torch.randint(0, 10, (8,))
+    res = evaluate(model, x, y, norm="linf", eps=0.1, pgd_steps=5, pgd_alpha=None)
+    assert res["pgd"]["alpha"] == pytest.approx(0.05) and res["pgd"]["alpha_rule"] == "2.5 eps / steps"
+    given = evaluate(model, x, y, norm="linf", eps=0.1, pgd_steps=5, pgd_alpha=0.01)
+    assert given["pgd"]["alpha"] == 0.01 and given["pgd"]["alpha_rule"] == "given"

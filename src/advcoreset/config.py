@@ -173,7 +173,8 @@ class OptimConfig:
 class EvalConfig:
     pgd_steps: int = 20
     pgd_alpha: float | None = None
-    """PGD step for evaluation; None = eps / 10 (l_inf) or eps / 4 (l_2)."""
+    """PGD step for evaluation; None = 2.5 eps / steps (every budget can cross the ball; recorded as the
+    ``alpha_rule`` of the results)."""
     pgd_restarts: int = 1
     every: int = 1
     """Evaluate on the test subset every N epochs (0 = only at the end)."""

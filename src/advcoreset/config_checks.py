@@ -139,7 +139,7 @@ def _rules(c: Any) -> list[Rule]:
         (o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", o.grad_clip,
          "must be > 0 or null (no clipping)"),
         (e.pgd_alpha is None or e.pgd_alpha > 0, "eval.pgd_alpha", e.pgd_alpha,
-         "must be > 0 or null (eps/10 for linf, eps/4 for l2)"),
+         "must be > 0 or null (2.5 eps / steps)"),
         (not e.autoattack or c.objective.attack.eps > 0, "eval.autoattack", e.autoattack,
          "needs objective.attack.eps > 0 (AutoAttack has nothing to attack at eps 0)"),
         (e.val_pgd_steps >= 1, "eval.val_pgd_steps", e.val_pgd_steps, "must be >= 1"),

@@ -37,11 +37,16 @@ def _check_inputs(images: Tensor, labels: Tensor, batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def default_pgd_alpha(eps: float, norm: str) -> float:
-    """The evaluation PGD step when none is given: eps / 10 (l_inf) or eps / 4 (l_2)."""
+ALPHA_RULE = "2.5 eps / steps"
+
+
+def default_pgd_alpha(eps: float, norm: str, steps: int) -> float:
+    """The evaluation PGD step when none is given: 2.5 eps / steps, for either norm (Madry et al.'s rule, as
+    the selection attack uses), so a short attack can still cross the ball (a fixed eps / 10 let PGD-5 travel
+    only half of it and overstated robustness)."""
     if norm not in _NORMS:
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    return eps / 10 if norm == "linf" else eps / 4
+    return 2.5 * eps / max(int(steps), 1)
 
 
 @torch.no_grad()
@@ -122,7 +127,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps
     Args:
         images: (N, C, H, W) uint8 or float in [0, 1]; labels: (N,).
         norm: "linf" or "l2"; eps: radius in [0, 1] pixel units.
-        pgd_alpha: PGD step; None -> ``default_pgd_alpha`` (eps / 10 for l_inf, eps / 4 for l_2).
+        pgd_alpha: PGD step; None -> ``default_pgd_alpha`` (2.5 eps / pgd_steps).
         autoattack: also run AutoAttack (``advcoreset.evaluation.autoattack``) on the first ``aa_n``
             examples (all if None); ``aa_version`` "standard" (RobustBench budgets) or "fast";
             ``aa_budgets`` overrides the budgets (tests only: the result then says they are not standard).
@@ -133,7 +138,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps
         "seconds": {"clean", "pgd"[, "autoattack"]}} and, with AutoAttack, the keys of
         ``autoattack_accuracy``'s result ("autoattack_acc", "autoattack").
     """
-    alpha = default_pgd_alpha(eps, norm) if pgd_alpha is None else float(pgd_alpha)
+    alpha = default_pgd_alpha(eps, norm, pgd_steps) if pgd_alpha is None else float(pgd_alpha)
     t0 = time.perf_counter()
     out: dict[str, Any] = {
         "n": int(images.shape[0]),
@@ -146,7 +151,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, norm: str, eps
                                               norm=norm, restarts=pgd_restarts, batch_size=batch_size,
                                               device=device, progress=progress)
     out["pgd"] = {"steps": int(pgd_steps), "alpha": alpha, "restarts": int(pgd_restarts),
-                  "random_start": True, "loss": "ce"}
+                  "alpha_rule": ALPHA_RULE if pgd_alpha is None else "given", "random_start": True, "loss": "ce"}
     out["seconds"] = {"clean": t1 - t0, "pgd": time.perf_counter() - t1}
     if autoattack:
         from advcoreset.evaluation.autoattack import autoattack_accuracy

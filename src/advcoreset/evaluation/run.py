@@ -104,10 +104,10 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
     steps = pgd_steps if pgd_steps is not None else e.pgd_steps
     restarts = restarts if restarts is not None else e.pgd_restarts
     res: dict[str, Any] = {"run": str(run), "checkpoint": checkpoint, "n_test": int(data.test.labels.numel()),
-                           "norm": a.norm, "eps": a.eps, "pgd_steps": steps, "pgd_alpha": eval_alpha(cfg),
+                           "norm": a.norm, "eps": a.eps, "pgd_steps": steps, "pgd_alpha": eval_alpha(cfg, steps),
                            "pgd_restarts": restarts, "precision": "fp32"}  # attacks never run in bf16
     res.update(evaluate(model, data.test.images, data.test.labels, norm=a.norm, eps=a.eps, pgd_steps=steps,
-                        pgd_alpha=eval_alpha(cfg), pgd_restarts=restarts,
+                        pgd_alpha=e.pgd_alpha, pgd_restarts=restarts,
                         autoattack=autoattack, aa_n=e.autoattack_n if n is None else n,
                         aa_version=aa_version, batch_size=e.batch_size, device=dev, progress=progress))
     if perceptual or cfg.objective.name == "pat":

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from advcoreset.attacks.lpips import LPIPS
 from advcoreset.evaluation.autoattack import autoattack_robust_mask
-from advcoreset.evaluation.robust import pgd_robust_mask
+from advcoreset.evaluation.robust import default_pgd_alpha, pgd_robust_mask
 from advcoreset.progress import Reporter, reporter_or_silent
 
 
@@ -43,7 +43,7 @@ def robust_mask(model: nn.Module, images: Tensor, labels: Tensor, tm: ThreatMode
                                             batch_size=batch_size, device=device, progress=progress)
         return mask, info["autoattack"]
     if tm.kind == "pgd":
-        alpha = tm.eps / 10 if tm.norm == "linf" else tm.eps / 4
+        alpha = default_pgd_alpha(tm.eps, tm.norm, tm.steps)
         mask = pgd_robust_mask(model, images, labels, eps=tm.eps, alpha=alpha, steps=tm.steps, norm=tm.norm,
                                batch_size=batch_size, device=device, progress=progress)
         return mask, {"norm": tm.norm, "eps": tm.eps, "steps": tm.steps, "alpha": alpha}

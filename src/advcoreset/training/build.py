@@ -12,6 +12,7 @@ from advcoreset.config import Config, ConfigError
 from advcoreset.data import DataSplits, ImageArrays, default_augment, prepare_data
 from advcoreset.data.datasets import run_stats
 from advcoreset.data.sources import DatasetSource, DataSource, TensorSource, dataset_tensors
+from advcoreset.evaluation.robust import default_pgd_alpha
 from advcoreset.models import create_model
 
 
@@ -24,12 +25,11 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def eval_alpha(cfg: Config) -> float:
-    """Evaluation PGD step: eval.pgd_alpha, else eps/10 (l_inf) or eps/4 (l_2)."""
+def eval_alpha(cfg: Config, steps: int) -> float:
+    """Evaluation PGD step of a ``steps``-step attack: eval.pgd_alpha, else the one default
+    (``evaluation.robust.default_pgd_alpha``: 2.5 eps / steps)."""
     a = cfg.objective.attack
-    if cfg.eval.pgd_alpha is not None:
-        return cfg.eval.pgd_alpha
-    return a.eps / 10 if a.norm == "linf" else a.eps / 4
+    return cfg.eval.pgd_alpha if cfg.eval.pgd_alpha is not None else default_pgd_alpha(a.eps, a.norm, steps)
 
 
 @dataclass

@@ -26,7 +26,8 @@ def evaluate_model(model: nn.Module, objective: Objective, cfg: Config, test: tu
     e, a = cfg.eval, cfg.objective.attack
     images, labels = test
     steps = e.pgd_steps if final else e.val_pgd_steps
-    res = evaluate(model, images, labels, norm=a.norm, eps=a.eps, pgd_steps=steps, pgd_alpha=eval_alpha(cfg),
+    # eval.pgd_alpha as configured: None lets evaluate() apply the default rule and record it
+    res = evaluate(model, images, labels, norm=a.norm, eps=a.eps, pgd_steps=steps, pgd_alpha=cfg.eval.pgd_alpha,
                    pgd_restarts=e.pgd_restarts if final else 1, autoattack=final and e.autoattack,
                    aa_n=e.autoattack_n, aa_version=e.autoattack_version, batch_size=e.batch_size,
                    aa_budgets=None if e.autoattack_targets == 9 else AutoAttackBudgets(
@@ -38,6 +39,7 @@ def evaluate_model(model: nn.Module, objective: Objective, cfg: Config, test: tu
         out.update({f"test_{k}": v for k, v in extra.items()})
     if val is not None and not final:
         out[f"val_pgd{e.val_pgd_steps}_acc"] = pgd_accuracy(
-            model, val.images, val.labels, eps=a.eps, alpha=eval_alpha(cfg), steps=e.val_pgd_steps, norm=a.norm,
+            model, val.images, val.labels, eps=a.eps, steps=e.val_pgd_steps, norm=a.norm,
+            alpha=eval_alpha(cfg, e.val_pgd_steps),
             batch_size=e.batch_size, device=device)
     return out
