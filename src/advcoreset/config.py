@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, cast, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -293,7 +293,7 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
 
 def _coerce(tp: Any, v: Any, name: str) -> Any:
     if is_dataclass(tp):
-        return _build(tp, v, name + ".")
+        return _build(cast(type, tp), v, name + ".")  # a type hint: the dataclass itself, not an instance
     origin, args = get_origin(tp), get_args(tp)
     if args and type(None) in args:  # Optional[X]
         if v is None:
@@ -371,7 +371,8 @@ class StrictLoader(yaml.SafeLoader):
             step = f"[{index}]"
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) and event.anchor in self._open_anchors:
-            raise YamlShapeError(f"{self._where(step)} (line {event.start_mark.line + 1}) refers to *{event.anchor} "
+            line = event.start_mark.line + 1  # type: ignore[union-attr]  # the parser always sets the marks
+            raise YamlShapeError(f"{self._where(step)} (line {line}) refers to *{event.anchor} "
                                  "inside its own anchor, a value without end; write the value out")
         if step is not None:
             self._path.append(step)
@@ -385,15 +386,17 @@ class StrictLoader(yaml.SafeLoader):
         if anchor is not None:
             self._open_anchors.add(anchor)
         try:
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            # PyYAML's compose_node always returns a node; the stubs say Node | None
+            return cast(yaml.Node, super().compose_node(parent, index))
         finally:
             self._depth -= 1
             self._open_anchors.discard(anchor or "")
             if step is not None:
                 self._path.pop()
 
-    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
-        node: yaml.MappingNode = super().compose_mapping_node(anchor)
+    # types-PyYAML annotates ``anchor`` as a dict; PyYAML passes the event's anchor, a str or None
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:  # type: ignore[override]
+        node: yaml.MappingNode = super().compose_mapping_node(anchor)  # type: ignore[arg-type]
         seen: dict[str, int] = {}
         for key, _ in node.value:
             line = key.start_mark.line + 1

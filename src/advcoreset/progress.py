@@ -162,8 +162,15 @@ def make_progress(mode: str = "auto", *, interval: float = LINE_INTERVAL,
     if mode == "none":
         return silent
     if mode == "bar":
-        return lambda desc, total=None: _BarTask(desc, total, stream)
-    return lambda desc, total=None: _LineTask(desc, total, interval, stream)
+        def bar(desc: str, total: int | None = None) -> Task:
+            return _BarTask(desc, total, stream)
+
+        return bar
+
+    def line(desc: str, total: int | None = None) -> Task:
+        return _LineTask(desc, total, interval, stream)
+
+    return line
 
 
 def reporter_or_silent(progress: Reporter | None) -> Reporter:

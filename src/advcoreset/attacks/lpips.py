@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,7 @@ class LPIPS(nn.Module):
         if len(e1) != len(e2):
             raise ValueError(f"embeddings have {len(e1)} and {len(e2)} layers")
         sq = sum((a - b).pow(2).flatten(1).sum(1) for a, b in zip(e1, e2, strict=True))
-        return _safe_sqrt(sq)
+        return _safe_sqrt(cast(Tensor, sq))
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         """x1, x2: (B, C, H, W) in [0, 1] -> (B,) LPIPS distances."""
@@ -117,7 +118,7 @@ class SelfLPIPS(LPIPS):
         if not callable(getattr(model, "feature_maps", None)):
             raise TypeError(f"SelfLPIPS needs a model with a feature_maps(x) method (an ImageClassifier); "
                             f"got {type(model).__name__}")
-        super().__init__(model.feature_maps)
+        super().__init__(cast(FeatureFn, model.feature_maps))  # checked callable above
         self._model_ref = (model,)  # a tuple keeps nn.Module from registering the borrowed model
         self.use_eval_mode = eval_mode
 
@@ -156,6 +157,9 @@ class AlexNetFeatures(nn.Module):
     Output: five maps (B, 64|192|384|256|256, H_l, W_l).
     """
 
+    mean: Tensor  # buffers, registered in __init__
+    std: Tensor
+
     def __init__(self, min_size: int = 32) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -182,12 +186,12 @@ class AlexNetFeatures(nn.Module):
             scale = self.min_size / min(h, w)
             size = (max(self.min_size, round(h * scale)), max(self.min_size, round(w * scale)))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        act = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         out = []
         for i, layer in enumerate(self.features):
-            h = layer(h)
+            act = layer(act)
             if i in _ALEXNET_TAPS:
-                out.append(h)
+                out.append(act)
         return out
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypedDict, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,14 @@ FMNIST_SELF_BOUND = 0.5
 robust models; see the module docstring)."""
 
 Embedding = list[Tensor]
+
+
+class _ProjectKwargs(TypedDict):
+    """The keyword arguments ``ppgd`` passes to every ``project_lpips`` call."""
+
+    e_x: Embedding
+    newton_steps: int
+    bisection_steps: int
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -76,7 +85,7 @@ def _unit(g: Tensor) -> Tensor:
     return g / _view(n.clamp_min(1e-12), g)
 
 
-def _fused(model: nn.Module, lpips: LPIPS) -> bool:
+def _fused(model: nn.Module, lpips: LPIPS) -> TypeGuard[ImageClassifier]:
     """Self-bound LPIPS on a stock ImageClassifier: logits and phi come from one forward pass."""
     return (isinstance(lpips, SelfLPIPS) and lpips.model is model and isinstance(model, ImageClassifier)
             and type(model).forward is ImageClassifier.forward
@@ -255,7 +264,7 @@ def ppgd(model: nn.Module, x: Tensor, y: Tensor, lpips: LPIPS, *, bound: float, 
     x = x.detach()
     step_size = 2 * bound / max(steps, 1) if step_size is None else step_size
     e_x = _embed(lpips, x)
-    proj = dict(e_x=e_x, newton_steps=newton_steps, bisection_steps=bisection_steps)
+    proj = _ProjectKwargs(e_x=e_x, newton_steps=newton_steps, bisection_steps=bisection_steps)
     x_adv = project_lpips(lpips, x, _random_start(x, init_std), bound, **proj)
     done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(steps):

@@ -24,7 +24,7 @@ except ImportError as e:  # pragma: no cover - exercised only without lightning
 from advcoreset.coreset.loader import CoresetLoader
 
 
-class CoresetCallback(Callback):  # type: ignore[misc]
+class CoresetCallback(Callback):
     """Keeps a ``CoresetLoader`` on Lightning's epoch counter and in Lightning's checkpoints."""
 
     def __init__(self, loader: CoresetLoader) -> None:

@@ -187,7 +187,7 @@ class CoresetLoader:
             self.epoch, self._started = epoch, None
         self._open = False
 
-    def loss_norm(self, batch: Batch) -> Tensor | None:
+    def loss_norm(self, batch: Batch) -> Tensor | float | None:
         """The loss normaliser of ``batch`` under the weight rule: None (the batch's own weight sum) or, for
         ``epoch``, B * the epoch's mean weight."""
         return None if self._wbar is None else batch.y.numel() * self._wbar

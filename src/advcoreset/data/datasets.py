@@ -282,6 +282,7 @@ def _load_cifar(root: Path, train: bool, folder: str, num_classes: int, meta: st
 
 def _load_image_folder(root: Path, train: bool, image_size: int | tuple[int, int] | None) -> ImageArrays:
     classes = list_class_dirs(root / "train")
+    split: Path | None
     if train:
         split = root / "train"
     else:

@@ -176,6 +176,7 @@ def read_cifar_batch(path: str | Path, num_classes: int | None = None) -> tuple[
         raise DataError(f"{path}: expected 1 to 50,000 images in a CIFAR file, got {data.shape[0]}")
     if not isinstance(labels_raw, (list, tuple, np.ndarray)):
         raise DataError(f"{path}: expected the labels as a list of ints, got {type(labels_raw).__name__}")
+    labels: np.ndarray | None
     if isinstance(labels_raw, np.ndarray):
         labels = labels_raw
     else:  # a list of ints; anything else (nested lists, strings) would make numpy build other shapes or objects

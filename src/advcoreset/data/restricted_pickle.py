@@ -20,7 +20,7 @@ import math
 import pickle
 import pickletools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -117,7 +117,10 @@ def _frombuffer(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
     if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)):
         raise Refused(f"refusing to unpickle array data of type {type(buf).__name__}")
     try:
-        return np.frombuffer(buf, dtype=dt).reshape(shape, order=order)
+        # numpy's stubs leave PickleBuffer (a buffer-protocol object) out of frombuffer's accepted types
+        flat = np.frombuffer(buf, dtype=dt)  # type: ignore[arg-type]
+        # ``order`` comes from the file: numpy rejects anything but "C", "F", "A" with a ValueError
+        return flat.reshape(shape, order=cast(Literal["A", "C", "F"], order))
     except (ValueError, TypeError) as e:
         raise Corrupt(f"array data does not match shape {shape!s:.40} ({type(e).__name__})") from None
 

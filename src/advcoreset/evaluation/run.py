@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -160,7 +160,7 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "last") -> Pa
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint must be one of {sorted(CHECKPOINTS)}, got {checkpoint!r}")
     model, cfg = load_run_model(run, checkpoint)
-    c = model.mean.shape[1]
+    c = cast(torch.Tensor, model.mean).shape[1]  # a buffer: load_run_model checked its shape
     size = _input_size(cfg, c)
     try:
         classes: list[str] | None = load_dataset(cfg.data.name, cfg.data.root, train=False,

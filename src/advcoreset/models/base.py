@@ -27,6 +27,9 @@ class ImageClassifier(nn.Module):
         mean, std: per-channel normalisation, length = input channels.
     """
 
+    mean: Tensor  # buffers, registered in __init__
+    std: Tensor
+
     def __init__(self, stages: Sequence[nn.Module], pool: nn.Module, feature_dim: int, num_classes: int,
                  mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -68,14 +71,14 @@ class _Pool2x2ChannelsLast(torch.autograd.Function):
     contiguous kernel, bit for bit, in a fraction of its time (benchmarks/README.md, "Precision")."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:
         out, idx = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, return_indices=True)
         ctx.save_for_backward(x, idx)
         return out.contiguous()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
         x, idx = ctx.saved_tensors  # type: ignore[attr-defined]
         return torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, [2, 2], [2, 2], [0, 0],
                                                                [1, 1], False, idx.contiguous())

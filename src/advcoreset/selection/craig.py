@@ -256,8 +256,8 @@ def craig(grads: Tensor, budget: int, *, chunk: int = 512, max_size: int = 20000
                       RuntimeWarning, stacklevel=2)
         return _craig_partitioned(grads, k, chunk, n // 2, generator, point_weights)
     order = facility_location_greedy(dist, k, u)
-    w = assign_weights(dist, order, u)
-    return torch.from_numpy(order).to(dev), torch.from_numpy(w).float().to(dev)
+    weights = assign_weights(dist, order, u)
+    return torch.from_numpy(order).to(dev), torch.from_numpy(weights).float().to(dev)
 
 
 def _craig_partitioned(grads: Tensor, k: int, chunk: int, max_size: int, generator: torch.Generator | None,

@@ -90,7 +90,7 @@ class EpochContext:
     """The caller's LR scheduler, stepped after every optimiser step (the loop then sets no rate)."""
 
 
-def _step(ctx: EpochContext, b: Batch, norm: Tensor | None, timer: StepTimer) -> Any:
+def _step(ctx: EpochContext, b: Batch, norm: Tensor | float | None, timer: StepTimer) -> Any:
     model, opt = ctx.model, ctx.optimizer
     with timer.section("attack"), ctx.autocast():
         x_adv = ctx.objective.attack(model, b.x, b.y)

@@ -53,6 +53,7 @@ class MetricsLog:
             self.tb.flush()
 
     def _scalars(self, record: dict[str, Any]) -> None:
+        assert self.tb is not None  # only write() calls it, when TensorBoard is on
         step = int(record.get("epoch", 0))
         for k, v in _numbers(record).items():
             if k == "epoch":
@@ -69,6 +70,7 @@ class MetricsLog:
                 self._live.add(tag)
 
     def _hparams(self, record: dict[str, Any]) -> None:
+        assert self.tb is not None  # only write() calls it, when TensorBoard is on
         import yaml
 
         cfg_path = self.path.parent / "config.yaml"

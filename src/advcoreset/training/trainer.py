@@ -121,7 +121,9 @@ class Trainer:
         self.progress: Reporter = make_progress(cfg.progress) if self.env.is_main else silent
         """Progress of the selection pass and the final evaluation (rank 0 only)."""
         self.model: nn.Module = (model if model is not None else builtin_model(cfg, rd)).to(self.device)
-        self.model = convert_sync_bn(self.model.to(memory_format=self.memory_format), self.env, cfg.optim.sync_bn)
+        # Module.to takes memory_format (it forwards **kwargs to torch._C._nn._parse_to); its stubs omit it
+        self.model = convert_sync_bn(self.model.to(memory_format=self.memory_format),  # type: ignore[call-overload]
+                                     self.env, cfg.optim.sync_bn)
         self.ddp = wrap_ddp(self.model, self.env) if self.env.is_distributed else None
         """The DDP wrapper the loss runs through under torchrun; ``model`` stays the plain module (attacks,
         selection, evaluation, checkpoints without ``module.`` keys)."""
