@@ -272,3 +272,29 @@ def test_amp_spec_is_the_fullscale_schedule_in_bf16():
         c, f = dict(r.config), dict(ref[(r.method, r.fraction, r.seed)])
         assert c.pop("amp") is True and f.pop("amp", "auto") == "auto"  # fp32 on the CPU
         assert {k: v for k, v in c.items() if k != "out_dir"} == {k: v for k, v in f.items() if k != "out_dir"}
+
+
+def test_budget_spec_prices_every_row_near_its_budget():
+    """configs/bench_budget.yaml: 21 runs at budgets 2, 4 and 7; each row's nominal cost (PGD-7 epochs:
+    Full 1 per epoch, RS2 0.3, a coreset its warm epoch + 0.3 per coreset epoch + 0.25 per 1-step round,
+    Fast-AT / N-FGSM 0.3) within 10% of its budget, Random aside (it skips the rounds' cost)."""
+    spec = bench.load_spec(SPEC.parent / "bench_budget.yaml")
+    runs = bench.expand(spec, Path("/tmp/advcoreset-budget-check"))
+    assert len(runs) == 21 and {r.budget for r in runs} == {2, 4, 7}
+    for r in runs:
+        c = r.config
+        epochs, sel = c["optim"]["epochs"], c["selection"]
+        assert c["amp"] is True and c["eval"]["autoattack"] is False and c["data"]["test_subset"] is None
+        if r.method == "full":
+            cost = epochs * (1.0 if c["objective"]["name"] == "pgd" else 0.3)
+        elif r.method == "rs2":
+            assert (sel["warm_epochs"], sel["interval"]) == (0, 1)
+            cost = 0.3 * epochs
+        else:
+            rounds = len(range(sel["warm_epochs"], epochs, sel["interval"]))
+            cost = sel["warm_epochs"] + 0.3 * (epochs - sel["warm_epochs"]) + (0 if r.method == "random" else
+                                                                               0.25 * rounds)
+        tolerance = 0.15 if r.method == "random" else 0.1
+        assert abs(cost - r.budget) <= tolerance * r.budget, (r.key, cost)
+    assert {r.label for r in runs} == {"pgd_linf", "fast", "nfgsm"}
+    assert {r.config["objective"]["name"] for r in runs if r.label == "nfgsm"} == {"nfgsm"}

@@ -127,3 +127,58 @@ def test_rows_follow_the_specs_fraction_order(tmp_path):
     assert [(r["method"], r["fraction"]) for r in table["rows"]] == [
         ("full", None), ("random", 0.3), ("gradmatch", 0.3), ("random", 0.1), ("gradmatch", 0.1),
         ("gradmatch", 0.5)]
+
+
+def _budget_run(folder: Path, entry: str, label: str, budget: float, method: str, fraction, seed: int,
+                train_s: float, probe_s: float, epochs, acc: float, pgd7: bool):
+    run = _run(folder, method, fraction, seed, train_s, probe_s, epochs, objective=entry)
+    res = json.loads((folder / "results.json").read_text())
+    res["test_autoattack_acc"] = acc
+    (folder / "results.json").write_text(json.dumps(res))
+    run.label, run.budget = label, budget
+    run.config = {"objective": {"name": "pgd" if pgd7 else "fast", "attack": {"steps": 7 if pgd7 else 1}}}
+    return run
+
+
+def test_budget_rows_cost_in_pgd7_epochs_and_the_targets_compare_equal_costs(tmp_path):
+    """Known answers. Full-on-budget: 2 epochs of 100 s on a probe of 1 s: cost 2. A coreset with a 100 s warm
+    epoch and 210 s in all: 2.1. Fast-AT without PGD-7 epochs, 60 s on a machine twice as slow (probe 2 s):
+    60 / (2 x 100) = 0.3 epochs, so it is not compared at this budget's cost. Two seeds each: the coreset's
+    AutoAttack margin over Full (1.0 +- spreads of 0.1) beats it."""
+    runs = []
+    for seed, (f_acc, g_acc) in enumerate(((0.70, 0.71), (0.70, 0.71))):
+        f_acc += 0.001 * seed
+        runs += [
+            _budget_run(tmp_path / f"f{seed}", "b2_full", "pgd_linf", 2, "full", None, seed, 200.0, 1.0,
+                        [("full", 100.0)] * 2, f_acc, True),
+            _budget_run(tmp_path / f"g{seed}", "b2_gm", "pgd_linf", 2, "gradmatch", 0.3, seed, 210.0, 1.0,
+                        [("warm", 100.0), ("coreset", 30.0)], g_acc + 0.001 * seed, True),
+            _budget_run(tmp_path / f"x{seed}", "b2_fast", "fast", 2, "full", None, seed, 60.0, 2.0,
+                        [("full", 30.0)] * 2, 0.9, False),
+        ]
+    spec = {"name": "t", "objectives": {"b2_full": {"budget": 2}, "b2_gm": {"budget": 2}, "b2_fast": {"budget": 2}},
+            "budget_targets": {"coresets": ["gradmatch"], "within": 0.1}}
+    table = bench_report.aggregate(bench_report.collect(runs, tmp_path), spec, ["full", "gradmatch"])
+    cost = {(r["objective"], r["method"]): r["cost_epochs"] for r in table["rows"]}
+    assert cost == {("b2_full", "full"): pytest.approx(2.0), ("b2_gm", "gradmatch"): pytest.approx(2.1),
+                    ("b2_fast", "full"): pytest.approx(0.3)}
+    checks = bench_report.check_budget_targets(table, spec["budget_targets"])
+    assert [(c["coreset"], c["baseline"]) for c in checks] == [("pgd_linf gradmatch 0.3", "pgd_linf full")]
+    assert checks[0]["margin"] == pytest.approx(1.0) and checks[0]["ok"] is True
+    md = bench_report.markdown(table, spec)
+    assert "| budget | objective |" in md and "cost (PGD-7 epochs)" in md and "| 2 | fast | full |" in md
+    assert "- budget 2: met by pgd_linf gradmatch 0.3" in md
+
+
+def test_budget_keys_are_checked(tmp_path):
+    base = {"name": "t", "seeds": [0], "methods": ["full"], "base": {}, "objectives": {"a": {"budget": 2}}}
+    for bad, match in (({"budget": -1}, "budget must be a positive number"),
+                       ({"budget": True}, "budget must be a positive number"),
+                       ({"label": "a b"}, "label must be a plain name")):
+        spec = {**base, "objectives": {"a": bad}}
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+        with pytest.raises(SpecError, match=match):
+            load_spec(tmp_path / "s.yaml")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**base, "budget_targets": {"coresets": ["kmeans"]}}))
+    with pytest.raises(SpecError, match="budget_targets.coresets"):
+        load_spec(tmp_path / "s.yaml")

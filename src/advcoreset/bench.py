@@ -32,7 +32,7 @@ from advcoreset.bench_evals import run_extra_evals
 from advcoreset.bench_plots import plot
 from advcoreset.bench_probe import record_probe
 from advcoreset.bench_report import aggregate, check_targets, collect, is_recorded, markdown, recorded
-from advcoreset.bench_spec import METHODS, SpecError, load_spec
+from advcoreset.bench_spec import ENTRY_KEYS, METHODS, SpecError, load_spec
 from advcoreset.config import Config, ConfigError
 from advcoreset.progress import make_progress
 from advcoreset.training.run_folder import PARENT_ENV, check_writable, run_lock
@@ -51,6 +51,10 @@ class Run:
     folder: Path
     world_size: int = 1
     """Processes of the run: > 1 launches it under ``torchrun --standalone --nproc_per_node``."""
+    label: str | None = None
+    """The objective its table row shows (the spec entry's ``label``; default the entry's name)."""
+    budget: float | None = None
+    """The budget its row is compared at, in full-data PGD-7 epochs (the spec entry's ``budget``)."""
 
     @property
     def key(self) -> str:
@@ -73,7 +77,7 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
         # an entry is a config mapping, optionally with its own "methods" / "fractions" lists and a
         # "coreset" mapping applied on top for every method but full (e.g. a longer warm start with fewer
         # epochs, the paper's schedule, against Full's own schedule)
-        obj = {k: v for k, v in entry.items() if k not in ("methods", "fractions", "coreset")}
+        obj = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
         coreset_cfg = entry.get("coreset", {})
         for method in entry.get("methods", spec["methods"]):
             fracs: list[float | None] = (
@@ -87,7 +91,8 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
                     if method != "full":
                         cfg = _merge(cfg, coreset_cfg)
                     cfg = _merge(cfg, {"selection": sel, "seed": seed})
-                    run = Run(obj_name, method, frac, seed, cfg, Path(), int(spec.get("world_size", 1)))
+                    run = Run(obj_name, method, frac, seed, cfg, Path(), int(spec.get("world_size", 1)),
+                              entry.get("label"), entry.get("budget"))
                     run.folder = out / "runs" / run.key
                     cfg.update({"out_dir": str(run.folder), "progress": "line"})
                     if threads:

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from advcoreset.bench_probe import probe_median
 
-METRICS = ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error", "cost", "epochs")
+METRICS = ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error", "cost", "epochs",
+           "cost_epochs")
 # what a speed-up divides (spec key ``speedup_basis``): the times as measured, the times over each run's
 # machine-speed probe, or the times over each run's own full-data epoch (see ``_speedups``)
 BASES = {"time": ("time", "time"), "probe": ("cost", "probe-normalised time"),
@@ -69,8 +70,13 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
             evals[name] = next((v for k, v in ev.items() if k.startswith("pgd") and k.endswith("_acc")), None)
             if isinstance(ev.get("seconds"), dict):
                 eval_seconds[name] = sum(ev["seconds"].values())
+    cfg = getattr(run, "config", None) or {}
+    attack = (cfg.get("objective") or {}).get("attack") or {}
     return {
         "objective": run.objective, "method": run.method, "fraction": run.fraction, "seed": run.seed,
+        "label": getattr(run, "label", None) or run.objective, "budget": getattr(run, "budget", None),
+        # a PGD-7 run's full-data epochs are the unit of a budget study's cost
+        "pgd7": (cfg.get("objective") or {}).get("name") == "pgd" and attack.get("steps") == 7,
         "clean": res.get("test_clean_acc"), "pgd": res.get(pgd_key) if pgd_key else None, "pgd_key": pgd_key,
         "autoattack": res.get("test_autoattack_acc"),
         "ppgd": res.get("test_ppgd_acc"), "lpa": res.get("test_lpa_acc"),
@@ -168,9 +174,11 @@ def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order:
     for r in per_run:
         groups.setdefault((r["objective"], r["method"], r["fraction"]), []).append(r)
     names = list(spec.get("extra_evals") or {})
+    set_costs(per_run)
     rows = []
     for (obj, method, frac), rs in groups.items():
-        row: dict[str, Any] = {"objective": obj, "method": method, "fraction": frac, "seeds": len(rs)}
+        row: dict[str, Any] = {"objective": obj, "method": method, "fraction": frac, "seeds": len(rs),
+                               "label": rs[0].get("label") or obj, "budget": rs[0].get("budget")}
         for key in METRICS:
             row[key], row[key + "_std"] = _stat([r[key] for r in rs])
         for name in names:
@@ -185,6 +193,61 @@ def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order:
     return {"name": spec["name"], "rows": rows, "runs": per_run, "autoattack": aa, "reference": spec.get("reference"),
             "speedup_basis": BASES[basis][1], "reference_speedup_basis": BASES[cross][1],
             "pgd_key": next((r["pgd_key"] for r in per_run if r["pgd_key"]), None)}
+
+
+def set_costs(per_run: list[dict[str, Any]]) -> None:
+    """Give every run its ``cost_epochs``: training time (selection included) in full-data PGD-7 epochs.
+
+    A PGD-7 run with full-data epochs of its own (Full, a coreset's warm start) divides by them. Any other run
+    (RS2 without a warm start, Fast-AT, N-FGSM) divides by the study's PGD-7 full-data epoch at its own
+    machine speed: the median over PGD-7 runs of epoch seconds / probe, times the run's probe; without probes,
+    the median PGD-7 epoch in seconds. None where the study has no PGD-7 full-data epoch."""
+    ref = [r for r in per_run if r.get("pgd7") and r.get("full_epoch")]
+    per_probe = [r["full_epoch"] / r["probe"] for r in ref if r.get("probe")]
+    unit_probe = statistics.median(per_probe) if per_probe else None
+    unit_time = statistics.median(r["full_epoch"] for r in ref) if ref else None
+    for r in per_run:
+        t = r.get("time")
+        if not t:
+            r["cost_epochs"] = None
+        elif r.get("pgd7") and r.get("full_epoch"):
+            r["cost_epochs"] = t / r["full_epoch"]
+        elif unit_probe and r.get("probe"):
+            r["cost_epochs"] = t / (r["probe"] * unit_probe)
+        else:
+            r["cost_epochs"] = t / unit_time if unit_time else None
+
+
+def check_budget_targets(table: dict[str, Any], targets: dict[str, Any]) -> list[dict[str, Any]]:
+    """At every budget, each coreset row (``targets["coresets"]``) against every other row of that budget whose
+    cost is within ``within`` (default 10%) of its own: it wins where its accuracy (``metric``: autoattack,
+    falling back to pgd where a row has none) exceeds the other's by more than the larger of the two seed
+    standard deviations. One dict per pair: ``budget``, ``coreset``, ``baseline``, ``margin`` (points),
+    ``spread`` (points), ``ok`` (None while either row has fewer than 2 seeds)."""
+    within = float(targets.get("within", 0.1))
+    key = targets.get("metric", "autoattack")
+    checks = []
+    budgets = sorted({r["budget"] for r in table["rows"] if r.get("budget") is not None})
+    for b in budgets:
+        rows = [r for r in table["rows"] if r.get("budget") == b and r.get("cost_epochs")]
+        for c in (r for r in rows if r["method"] in targets["coresets"]):
+            for o in rows:
+                if o is c or abs(o["cost_epochs"] - c["cost_epochs"]) > within * c["cost_epochs"]:
+                    continue
+                k = key if c.get(key) is not None and o.get(key) is not None else "pgd"
+                if c.get(k) is None or o.get(k) is None:
+                    continue
+                spread = max(c.get(k + "_std") or 0.0, o.get(k + "_std") or 0.0)
+                margin = c[k] - o[k]
+                ok = None if min(c["seeds"], o["seeds"]) < 2 else margin > spread
+                checks.append({"budget": b, "coreset": _row_name(c), "baseline": _row_name(o), "metric": k,
+                               "margin": 100 * margin, "spread": 100 * spread, "ok": ok})
+    return checks
+
+
+def _row_name(r: dict[str, Any]) -> str:
+    frac = "" if r["fraction"] is None else f" {r['fraction']:g}"
+    return f"{r.get('label') or r['objective']} {r['method']}{frac}"
 
 
 def _basis(per_run: list[dict[str, Any]], wanted: str) -> str:
@@ -285,19 +348,24 @@ def autoattack_note(aa: dict[str, Any]) -> str:
             f"{aa.get('n', '?')} test images: {parts} ({note}).")
 
 
-def _row_cells(r: dict[str, Any], ref: str | None, perceptual: bool, names: list[str]) -> list[str]:
+def _row_cells(r: dict[str, Any], ref: str | None, perceptual: bool, names: list[str],
+               with_budget: bool = False) -> list[str]:
     sp = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
     if ref and r["objective"] != ref and r["method"] == "full" and r.get("speedup_vs_reference"):
         sp += f" ({r['speedup_vs_reference']:.2f}x vs {ref})"
     ge = f"{r['grad_error']:.3f}" if r.get("grad_error") is not None else "-"
     frac = "-" if r["fraction"] is None else f"{r['fraction']:g}"
-    cells = [r["objective"], r["method"], frac, _fmt(r["clean"], r["clean_std"]), _fmt(r["pgd"], r["pgd_std"])]
+    budget = [] if not with_budget else ["-" if r.get("budget") is None else f"{r['budget']:g}"]
+    cells = [*budget, r.get("label") or r["objective"], r["method"], frac, _fmt(r["clean"], r["clean_std"]),
+             _fmt(r["pgd"], r["pgd_std"])]
     cells += [_fmt(r.get("eval_" + n), r.get("eval_" + n + "_std")) for n in names]
     cells.append(_fmt(r["autoattack"], r["autoattack_std"]))
     if perceptual:
         cells += [_fmt(r["ppgd"], r["ppgd_std"]), _fmt(r["lpa"], r["lpa_std"])]
-    return cells + [_fmt(r["time"], r["time_std"], pct=False), _fmt(r["selection_time"], None, pct=False), sp, ge,
-                    str(r["seeds"])]
+    cost = [] if not with_budget else [
+        "-" if r.get("cost_epochs") is None else f"{r['cost_epochs']:.2f} ± {r.get('cost_epochs_std') or 0:.2f}"]
+    return cells + [_fmt(r["time"], r["time_std"], pct=False), *cost, _fmt(r["selection_time"], None, pct=False),
+                    sp, ge, str(r["seeds"])]
 
 
 def _basis_note(table: dict[str, Any]) -> str:
@@ -319,14 +387,16 @@ def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
     extra = spec.get("extra_evals") or {}
     names = list(extra)
     perceptual = any(r.get("ppgd") is not None for r in table["rows"])
-    heads = ["objective", "method", "fraction", "clean %", f"{pgd} %"]
+    with_budget = any(r.get("budget") is not None for r in table["rows"])
+    heads = (["budget"] if with_budget else []) + ["objective", "method", "fraction", "clean %", f"{pgd} %"]
     heads += [f"{extra[n].get('label', n) if isinstance(extra[n], dict) else n} %" for n in names]
     heads += ["AutoAttack %"] + (["PPGD %", "LPA %"] if perceptual else [])
-    heads += ["train time s", "selection s", "speed-up", "grad error", "seeds"]
+    heads += ["train time s"] + (["cost (PGD-7 epochs)"] if with_budget else [])
+    heads += ["selection s", "speed-up", "grad error", "seeds"]
     lines = [f"# Benchmark `{table['name']}`", "", spec.get("description", "").strip(), "",
              "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in table["rows"]:
-        lines.append("| " + " | ".join(_row_cells(r, table.get("reference"), perceptual, names)) + " |")
+        lines.append("| " + " | ".join(_row_cells(r, table.get("reference"), perceptual, names, with_budget)) + " |")
     if table.get("autoattack"):
         lines += ["", autoattack_note(table["autoattack"])]
     if spec.get("targets"):
@@ -337,6 +407,8 @@ def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
             v = "-" if c["value"] is None else f"{c['value']:.2f}"
             met = "n/a" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
             lines.append(f"| {c['what']} | {v} | {c['target']} | {met} |")
+    if spec.get("budget_targets"):
+        lines += budget_lines(table, spec["budget_targets"])
     lines += time_table(table)
     lines += ["", "Mean ± standard deviation over seeds. Train time includes warm start and selection, excludes "
               "evaluation. Speed-up is against Full of the same objective"
@@ -362,4 +434,28 @@ def time_table(table: dict[str, Any]) -> list[str]:
         frac = "-" if r["fraction"] is None else f"{r['fraction']:g}"
         cells = [f"{tp[k]:.0f} ({100 * tp[k] / total:.0f}%)" if k in tp else "-" for k in keys]
         lines.append("| " + " | ".join([r["objective"], r["method"], frac, *cells]) + " |")
+    return lines
+
+
+def budget_lines(table: dict[str, Any], targets: dict[str, Any]) -> list[str]:
+    """Markdown lines: every coreset row against the rows of the same budget and cost (``check_budget_targets``)
+    and, per budget, whether some coreset row beats all of them."""
+    checks = check_budget_targets(table, targets)
+    pct = 100 * float(targets.get("within", 0.1))
+    lines = ["", f"Budget targets (a coreset above every row of its budget within {pct:g}% of its cost, by more "
+             "than the larger seed spread):", "",
+             "| budget | coreset | against | metric | margin (points) | spread (points) | beats it |",
+             "|---|---|---|---|---|---|---|"]
+    for c in checks:
+        ok = "n/a" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
+        lines.append(f"| {c['budget']:g} | {c['coreset']} | {c['baseline']} | {c['metric']} | {c['margin']:.2f} | "
+                     f"{c['spread']:.2f} | {ok} |")
+    for b in sorted({c["budget"] for c in checks}):
+        mine = [c for c in checks if c["budget"] == b]
+        winners = sorted({c["coreset"] for c in mine if all(
+            d["ok"] for d in mine if d["coreset"] == c["coreset"])})
+        pending = any(c["ok"] is None for c in mine)
+        verdict = ("n/a (fewer than 2 seeds)" if pending else
+                   f"met by {', '.join(winners)}" if winners else "**not met**")
+        lines.append(f"- budget {b:g}: {verdict}")
     return lines

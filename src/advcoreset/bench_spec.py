@@ -33,8 +33,11 @@ class SpecError(ConfigError):
 
 SPEC_KEYS = ("name", "description", "base", "objectives", "methods", "fractions", "seeds", "jobs", "threads",
              "reference", "targets", "extra_evals", "world_size", "probe",
-             "speedup_basis")
-ENTRY_KEYS = ("methods", "fractions", "coreset")
+             "speedup_basis", "budget_targets")
+ENTRY_KEYS = ("methods", "fractions", "coreset", "budget", "label")
+"""Keys of an ``objectives`` entry that are not config fields: its methods and fractions, a ``coreset``
+mapping for every method but full, the ``budget`` its rows are compared at (full-data PGD-7 epochs) and the
+``label`` its rows show as their objective (default: the entry's name)."""
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -61,6 +64,33 @@ def _check_probe(spec: dict[str, Any], where: str) -> None:
                         f"training times by), got {spec['speedup_basis']!r}")
     if spec.get("probe") and int(spec.get("jobs", 1)) > 1:
         raise SpecError(f"{where}: probe: true needs jobs: 1 (concurrent runs would disturb each other's probe)")
+
+
+def _check_budget_entry(entry: dict[str, Any], where: str) -> None:
+    b = entry.get("budget")
+    if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < 1e6):
+        raise SpecError(f"{where}.budget must be a positive number (full-data PGD-7 epochs), got {b!r}")
+    lab = entry.get("label")
+    if lab is not None and (not isinstance(lab, str) or not _SAFE_NAME.fullmatch(lab)):
+        raise SpecError(f"{where}.label must be a plain name (letters, digits, . _ -), got {lab!r}")
+
+
+def _check_budget_targets(spec: dict[str, Any], where: str) -> None:
+    t = spec.get("budget_targets")
+    if t is None:
+        return
+    if not isinstance(t, dict):
+        raise SpecError(f"{where}: budget_targets must be a mapping (coresets, within, metric)")
+    _unknown(t, ("coresets", "within", "metric"), f"{where}: budget_targets")
+    _check_list(t.get("coresets"), f"{where}: budget_targets.coresets", lambda m: m in METHODS,
+                f"methods from {sorted(METHODS)}")
+    within = t.get("within", 0.1)
+    if isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 <= within < 1:
+        raise SpecError(f"{where}: budget_targets.within must be a fraction in [0, 1), got {within!r}")
+    if t.get("metric", "autoattack") not in ("autoattack", "pgd"):
+        raise SpecError(f"{where}: budget_targets.metric must be autoattack or pgd, got {t.get('metric')!r}")
+    if not any("budget" in e for e in spec["objectives"].values() if isinstance(e, dict)):
+        raise SpecError(f"{where}: budget_targets needs objectives entries with a budget")
 
 
 def _unknown(keys: Any, known: tuple[str, ...], where: str) -> None:
@@ -152,6 +182,7 @@ def _check_spec(spec: dict[str, Any], where: str) -> None:
             _check_distinct(entry["fractions"], f"{w}.fractions")
         if not isinstance(entry.get("coreset", {}), dict):
             raise SpecError(f"{w}.coreset must be a mapping of config fields")
+        _check_budget_entry(entry, w)
     if spec.get("reference") is not None and spec["reference"] not in objs:
         raise SpecError(f"{where}: reference {spec['reference']!r} is not one of the objectives {list(objs)}")
     w = spec.get("world_size", 1)
@@ -162,3 +193,4 @@ def _check_spec(spec: dict[str, Any], where: str) -> None:
     t = spec.get("targets")
     if t is not None and (not isinstance(t, dict) or t.get("objective") not in objs or not is_frac(t.get("fraction"))):
         raise SpecError(f"{where}: targets must name one of the objectives {list(objs)} and a fraction")
+    _check_budget_targets(spec, where)
