@@ -683,3 +683,21 @@ def test_rs2_in_the_loader_draws_a_new_subset_each_epoch_and_resumes(tmp_path) -
     assert set(resumed.loader.indices.tolist()) == chosen[2]
     with pytest.raises(ConfigError, match="selection.interval.*must be 1 for selection.method rs2"):
         load_config(None, ["selection.method=rs2", "selection.interval=4"])
+
+
+def test_effective_size_is_kish_and_every_round_logs_it(tmp_path) -> None:
+    from advcoreset.coreset.select import effective_size
+
+    assert effective_size(torch.ones(7)) == pytest.approx(7.0)
+    assert effective_size(torch.tensor([1.0, 3.0])) == pytest.approx(16 / 10)
+    assert effective_size(torch.tensor([100.0, 1e-6, 1e-6])) == pytest.approx(1.0, abs=1e-6)
+    from advcoreset.config import load_config
+    from advcoreset.training import train
+
+    train(load_config(None, ["data.name=digits", "data.test_subset=50", "model.width=8", "selection.method=craig",
+                             "selection.warm_epochs=0", "selection.interval=1", "optim.epochs=1",
+                             "objective.attack.steps=1", "eval.pgd_steps=1", "progress=none",
+                             f"out_dir={tmp_path / 'r'}"]))
+    recs = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    sel = [r for r in recs if r["kind"] == "selection"]
+    assert sel and 1 <= sel[0]["effective_size"] <= sel[0]["coreset_size"]

@@ -92,6 +92,7 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
         "coreset_size": int(sel.indices.numel()), "train_size": int(labels.numel()),
         "class_histogram": torch.bincount(labels[sel.indices], minlength=k).tolist(),
         "weight_sum": float(sel.weights.sum()),
+        "effective_size": effective_size(sel.weights),
         "time_selection_attack": t1 - t0 - t_error, "time_selection_solver": t2 - t1,
         "grad_error": (approximation_error(error_grads, sel.indices, sel.weights) if error_grads is not None
                        else None),
@@ -100,6 +101,13 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
     if t_error:
         stats["time_error_pass"] = t_error
     return sel, stats
+
+
+def effective_size(weights: Tensor) -> float:
+    """Kish's effective sample size (sum w)^2 / sum w^2 of (k,) weights: k for uniform weights, near 1 when
+    one weight dominates (how many points a weighted coreset is really worth to a gradient step)."""
+    w = weights.double()
+    return float(w.sum() ** 2 / (w * w).sum()) if w.numel() else 0.0
 
 
 def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = "pgd", *,

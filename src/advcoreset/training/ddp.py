@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from advcoreset.config import Config, SelectionConfig
 from advcoreset.coreset import CoresetLoader
+from advcoreset.coreset.select import effective_size
 from advcoreset.data import ImageArrays
 from advcoreset.data.loader import Batch
 from advcoreset.data.sources import TensorSource
@@ -90,6 +91,7 @@ class ShardedCoresetLoader(CoresetLoader):
         self.stats = {
             "epoch": self.epoch + 1, "method": self.selector.name, "coreset_size": int(sel.indices.numel()),
             "train_size": int(labels.numel()), "weight_sum": float(sel.weights.sum()),
+            "effective_size": effective_size(sel.weights),
             "class_histogram": torch.bincount(labels[self.selection.indices], minlength=k).tolist(),
             "world_size": self.env.world_size, **r.record(),
             # the single-process keys: attack + gradient pass, then everything after it
