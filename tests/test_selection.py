@@ -701,3 +701,73 @@ def test_effective_size_is_kish_and_every_round_logs_it(tmp_path) -> None:
     recs = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     sel = [r for r in recs if r["kind"] == "selection"]
     assert sel and 1 <= sel[0]["effective_size"] <= sel[0]["coreset_size"]
+
+
+def test_pool_then_match_attacks_only_the_pool_and_weights_stand_for_the_class() -> None:
+    """The pool is min(1, m x fraction) of every class, fresh each round (disjoint while the classes last);
+    the selector keeps the class's budget, chosen inside the pool; the gradient pass reads the pool only;
+    each class's weights are scaled from the pool to the class (CRAIG's sum to n_c exactly)."""
+    from torch.utils.data import TensorDataset
+
+    from advcoreset.coreset.select import Pool, select_coreset
+    from advcoreset.selection import CraigSelector, class_budget
+
+    labels = torch.arange(60) % 3  # 3 classes of 20
+    pool = Pool(2.0, seed=1)
+    p0, inner = pool.draw(labels, 0, CraigSelector(0.2))
+    p1, _ = pool.draw(labels, 1, CraigSelector(0.2))
+    assert p0.numel() == 3 * class_budget(0.4, 20) == 24 and not set(p0.tolist()) & set(p1.tolist())
+    assert inner.fraction == pytest.approx(0.5)  # 4 of a pool of 8 = 0.2 of the class
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 1, 4, 4, generator=g)
+    ds = TensorDataset(x, labels)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    read: list[int] = []
+    idx, w, stats = select_coreset(model, _Counting(ds, read), "pgd", method="craig", fraction=0.2, pool=2.0,
+                                   batch_size=8, seed=1)
+    assert stats["pool_size"] == 24 and stats["grad_error_of"] == "pool"
+    assert set(idx.tolist()) <= set(p0.tolist()) and idx.numel() == 3 * class_budget(0.2, 20)
+    pass_reads = read[-24:]  # the gradient pass comes last, after the dry-run reads of the first items
+    assert sorted(pass_reads) == sorted(p0.tolist()) and len(read) < 60  # the pool only, not the 60
+    for c in range(3):
+        assert float(w[labels[idx] == c].sum()) == pytest.approx(20.0)
+
+
+class _Counting(torch.utils.data.Dataset):
+    """A dataset that records which items were read."""
+
+    def __init__(self, base, log: list[int]) -> None:
+        self.base, self.log = base, log
+        self.targets = base.tensors[1]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        self.log.append(int(i))
+        return self.base[i]
+
+
+def test_pool_is_refused_where_it_cannot_apply() -> None:
+    from advcoreset.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="selection.pool.*applies to craig and gradmatch only"):
+        load_config(None, ["selection.method=random", "selection.pool=2"])
+    with pytest.raises(ConfigError, match="selection.pool.*>= 1"):
+        load_config(None, ["selection.pool=0.5"])
+    assert load_config(None, ["selection.pool=2", "selection.interval=1"]).selection.pool == 2.0
+
+
+def test_a_run_with_a_pool_rematches_every_epoch_inside_fresh_pools(tmp_path) -> None:
+    from advcoreset.config import load_config
+    from advcoreset.training import train
+
+    train(load_config(None, ["data.name=digits", "data.test_subset=50", "model.width=8",
+                             "selection.method=gradmatch", "selection.pool=2", "selection.warm_epochs=0",
+                             "selection.interval=1", "optim.epochs=2", "objective.attack.steps=1",
+                             "eval.pgd_steps=1", "progress=none", f"out_dir={tmp_path / 'r'}"]))
+    recs = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    sel = [r for r in recs if r["kind"] == "selection"]
+    assert [r["epoch"] for r in sel] == [1, 2] and all(r["grad_error_of"] == "pool" for r in sel)
+    assert all(r["coreset_size"] < r["pool_size"] < r["train_size"] for r in sel)

@@ -123,6 +123,10 @@ class SelectionConfig:
     (benchmarks/README.md, "Selection: gradient error and overhead")."""
     max_class_size: int = 20000
     """CRAIG: classes larger than this use partitioned greedy instead of the exact O(n^2) one."""
+    pool: float | None = None
+    """Pool-then-match (craig, gradmatch): each round attacks and matches only inside a fresh random pool of
+    ``pool`` x the budget per class, drawn without replacement across rounds (the CREST idea, Yang et al.,
+    ICML 2023), so a round costs in proportion to the pool; meant with ``interval: 1``. None: the whole set."""
     distributed: str = "gather"
     """Selection under torchrun (world > 1): gather (exact: gradients go to the rank owning their class) or
     partition (GreeDi-style: each rank solves its own slice, only indices and weights travel)."""

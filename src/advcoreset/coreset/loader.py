@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from advcoreset.coreset.parts import resolve_selection_objective, resolve_selector
-from advcoreset.coreset.select import Autocast, Progress, run_selection
+from advcoreset.coreset.select import Autocast, Pool, Progress, run_selection
 from advcoreset.data.loader import Batch
 from advcoreset.data.sources import as_source
 from advcoreset.models.adapter import last_layer
@@ -60,6 +60,8 @@ class CoresetLoader:
             reports examples done, the solver classes done; None: silent.
         selection_dataset: ``dataset`` without its random augmentation (same items, same order), read by the
             selection pass, so the coreset is chosen on the images rather than on augmented views.
+        pool: pool-then-match (``advcoreset.coreset.select.Pool``): each round attacks and matches only inside
+            a fresh random pool of ``pool`` x the budget per class; None: the whole set.
     """
 
     def __init__(self, dataset: Any, model: nn.Module, objective: str | Objective = "pgd", *,
@@ -68,12 +70,16 @@ class CoresetLoader:
                  seed: int = 0, generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  progress: Progress | None = None, autocast: Autocast | None = None, num_classes: int | None = None,
                  objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
-                 attack_steps: int | None = None, attack_alpha: float | None = None,
+                 attack_steps: int | None = None, attack_alpha: float | None = None, pool: float | None = None,
                  **selector_options: Any) -> None:
         if warm_epochs < 0 or interval < 1 or batch_size < 1:
             raise ValueError(f"need warm_epochs >= 0, interval >= 1 and batch_size >= 1, got {warm_epochs}, "
                              f"{interval} and {batch_size}")
         self.selector = resolve_selector(method, fraction, seed, **selector_options)
+        if pool is not None and (pool < 1 or not self.selector.needs_grads):
+            raise ValueError(f"pool must be >= 1 and needs a gradient selector (craig, gradmatch), got pool={pool} "
+                             f"for {self.selector.name}")
+        self.pool = None if pool is None else Pool(float(pool), seed)
         rule = weight_rule or self.selector.weight_rule
         if rule not in WEIGHT_RULES:
             raise ValueError(f"weight_rule must be one of {WEIGHT_RULES} or None, got {rule!r}")
@@ -150,7 +156,7 @@ class CoresetLoader:
         sel, stats = run_selection(self.selector, self.model, self.objective, self.source, self.generator,
                                    batch_size=self.batch_size, features=self.grad_features, layer=self.layer,
                                    autocast=self.autocast, progress=self.progress, num_classes=self.num_classes,
-                                   round_index=self.round_index())
+                                   round_index=self.round_index(), pool=self.pool)
         self.selection, self.stats = sel, {"epoch": self.epoch + 1, **stats}
         return self.stats
 

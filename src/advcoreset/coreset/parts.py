@@ -12,7 +12,7 @@ from advcoreset.selection import Selector, available_selectors, build_selector
 _ATTACK = {f.name for f in dataclasses.fields(AttackConfig)}
 _PAT = {f.name for f in dataclasses.fields(PATConfig)}
 _SELECTION = {f.name for f in dataclasses.fields(SelectionConfig)} - {"method", "fraction", "attack_steps",
-                                                                      "attack_alpha"}
+                                                                      "attack_alpha", "pool"}
 
 
 def resolve_objective(spec: str | Objective, **options: Any) -> Objective:

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +22,14 @@ from advcoreset.models.adapter import LastLayer, last_layer
 from advcoreset.objectives import Objective
 from advcoreset.objectives.base import eval_mode
 from advcoreset.progress import Reporter, reporter_or_silent
-from advcoreset.selection import Selection, Selector, approximation_error, last_layer_grads, select_round
+from advcoreset.selection import (
+    RS2Selector,
+    Selection,
+    Selector,
+    approximation_error,
+    last_layer_grads,
+    select_round,
+)
 
 Progress = Reporter
 """``advcoreset.progress`` reporter: ``progress(desc, total)`` opens a task (bar, line or silent) for the attack
@@ -30,16 +39,19 @@ Autocast = Callable[[], AbstractContextManager[Any]]
 
 def selection_gradients(model: nn.Module, objective: Objective, source: DataSource, batch_size: int, *,
                         features: str = "last_layer", layer: LastLayer | None = None,
-                        autocast: Autocast | None = None, progress: Progress | None = None) -> Tensor:
+                        autocast: Autocast | None = None, progress: Progress | None = None,
+                        indices: Tensor | None = None) -> Tensor:
     """(n, D) last-layer gradients of ``objective`` at its adversarial points for every example of
-    ``source``, on the very pixels the attack ran on (no augmentation), in index order. The batch size is
-    the training batch, so per image the pass costs what the training attack costs."""
-    n = len(source)
+    ``source`` (or only those at ``indices`` (k,), in that order), on the very pixels the attack ran on (no
+    augmentation), in index order. The batch size is the training batch, so per image the pass costs what
+    the training attack costs."""
+    n = len(source) if indices is None else int(indices.numel())
     layer = layer or last_layer(model, source.sample())
     grads: Tensor | None = None
     done = 0
     task = reporter_or_silent(progress)("selection: attack pass + last-layer gradients", n)
-    for x, y in source.ordered(batch_size):
+    batches = source.ordered(batch_size) if indices is None else source.ordered_at(indices, batch_size)
+    for x, y in batches:
         with autocast() if autocast is not None else nullcontext():
             g = last_layer_grads(model, objective, x, y, features, layer)
         if grads is None:
@@ -61,17 +73,22 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
                   generator: torch.Generator, *, batch_size: int, features: str = "last_layer",
                   layer: LastLayer | None = None, autocast: Autocast | None = None,
                   progress: Progress | None = None, num_classes: int | None = None, round_index: int = 0,
-                  measure_error: bool = False) -> tuple[Selection, dict[str, Any]]:
+                  measure_error: bool = False, pool: Pool | None = None) -> tuple[Selection, dict[str, Any]]:
     """Choose a weighted coreset of ``source``; returns it and its JSON-serialisable statistics (size, class
     histogram, weight sum, attack and solver seconds, relative gradient error, solver diagnostics).
 
     ``measure_error``: also take the gradient pass for a selector that needs none (random, rs2), so that
-    ``grad_error`` is reported for it too; that pass's seconds are ``time_error_pass``, not selection time."""
+    ``grad_error`` is reported for it too; that pass's seconds are ``time_error_pass``, not selection time.
+    ``pool``: a gradient selector attacks and matches only inside this round's random pool (``Pool``); its
+    ``grad_error`` is then the error against the pool's gradient sum."""
     labels = source.labels
     t0 = time.perf_counter()
+    at = None
+    if pool is not None and selector.needs_grads:
+        at, selector = pool.draw(labels, round_index, selector)
     with eval_mode(model):
         grads = selection_gradients(model, objective, source, batch_size, features=features, layer=layer,
-                                    autocast=autocast, progress=progress) if selector.needs_grads else None
+                                    autocast=autocast, progress=progress, indices=at) if selector.needs_grads else None
     t1 = time.perf_counter()
     error_grads, t_error = grads, 0.0
     if grads is None and measure_error:
@@ -80,12 +97,16 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
                                               layer=layer, autocast=autocast, progress=progress)
         t_error = time.perf_counter() - t1
         t1 = time.perf_counter()
+    seen = labels if at is None else labels[at.to(labels.device)]
     with reporter_or_silent(progress)(f"selection: {selector.name} solver", _n_classes(labels)) as task:
-        sel = select_round(selector, grads, labels, generator, progress=task, round_index=round_index)
-        task.write(f"selection: {selector.name} solver: {int(sel.indices.numel())} of {labels.numel()} chosen")
+        sel = select_round(selector, grads, seen, generator, progress=task, round_index=round_index)
+        task.write(f"selection: {selector.name} solver: {int(sel.indices.numel())} of {seen.numel()} chosen")
     if sel.indices.is_cuda:
         torch.cuda.synchronize()
     t2 = time.perf_counter()
+    error = approximation_error(error_grads, sel.indices, sel.weights) if error_grads is not None else None
+    if at is not None:
+        sel = from_pool(sel, at, labels)
     k = num_classes if num_classes is not None else int(labels.max()) + 1
     stats: dict[str, Any] = {
         "method": selector.name, "batchwise": bool(getattr(selector, "batchwise", False)),
@@ -94,13 +115,45 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
         "weight_sum": float(sel.weights.sum()),
         "effective_size": effective_size(sel.weights),
         "time_selection_attack": t1 - t0 - t_error, "time_selection_solver": t2 - t1,
-        "grad_error": (approximation_error(error_grads, sel.indices, sel.weights) if error_grads is not None
-                       else None),
-        "solver_stats": sel.stats,
+        "grad_error": error, "solver_stats": sel.stats,
     }
+    if at is not None:
+        stats.update(pool_size=int(at.numel()), grad_error_of="pool")
     if t_error:
         stats["time_error_pass"] = t_error
     return sel, stats
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Pool-then-match (the CREST idea, Yang et al., ICML 2023): each round draws per class a fresh random
+    pool of ``multiple`` x the class's budget, without replacement across rounds (as RS2), and the selector
+    attacks and matches inside it only, so a round costs in proportion to the pool."""
+
+    multiple: float
+    seed: int = 0
+
+    def draw(self, labels: Tensor, round_index: int, selector: Selector) -> tuple[Tensor, Selector]:
+        """Round ``round_index``'s pool: (p,) ascending positions, min(1, multiple x fraction) of every class,
+        and a copy of ``selector`` whose fraction of the pool is its budget (``fraction`` of the class)."""
+        fraction = float(getattr(selector, "fraction", 1.0))
+        share = min(1.0, self.multiple * fraction)
+        pool = RS2Selector(share, self.seed).select(None, labels.cpu(), torch.Generator(), round_index=round_index)
+        inner = copy.copy(selector)
+        inner.fraction = min(1.0, fraction / share)  # type: ignore[attr-defined]
+        return pool.indices, inner
+
+
+def from_pool(sel: Selection, pool: Tensor, labels: Tensor) -> Selection:
+    """A selection made among ``pool`` (positions into it) as positions into the whole set, each class's
+    weights scaled by n_c / pool_c so that they stand for the class (sum n_c), not only for its pool."""
+    idx = pool.to(sel.indices.device)[sel.indices]
+    lab = labels.to(idx.device)
+    n_c = torch.bincount(lab, minlength=int(lab.max()) + 1).double()
+    p_c = torch.bincount(lab[pool.to(idx.device)], minlength=n_c.numel()).double()
+    scale = (n_c / p_c.clamp_min(1))[lab[idx]]
+    order = torch.argsort(idx)
+    return Selection(idx[order], (sel.weights.double() * scale)[order].float(), sel.stats)
 
 
 def effective_size(weights: Tensor) -> float:
@@ -115,7 +168,7 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
                    features: str = "last_layer", seed: int = 0, generator: torch.Generator | None = None,
                    device: torch.device | str | None = None, progress: Progress | None = None,
                    objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
-                   attack_steps: int | None = None, attack_alpha: float | None = None,
+                   attack_steps: int | None = None, attack_alpha: float | None = None, pool: float | None = None,
                    **selector_options: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Choose a weighted adversarial coreset of ``dataset`` for ``model`` in one call.
 
@@ -133,6 +186,7 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
         device: where the pass runs (default: the model's device).
         selection_dataset: ``dataset`` without its random augmentation (same items and order): what the pass
             reads; default ``dataset`` itself.
+        pool: pool-then-match (``Pool``): attack and match only inside a random pool of ``pool`` x the budget.
 
     Returns:
         indices (k,) int64 positions into ``dataset``, ascending; weights (k,) float32 > 0; stats (see
@@ -146,7 +200,8 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     layer = last_layer(model, source.sample())
     sel, stats = run_selection(selector, model, obj, source, gen, batch_size=batch_size, features=features,
-                               layer=layer, progress=progress, measure_error=True)
+                               layer=layer, progress=progress, measure_error=True,
+                               pool=None if pool is None else Pool(float(pool), seed))
     return sel.indices, sel.weights, stats
 
 

@@ -44,6 +44,10 @@ class DataSource(Protocol):
         """(x (B, C, H, W) float in [0, 1], y (B,)) over all examples in index order, no augmentation."""
         ...
 
+    def ordered_at(self, indices: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The same over the examples ``indices`` (k,), in that order."""
+        ...
+
     def batches(self, indices: Tensor, weights: Tensor, batch_size: int,
                 generator: torch.Generator) -> Iterator[Batch]:
         """Shuffled (seeded by ``generator``), augmented batches over ``indices`` (k,) with ``weights`` (k,)."""
@@ -72,6 +76,12 @@ class TensorSource:
         for start in range(0, len(self), batch_size):
             x = to_float(self.images[start:start + batch_size]).contiguous(memory_format=self.memory_format)
             yield x, self.labels[start:start + batch_size]
+
+    def ordered_at(self, indices: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        idx = indices.to(self.images.device)
+        for start in range(0, idx.numel(), batch_size):
+            chunk = idx[start:start + batch_size]
+            yield to_float(self.images[chunk]).contiguous(memory_format=self.memory_format), self.labels[chunk]
 
     def batches(self, indices: Tensor, weights: Tensor, batch_size: int,
                 generator: torch.Generator) -> Iterator[Batch]:
@@ -171,7 +181,13 @@ class DatasetSource:
             return self._to_device(torch.stack([self.view[i][0] for i in range(min(n, len(self)))]))
 
     def ordered(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        loader = DataLoader(self.view, batch_size=batch_size, shuffle=False, num_workers=self.num_workers)
+        return self._read(self.view, batch_size)
+
+    def ordered_at(self, indices: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        return self._read(Subset(self.view, indices.tolist()), batch_size)
+
+    def _read(self, dataset: Dataset[Any], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers)
         for x, y in loader:
             yield self._to_device(x), torch.as_tensor(y).long().to(self.device)
 

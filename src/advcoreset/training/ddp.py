@@ -53,6 +53,9 @@ class ShardedCoresetLoader(CoresetLoader):
         if not isinstance(self.source, TensorSource):
             raise DistributedError("training under torchrun needs the built-in in-memory datasets (a "
                                    "TensorSource); a Dataset read through a DataLoader runs in one process only")
+        if self.pool is not None:
+            raise DistributedError("selection.pool is not supported under torchrun yet: run it in one process, or "
+                                   "set selection.pool to null")
         self.env, self.sel_cfg, self.seed, self.amp = env, selection, seed, amp
         self._rank_batch: RankBatch | None = None
 

@@ -141,6 +141,7 @@ class Trainer:
             method=selector, fraction=s.fraction, warm_epochs=s.warm_epochs, interval=s.interval,
             weight_rule=None if cfg.optim.weight_norm == "auto" else cfg.optim.weight_norm,
             batch_size=cfg.optim.batch_size, grad_features=s.grad_features, generator=self.generator,
+            **({} if s.pool is None else {"pool": s.pool}),
             device=self.device, autocast=self._autocast, num_classes=rd.num_classes,
             progress=lambda desc, total: self.progress(desc, total))
         if self.env.is_distributed:
