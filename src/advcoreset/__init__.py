@@ -15,7 +15,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from advcoreset.config import Config, ConfigError, load_config
+from advcoreset.config import Config, ConfigError, ConfigTypeError, load_config
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,6 +58,9 @@ def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: 
     """
     from advcoreset.training.trainer import train as run
 
+    if not (config is None or isinstance(config, (str, Path, dict, Config))):
+        raise ConfigTypeError(f"config must be a Config, a YAML path, a dict of config sections or None, got "
+                              f"{type(config).__name__}")
     if config is None or isinstance(config, (str, Path)):
         cfg = load_config(config)
     elif isinstance(config, dict):

@@ -18,6 +18,11 @@ class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range. The message names the field."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """An argument of the Python API is of the wrong kind (``train(config=123)``, ``model=None``): a
+    ``TypeError`` for Python callers, a ``ConfigError`` (bad input, exit 2) for the command line."""
+
+
 @dataclass
 class DataConfig:
     name: str = "fashion-mnist"

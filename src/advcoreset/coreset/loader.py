@@ -72,6 +72,8 @@ class CoresetLoader:
                  objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
                  attack_steps: int | None = None, attack_alpha: float | None = None, pool: float | None = None,
                  **selector_options: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if warm_epochs < 0 or interval < 1 or batch_size < 1:
             raise ValueError(f"need warm_epochs >= 0, interval >= 1 and batch_size >= 1, got {warm_epochs}, "
                              f"{interval} and {batch_size}")
@@ -114,6 +116,25 @@ class CoresetLoader:
         """True when a new coreset is chosen at the start of ``epoch`` (0-based; default: the next)."""
         e = self.epoch if epoch is None else epoch
         return self.selector.subset and e >= self.warm_epochs and (e - self.warm_epochs) % self.interval == 0
+
+    def _check_state(self, state: Any) -> None:
+        n = len(self.source)
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or isinstance(state["epoch"], bool) \
+                or state["epoch"] < 0:
+            raise ValueError("not a CoresetLoader state: it needs an 'epoch' (int >= 0); give what state_dict() "
+                             "returned")
+        cs = state.get("coreset")
+        if cs is not None:
+            idx, w = (cs.get("indices"), cs.get("weights")) if isinstance(cs, dict) else (None, None)
+            fits = (isinstance(idx, Tensor) and isinstance(w, Tensor) and idx.dim() == 1 and idx.shape == w.shape
+                    and not idx.is_floating_point())
+            if not fits or (isinstance(idx, Tensor) and idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < n):
+                raise ValueError(f"the state's coreset does not fit this loader's {n} examples (indices and weights "
+                                 "of one length, indices in range): a state of another data set?")
+        gen = state.get("generator")
+        if gen is not None and not (isinstance(gen, Tensor) and gen.dtype == torch.uint8
+                                    and gen.numel() == self.generator.get_state().numel()):
+            raise ValueError("the state's generator state is not a torch.Generator state of this kind")
 
     def round_index(self, epoch: int | None = None) -> int:
         """Selection rounds before ``epoch`` (0-based; default: the next): the round a selection at its start is."""
@@ -227,7 +248,9 @@ class CoresetLoader:
                 "started": self._started == self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a ``state_dict`` (``generator`` may be absent when the caller restores it itself)."""
+        """Restore a ``state_dict`` (``generator`` may be absent when the caller restores it itself); a state
+        of another loader or data set is refused (ValueError) before anything changes."""
+        self._check_state(state)
         self.epoch = int(state["epoch"])
         self._open = False
         # a selection already made for this epoch (len() before the save) is the coreset saved: keep it

@@ -193,6 +193,8 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
         :func:`run_selection`; ``grad_error`` for every method: a selector without gradients, such as
         random, gets the gradient pass too, timed as ``time_error_pass``).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dev = device if device is not None else next(model.parameters()).device
     source = as_source(dataset, dev, **({} if selection_dataset is None else {"selection_view": selection_dataset}))
     obj = resolve_selection_objective(objective, objective_options, attack_steps, attack_alpha)

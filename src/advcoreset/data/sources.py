@@ -111,10 +111,40 @@ def _dataset_labels(dataset: Dataset[Any], n: int) -> Tensor:
     labels = _exposed_labels(dataset)
     if labels is None:
         with _random_states_kept():
-            labels = torch.tensor([int(dataset[i][1]) for i in range(n)])
-    if labels.shape != (n,) or labels.is_floating_point():
-        raise DataError(f"dataset labels must be n={n} integers, got {labels.dtype} {tuple(labels.shape)}")
+            labels = torch.as_tensor([dataset[i][1] for i in range(n)])
+    if labels.shape != (n,) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(f"dataset labels must be n={n} integers, got {labels.dtype} {tuple(labels.shape)}: a "
+                        "class index per item (a float label such as 1.7 would be cut to 1)")
+    if n and int(labels.min()) < 0:
+        raise DataError(f"dataset label {int(labels.min())} is negative: labels are class indices 0..C-1")
     return labels.long()
+
+
+def _batch(x: Tensor, y: Any, where: str) -> tuple[Tensor, Tensor]:
+    """A collated batch checked as the first item was: images in [0, 1] (or uint8), integer labels."""
+    if x.is_floating_point() and x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise DataError(f"{where}: images must lie in [0, 1], got range [{float(x.min()):.4g}, "
+                        f"{float(x.max()):.4g}] (only the first item was checked up front): divide by 255")
+    labels = torch.as_tensor(y)
+    if labels.is_floating_point():
+        raise DataError(f"{where}: labels must be integers, got {labels.dtype} (a float label would be cut)")
+    return x, labels.long()
+
+
+def _collated(loader: DataLoader[Any], where: str) -> Iterator[tuple[Tensor, Tensor]]:
+    """``loader``'s batches, with a collation failure (images of different sizes) said as a DataError."""
+    it = iter(loader)
+    while True:
+        try:
+            x, y = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if "stack expects each tensor to be equal size" in str(e) or "equal size" in str(e):
+                raise DataError(f"{where}: the images are not all of one size ({' '.join(str(e).split())}); "
+                                "resize them in the dataset (e.g. a Resize transform)") from None
+            raise
+        yield _batch(x, y, where)
 
 
 @contextmanager
@@ -188,8 +218,8 @@ class DatasetSource:
 
     def _read(self, dataset: Dataset[Any], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers)
-        for x, y in loader:
-            yield self._to_device(x), torch.as_tensor(y).long().to(self.device)
+        for x, y in _collated(loader, "the training set"):
+            yield self._to_device(x), y.to(self.device)
 
     def batches(self, indices: Tensor, weights: Tensor, batch_size: int,
                 generator: torch.Generator) -> Iterator[Batch]:
@@ -197,9 +227,8 @@ class DatasetSource:
         chunks = [order[s:s + batch_size] for s in range(0, order.numel(), batch_size)]
         plan = [indices[c].tolist() for c in chunks]
         loader = DataLoader(self.dataset, batch_sampler=plan, num_workers=self.num_workers)
-        for chunk, (x, y) in zip(chunks, loader, strict=True):
-            yield Batch(self._to_device(x), torch.as_tensor(y).long().to(self.device),
-                        weights[chunk].to(self.device), indices[chunk])
+        for chunk, (x, y) in zip(chunks, _collated(loader, "the training set"), strict=True):
+            yield Batch(self._to_device(x), y.to(self.device), weights[chunk].to(self.device), indices[chunk])
 
 
 def as_source(data: Any, device: torch.device | str = "cpu", **kwargs: Any) -> DataSource:
@@ -215,10 +244,16 @@ def as_source(data: Any, device: torch.device | str = "cpu", **kwargs: Any) -> D
 
 
 def dataset_tensors(dataset: Any, batch_size: int = 512) -> tuple[Tensor, Tensor]:
-    """All of a (small, evaluation) Dataset as (images (N, C, H, W) as stored, labels (N,) int64) on the CPU."""
+    """All of a (small, evaluation) Dataset as (images (N, C, H, W) as stored, labels (N,) int64) on the CPU;
+    ``DataError`` for an empty set, labels that are not class indices, pixels outside [0, 1], mixed sizes."""
+    if len(dataset) == 0:
+        raise DataError("the test set is empty: the run ends with its clean and PGD accuracy on it")
     _check_item(dataset[0])
     xs, ys = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for x, y in _collated(DataLoader(dataset, batch_size=batch_size, shuffle=False), "the test set"):
         xs.append(x)
-        ys.append(torch.as_tensor(y).long())
-    return torch.cat(xs), torch.cat(ys)
+        ys.append(y)
+    labels = torch.cat(ys)
+    if int(labels.min()) < 0:
+        raise DataError(f"the test set has label {int(labels.min())}: labels are class indices 0..C-1")
+    return torch.cat(xs), labels

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from advcoreset.config import Config, ConfigError
 from advcoreset.data import DataSplits, ImageArrays, default_augment, prepare_data
-from advcoreset.data.datasets import run_stats
+from advcoreset.data.datasets import DataError, run_stats
 from advcoreset.data.sources import DatasetSource, DataSource, TensorSource, dataset_tensors
 from advcoreset.evaluation.robust import default_pgd_alpha
 from advcoreset.models import create_model
@@ -72,6 +72,9 @@ def user_data(train_set: Any, test_set: Any, device: torch.device, memory_format
     source = DatasetSource(train_set, device, memory_format=memory_format, selection_view=selection_set)
     test = dataset_tensors(test_set)
     c, h, w = source.sample(1).shape[1:]
+    if tuple(test[0].shape[1:]) != (c, h, w):
+        raise DataError(f"the test images are {tuple(test[0].shape[1:])}, the training images {(c, h, w)}: give "
+                        "test and training sets of one image size and channel count")
     num_classes = int(max(int(source.labels.max()), int(test[1].max()))) + 1
     return RunData(source, test, None, num_classes, (c, h, w), None)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from advcoreset.config import Config, ConfigError, SelectionConfig
+from advcoreset.config import Config, ConfigError, ConfigTypeError, SelectionConfig
 from advcoreset.data.formats import DataError
+from advcoreset.objectives.base import eval_mode
 
 _BATCHWISE = ("craig", "gradmatch")
 
@@ -94,3 +96,24 @@ def check_against_data(cfg: Config, labels: Tensor, image_shape: tuple[int, int,
     if cfg.objective.attack.norm == "l2" and e.autoattack_version == "standard" and not square_l2_fits(h, w):
         raise ConfigError(f"eval.autoattack: the l_2 Square attack cannot tile {h}x{w} images; set "
                           "eval.autoattack_version=fast or data.image_size to a size such as 28 or 32")
+
+
+def check_model_and_optimizer(model: Any, optimizer: Any, sample: Tensor, num_classes: int) -> None:
+    """Before any training: a caller's model gives (B, >= num_classes) logits on a sample batch, and a caller's
+    optimiser holds parameters of that model only (else training would update nothing that is evaluated)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    with torch.no_grad(), eval_mode(model):
+        out = model(sample)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] < num_classes:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(f"the model's output on a batch of {sample.shape[0]} is {got}, but the data has labels "
+                          f"0..{num_classes - 1}: give a model with (at least) {num_classes} outputs")
+    if optimizer is None:
+        return
+    own = {id(p) for p in model.parameters()}
+    foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in own)
+    if foreign:
+        raise ConfigError(f"the optimizer holds {foreign} parameter(s) that are not the model's: build it over "
+                          "model.parameters() (it would train another module and the run would report an "
+                          "untrained model)")

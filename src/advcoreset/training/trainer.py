@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advcoreset.config import Config, ConfigError
+from advcoreset.config import Config, ConfigError, ConfigTypeError
 from advcoreset.coreset import CoresetLoader, run_selection, selection_gradients
 from advcoreset.data import DataSplits
 from advcoreset.data.sources import TensorSource
@@ -50,7 +50,7 @@ from advcoreset.training.distributed import (
 from advcoreset.training.epoch import EpochContext, TrainingError, train_epoch
 from advcoreset.training.evaluate import evaluate_model
 from advcoreset.training.logging import MetricsLog, progress_mode
-from advcoreset.training.preflight import check_against_data
+from advcoreset.training.preflight import check_against_data, check_model_and_optimizer
 from advcoreset.training.report import epoch_line, final_line
 from advcoreset.training.run_folder import final_evaluation, finished_results, write_json_atomic
 
@@ -120,7 +120,11 @@ class Trainer:
         check_against_data(cfg, rd.source.labels.cpu(), rd.shape, rd.num_classes)  # before any training
         self.progress: Reporter = make_progress(cfg.progress) if self.env.is_main else silent
         """Progress of the selection pass and the final evaluation (rank 0 only)."""
+        if model is not None and not isinstance(model, nn.Module):
+            raise ConfigTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model: nn.Module = (model if model is not None else builtin_model(cfg, rd)).to(self.device)
+        if model is not None:  # a caller's model and optimiser, checked on a sample before any training
+            check_model_and_optimizer(self.model, optimizer, rd.source.sample(2), rd.num_classes)
         # Module.to takes memory_format (it forwards **kwargs to torch._C._nn._parse_to); its stubs omit it
         self.model = convert_sync_bn(self.model.to(memory_format=self.memory_format),  # type: ignore[call-overload]
                                      self.env, cfg.optim.sync_bn)
