@@ -18,10 +18,13 @@ behaviour. The loop calls, per run and per step:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,6 +132,31 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=timeout_s))
     return DistEnv(rank, world, local, dev, backend)
+
+
+RANK_FREE = ("progress", "threads", "device")
+"""Config fields that may differ between the ranks of one job (what each rank shows, its threads, its device)."""
+
+
+def check_agreement(env: DistEnv, config: dict[str, Any], labels: Tensor) -> None:
+    """Under torchrun, before any training: every rank must run the same job. A digest of the resolved config
+    (without ``RANK_FREE``) and of the training labels is all-gathered; where any rank's differs, every rank
+    raises the same ``DistributedError`` (so all of them exit, none waits in a collective the others never
+    reach). A world of one: nothing to check."""
+    if not env.is_distributed:
+        return
+    h = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k not in RANK_FREE}, sort_keys=True,
+                                  default=str).encode())
+    h.update(str(tuple(labels.shape)).encode())
+    h.update(labels.detach().cpu().long().numpy().tobytes())
+    mine = torch.tensor(list(h.digest()[:16]), dtype=torch.int64, device=env.device)
+    every = [torch.empty_like(mine) for _ in range(env.world_size)]
+    dist.all_gather(every, mine)
+    differ = [r for r, d in enumerate(every) if not torch.equal(d, every[0])]
+    if differ:
+        raise DistributedError(f"the ranks were given different runs: rank(s) {differ} differ from rank 0 in their "
+                               "resolved config or training data; launch every rank with the same --config, --set "
+                               "and data")
 
 
 def shutdown(env: DistEnv, synchronize: bool = False) -> None:

@@ -39,6 +39,7 @@ from advcoreset.training.checkpoint import (
     set_rng_state,
 )
 from advcoreset.training.distributed import (
+    check_agreement,
     convert_sync_bn,
     default_threads,
     init_distributed,
@@ -118,6 +119,7 @@ class Trainer:
                        else user_data(train_set, test_set, self.device, self.memory_format, selection_set))
         self.run_data = rd
         check_against_data(cfg, rd.source.labels.cpu(), rd.shape, rd.num_classes)  # before any training
+        check_agreement(self.env, cfg.to_dict(), rd.source.labels)  # torchrun: every rank runs the same job
         self.progress: Reporter = make_progress(cfg.progress) if self.env.is_main else silent
         """Progress of the selection pass and the final evaluation (rank 0 only)."""
         if model is not None and not isinstance(model, nn.Module):
