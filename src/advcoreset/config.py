@@ -244,7 +244,10 @@ class Config:
         raw = read_yaml(path, "config file") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        return cls.from_dict(raw)
+        try:
+            return cls.from_dict(raw)
+        except ConfigError as e:  # an unknown key or a value of the wrong type: name the file as well
+            raise type(e)(f"config file {path}: {e}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -266,7 +269,7 @@ class Config:
                 raise ConfigError(f"unknown config field {key!r}")
             try:
                 node[parts[-1]] = yaml.safe_load(value)
-            except yaml.YAMLError as e:
+            except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of more than 4300 digits
                 raise ConfigError(f"override {key}={value!r}: the value is not valid YAML ({_one_line(e)}); "
                                   "quote strings, e.g. --set data.root='my dir'") from None
         return Config.from_dict(d)
@@ -329,7 +332,11 @@ def _coerce(tp: Any, v: Any, name: str) -> Any:
                 raise ConfigError(f"{name} must be a number, got {v!r}") from None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{name} must be a number, got {v!r}")
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:  # an integer beyond any float (10**400)
+            raise ConfigError(f"{name} must be a finite number, got an integer of {len(str(abs(v)))} digits") \
+                from None
     if tp is str:
         if not isinstance(v, str):
             raise ConfigError(f"{name} must be a string, got {v!r}")
@@ -434,12 +441,14 @@ def read_yaml(path: Path, what: str, error: type[ConfigError] = ConfigError) -> 
             raise error(f"{what} {path} is larger than {MAX_YAML_BYTES // 1_000_000} MB; a config is a few kB: "
                         "give the right file")
         return yaml.load(data.decode("utf-8"), Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except YamlShapeError as e:
-        raise error(f"{what} {path}: {e}") from None
+    except YamlShapeError as e:  # one line even when a key holds a line break
+        raise error(f"{what} {path}: {_one_line(e)}") from None
     except yaml.YAMLError as e:
         raise error(f"{what} {path} is not valid YAML: {_one_line(e)}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"{what} {path} cannot be read ({type(e).__name__}); give a readable UTF-8 YAML file") from None
+    except ValueError as e:  # PyYAML's int(): an integer of more than 4300 digits
+        raise error(f"{what} {path} is not valid YAML: {_one_line(e)}") from None
 
 
 def _one_line(e: BaseException) -> str:

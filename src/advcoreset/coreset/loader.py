@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from advcoreset.coreset.parts import resolve_selection_objective, resolve_selector
-from advcoreset.coreset.select import Autocast, Pool, Progress, run_selection
+from advcoreset.coreset.select import Autocast, Pool, Progress, check_batch_size, run_selection
 from advcoreset.data.loader import Batch
-from advcoreset.data.sources import as_source
+from advcoreset.data.sources import as_source, check_label_range
 from advcoreset.models.adapter import last_layer
 from advcoreset.objectives import Objective
 from advcoreset.selection import Selection, Selector
@@ -74,6 +74,7 @@ class CoresetLoader:
                  **selector_options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_batch_size(batch_size)
         if warm_epochs < 0 or interval < 1 or batch_size < 1:
             raise ValueError(f"need warm_epochs >= 0, interval >= 1 and batch_size >= 1, got {warm_epochs}, "
                              f"{interval} and {batch_size}")
@@ -91,6 +92,7 @@ class CoresetLoader:
         self.model = model
         self.objective = resolve_selection_objective(objective, objective_options, attack_steps, attack_alpha)
         self.layer = last_layer(model, self.source.sample())
+        check_label_range(self.source, self.layer.linear.out_features)
         self.warm_epochs, self.interval, self.weight_rule = warm_epochs, interval, rule
         self.batch_size, self.grad_features, self.num_classes = batch_size, grad_features, num_classes
         self.progress, self.autocast = progress, autocast

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 from advcoreset.config import AttackConfig, ObjectiveConfig, PATConfig, SelectionConfig
@@ -72,6 +73,8 @@ def resolve_selector(method: str | Selector, fraction: float, seed: int = 0, **o
         return method
     if method not in available_selectors():
         raise ValueError(f"unknown selection method {method!r}; available: {available_selectors()}")
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+        raise TypeError(f"fraction must be a number in (0, 1], got {type(fraction).__name__} {fraction!r}")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     unknown = set(options) - _SELECTION

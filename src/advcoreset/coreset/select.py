@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from advcoreset.coreset.parts import resolve_selection_objective, resolve_selector
-from advcoreset.data.sources import DataSource, as_source
+from advcoreset.data.sources import DataSource, as_source, check_label_range
 from advcoreset.models.adapter import LastLayer, last_layer
 from advcoreset.objectives import Objective
 from advcoreset.objectives.base import eval_mode
@@ -195,16 +195,26 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_batch_size(batch_size)
     dev = device if device is not None else next(model.parameters()).device
     source = as_source(dataset, dev, **({} if selection_dataset is None else {"selection_view": selection_dataset}))
     obj = resolve_selection_objective(objective, objective_options, attack_steps, attack_alpha)
     selector = resolve_selector(method, fraction, seed, **selector_options)
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     layer = last_layer(model, source.sample())
+    check_label_range(source, layer.linear.out_features)
     sel, stats = run_selection(selector, model, obj, source, gen, batch_size=batch_size, features=features,
                                layer=layer, progress=progress, measure_error=True,
                                pool=None if pool is None else Pool(float(pool), seed))
     return sel.indices, sel.weights, stats
+
+
+def check_batch_size(batch_size: Any) -> None:
+    """A TypeError unless ``batch_size`` is an int, a ValueError unless it is >= 1; each naming it."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be an integer >= 1, got {type(batch_size).__name__} {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
 
 
 def _n_classes(labels: Tensor) -> int:

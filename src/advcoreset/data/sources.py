@@ -231,6 +231,16 @@ class DatasetSource:
             yield Batch(self._to_device(x), y.to(self.device), weights[chunk].to(self.device), indices[chunk])
 
 
+def check_label_range(source: DataSource, outputs: int) -> None:
+    """A ``DataError`` unless every label of ``source`` is one of a model's ``outputs`` classes (a label beyond
+    them fails deep inside the selection attack's loss as an IndexError)."""
+    labels = source.labels
+    if labels.numel() and int(labels.max()) >= outputs:
+        top = int(labels.max())
+        raise DataError(f"dataset label {top} is beyond the model's {outputs} outputs (classes 0..{outputs - 1}): "
+                        f"give a model with (at least) {top + 1} outputs, or labels 0..{outputs - 1}")
+
+
 def as_source(data: Any, device: torch.device | str = "cpu", **kwargs: Any) -> DataSource:
     """``data`` as a source: a source is returned as it is, a ``Dataset`` becomes a :class:`DatasetSource`
     (``kwargs``: ``num_workers``, ``memory_format``, ``selection_view``)."""

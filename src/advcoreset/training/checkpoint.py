@@ -24,9 +24,9 @@ from advcoreset.safeload import (
     model_signature,
 )
 
-__all__ = ["CheckpointError", "check_fits_data", "check_normalisation", "check_resumable", "check_rng_state",
-           "check_state_dict", "check_weights", "describe_model", "load_checkpoint", "load_weights_only",
-           "model_signature", "rng_state", "save_atomic", "set_rng_state"]
+__all__ = ["CheckpointError", "check_fits_data", "check_normalisation", "check_optimizer_state", "check_resumable",
+           "check_rng_state", "check_state_dict", "check_weights", "describe_model", "load_checkpoint",
+           "load_weights_only", "model_signature", "rng_state", "save_atomic", "set_rng_state"]
 
 # What a resumable checkpoint (Trainer._checkpoint) holds beside the model.
 RESUME_KEYS = ("model", "optimizer", "epoch", "rng")
@@ -66,8 +66,56 @@ def check_resumable(ckpt: dict[str, Any], path: str | Path, generator: torch.Gen
             and isinstance(opt.get("param_groups"), list)):
         raise CheckpointError(f"checkpoint {path} cannot be resumed: its 'optimizer' entry is not an optimizer "
                               "state dict (a damaged or foreign file); restore the run's last.pt or start a new run")
+    problem = _bookkeeping_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: its {problem} (a damaged or foreign file); "
+                              "restore the run's last.pt or start a new run")
     check_weights(ckpt["model"], path)
     check_rng_state(ckpt["rng"], path, generator)
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], path: str | Path) -> None:
+    """Raise ``CheckpointError`` naming ``path`` unless the optimizer state dict ``state`` (checked by
+    ``check_resumable``) fits ``optimizer``: as many groups and parameters, and every per-parameter tensor (a
+    momentum buffer, Adam's moments) of its parameter's shape; a misfit failed in the first step."""
+    saved, groups = state["param_groups"], optimizer.param_groups
+    where = f"checkpoint {path} cannot be resumed: its optimizer state"
+    if len(saved) != len(groups) or any(not isinstance(s.get("params"), list) or len(s["params"]) != len(g["params"])
+                                        for s, g in zip(saved, groups, strict=True)):
+        raise CheckpointError(f"{where} holds other parameter groups than the run's optimizer (a damaged or foreign "
+                              "file); restore the run's last.pt or start a new run")
+    params = {pid: p for s, g in zip(saved, groups, strict=True)
+              for pid, p in zip(s["params"], g["params"], strict=True)}
+    for pid, entry in state["state"].items():
+        param = params.get(pid)
+        if param is None or not isinstance(entry, Mapping):
+            raise CheckpointError(f"{where} has an entry {pid!r} for no parameter of the model (a damaged or foreign "
+                                  "file); restore the run's last.pt or start a new run")
+        for key, value in entry.items():
+            if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise CheckpointError(f"{where} {key!r} of parameter {pid} has shape {tuple(value.shape)}, the "
+                                      f"parameter {tuple(param.shape)} (a damaged or foreign file); restore the "
+                                      "run's last.pt or start a new run")
+
+
+def _real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _bookkeeping_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with the entries ``--resume`` reads beside the model and the random states (each optional,
+    as in checkpoints of older versions), else None: each of another type failed later as an internal error."""
+    version, precision = ckpt.get("format_version", 1), ckpt.get("precision")
+    times, errors = ckpt.get("times", {}), ckpt.get("grad_errors", [])
+    for ok, what, value in (
+            (isinstance(version, int) and not isinstance(version, bool), "'format_version'", version),
+            (precision is None or isinstance(precision, str), "'precision'", precision),
+            (_real(ckpt.get("best_val", -1.0)), "'best_val'", ckpt.get("best_val")),
+            (isinstance(times, Mapping) and all(_real(t) for t in times.values()), "'times'", times),
+            (isinstance(errors, list) and all(_real(e) for e in errors), "'grad_errors'", errors)):
+        if not ok:
+            return f"{what} entry is not what a run writes (got {type(value).__name__})"
+    return None
 
 
 def check_rng_state(rng: Any, path: str | Path, generator: torch.Generator | None = None) -> None:

@@ -31,6 +31,7 @@ from advcoreset.progress import Reporter, make_progress, silent
 from advcoreset.selection import Selection, build_selector
 from advcoreset.training.build import RunData, builtin_data, builtin_model, eval_alpha, resolve_device, user_data
 from advcoreset.training.checkpoint import (
+    check_optimizer_state,
     check_resumable,
     check_state_dict,
     load_checkpoint,
@@ -190,6 +191,8 @@ class Trainer:
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
+        # before anything is restored or compared (a tensor where a number belongs made `!=` ambiguous)
+        check_resumable(ckpt, self.out / CHECKPOINT, self.generator)
         version = ckpt.get("format_version", 1)
         if version != FORMAT_VERSION:
             raise TrainingError(f"cannot resume: {self.out / CHECKPOINT} has checkpoint format {version}, this "
@@ -209,8 +212,8 @@ class Trainer:
             flag = "false" if was == "fp32" else "true"
             raise TrainingError(f"cannot resume: the checkpoint in {self.out} was trained in {was} and this run "
                                 f"would compute in {self.precision.name}; resume with --set amp={flag}")
-        check_resumable(ckpt, self.out / CHECKPOINT, self.generator)  # before anything is restored
         check_state_dict(self.model, ckpt["model"], self.out / CHECKPOINT)
+        check_optimizer_state(self.optimizer, ckpt["optimizer"], self.out / CHECKPOINT)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and isinstance(ckpt.get("scheduler"), dict):
