@@ -68,7 +68,7 @@ class ImageClassifier(nn.Module):
 class _Pool2x2ChannelsLast(torch.autograd.Function):
     """2x2 max pooling of a contiguous (B, C, H, W) CPU tensor through the channels_last kernel: the same
     values, the same argmax (first maximum in row-major window order) and so the same gradient as the
-    contiguous kernel, bit for bit, in a fraction of its time (benchmarks/README.md, "Precision")."""
+    contiguous kernel, bit for bit, faster (benchmarks/README.md, "Precision and speed")."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:
@@ -86,7 +86,7 @@ class _Pool2x2ChannelsLast(torch.autograd.Function):
 
 class MaxPool2x2(nn.MaxPool2d):
     """``nn.MaxPool2d(2)`` whose CPU forward on contiguous multi-channel maps runs the channels_last kernel
-    (the contiguous one is several times slower); results and gradients are identical. Other inputs
+    (faster than the contiguous one: ``benchmarks/eval_speed.py``); results and gradients are identical. Other inputs
     (CUDA, channels_last, one channel) take the ordinary path."""
 
     def __init__(self) -> None:
