@@ -22,7 +22,7 @@ from advcoreset.attacks.perceptual import (
 from advcoreset.config import ObjectiveConfig
 from advcoreset.models import create_model
 from advcoreset.models.base import ImageClassifier
-from advcoreset.objectives import build_objective
+from advcoreset.objectives import OBJECTIVES, build_objective, threat_model
 from advcoreset.objectives.pat import PAT, build
 from advcoreset.selection.gradients import last_layer_grads
 
@@ -337,3 +337,16 @@ def test_perceptual_evaluation_rejects_an_attack_that_leaves_its_ball(trained: I
     x, y = held_out
     with pytest.raises(RuntimeError, match="outside the LPIPS ball"):
         perceptual.perceptual_accuracy(trained, x[:16], y[:16], attack="ppgd", bound=0.05, steps=1)
+
+
+def test_threat_model_comes_from_the_objective_registration() -> None:
+    """PAT says it adds a perceptual threat; l_p objectives add nothing; evaluation and export read this,
+    not the objective's name."""
+    cfg = ObjectiveConfig(name="pat")
+    cfg.pat.bound = 0.3
+    assert threat_model(cfg) == {"objective": "pat", "norm": cfg.attack.norm, "eps": cfg.attack.eps,
+                                 "perceptual_bound": 0.3, "lpips": "self"}
+    for name in ("pgd", "trades", "fast", "nfgsm", "standard"):
+        assert "perceptual_bound" not in threat_model(ObjectiveConfig(name=name))
+    with pytest.raises(KeyError, match="unknown objective"):
+        OBJECTIVES.about("nope")

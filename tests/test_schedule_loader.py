@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests_helpers import factory
 
-from advcoreset.config import OptimConfig, SelectionConfig
+from advcoreset.config import OptimConfig
+from advcoreset.coreset import CoresetLoader
 from advcoreset.data import iterate_batches, random_crop_flip, stratified_order
-from advcoreset.training.schedule import is_selection_epoch, is_warm, lr_at
+from advcoreset.training.schedule import lr_at
 
 
 def test_onecycle_peaks_and_ends_at_zero():
@@ -26,11 +28,12 @@ def test_step_and_cosine():
 
 
 def test_coreset_schedule():
-    cfg = SelectionConfig(method="craig", warm_epochs=2, interval=3)
-    assert [is_warm(e, cfg) for e in range(6)] == [True, True, False, False, False, False]
-    assert [e for e in range(12) if is_selection_epoch(e, cfg)] == [2, 5, 8, 11]
-    full = SelectionConfig(method="full")
-    assert all(is_warm(e, full) and not is_selection_epoch(e, full) for e in range(5))
+    data = [(torch.rand(1, 8, 8), i % 10) for i in range(40)]
+    ld = CoresetLoader(data, factory(), method="craig", warm_epochs=2, interval=3)
+    assert [ld.is_warm(e) for e in range(6)] == [True, True, False, False, False, False]
+    assert [e for e in range(12) if ld.selects_at(e)] == [2, 5, 8, 11]
+    full = CoresetLoader(data, factory(), method="full", warm_epochs=2, interval=3)
+    assert all(full.is_warm(e) and not full.selects_at(e) for e in range(5))
 
 
 def test_batches_cover_exactly_the_indices_with_their_weights():

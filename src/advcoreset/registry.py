@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -14,12 +14,16 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, Callable[..., T]] = {}
+        self._about: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str, **about: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering a factory under ``name``; ``about``: what the part says of itself beyond
+        building (e.g. an objective's ``threat_model``), read back with :meth:`about`."""
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if name in self._items:
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = fn
+            self._about[name] = dict(about)
             return fn
 
         return deco
@@ -28,6 +32,11 @@ class Registry(Generic[T]):
         if name not in self._items:
             raise KeyError(f"unknown {self.kind} {name!r}; available: {self.names()}")
         return self._items[name]
+
+    def about(self, name: str) -> dict[str, Any]:
+        """What ``name`` was registered with beyond its factory (empty if nothing)."""
+        self.get(name)
+        return self._about[name]
 
     def names(self) -> list[str]:
         return sorted(self._items)

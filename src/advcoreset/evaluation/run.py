@@ -13,6 +13,7 @@ from advcoreset.config import Config
 from advcoreset.data import prepare_data
 from advcoreset.data.datasets import dataset_record
 from advcoreset.models import available_models, create_model
+from advcoreset.objectives import threat_model
 from advcoreset.progress import Reporter
 from advcoreset.training.checkpoint import (
     CheckpointError,
@@ -110,7 +111,7 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
                         pgd_alpha=e.pgd_alpha, pgd_restarts=restarts,
                         autoattack=autoattack, aa_n=e.autoattack_n if n is None else n,
                         aa_version=aa_version, batch_size=e.batch_size, device=dev, progress=progress))
-    if perceptual or cfg.objective.name == "pat":
+    if perceptual or "perceptual_bound" in threat_model(cfg.objective):
         res["union"] = union_report(model, data.test.images, data.test.labels, cfg, aa_version=aa_version,
                                     device=dev, progress=progress)
     return res

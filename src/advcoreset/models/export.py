@@ -30,6 +30,7 @@ from torch import nn
 
 from advcoreset.fileperm import as_created
 from advcoreset.models import MODELS, create_model
+from advcoreset.objectives import threat_model
 from advcoreset.safeload import CheckpointError, check_state_dict, check_weights, load_weights_only
 
 if TYPE_CHECKING:
@@ -146,11 +147,7 @@ def export_model(model: nn.Module, out: str | Path, *, architecture: str | None,
 
 def threat_model_of(cfg: Config) -> dict[str, Any]:
     """The threat model a config trains for: objective, norm, eps (and PAT's perceptual bound)."""
-    o = cfg.objective
-    tm: dict[str, Any] = {"objective": o.name, "norm": o.attack.norm, "eps": o.attack.eps}
-    if o.name == "pat":
-        tm.update({"perceptual_bound": o.pat.bound, "lpips": o.pat.lpips})
-    return tm
+    return threat_model(cfg.objective)
 
 
 def run_accuracy(results: dict[str, Any]) -> dict[str, float]:

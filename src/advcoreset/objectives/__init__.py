@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from advcoreset.objectives.base import Objective, ObjectiveOutput, eval_mode, weighted_mean
 from advcoreset.objectives.lp import NFGSM, PGDAT, TRADES, FastAT, Standard
@@ -47,11 +47,22 @@ def _nfgsm(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
 
 from advcoreset.objectives import pat  # noqa: E402 - pat imports this package's base module
 
-OBJECTIVES.register("pat")(pat.build)
+OBJECTIVES.register("pat", threat_model=pat.threat_model)(pat.build)
 
 
 def available_objectives() -> list[str]:
     return OBJECTIVES.names()
+
+
+def threat_model(cfg: ObjectiveConfig) -> dict[str, Any]:
+    """The threat model an objective config trains for: {objective, norm, eps}, plus what the objective
+    adds of its own (PAT: ``perceptual_bound``, ``lpips``). ``"perceptual_bound" in`` it marks a perceptual
+    threat, which evaluation and export then cover too."""
+    tm: dict[str, Any] = {"objective": cfg.name, "norm": cfg.attack.norm, "eps": cfg.attack.eps}
+    own = OBJECTIVES.about(cfg.name).get("threat_model")
+    if own is not None:
+        tm.update(own(cfg))
+    return tm
 
 
 def build_objective(cfg: ObjectiveConfig, steps: int | None = None) -> Objective:
@@ -75,5 +86,6 @@ def build_selection_objective(cfg: ObjectiveConfig, sel: SelectionConfig) -> Obj
     return build_objective(cfg, steps=sel.attack_steps)
 
 
-__all__ = ["Objective", "ObjectiveOutput", "build_objective", "build_selection_objective", "available_objectives",
-           "eval_mode", "weighted_mean", "OBJECTIVES", "NFGSM", "PGDAT", "TRADES", "FastAT", "Standard"]
+__all__ = ["Objective", "ObjectiveOutput", "build_objective", "threat_model", "build_selection_objective",
+           "available_objectives", "eval_mode", "weighted_mean", "OBJECTIVES", "NFGSM", "PGDAT", "TRADES", "FastAT",
+           "Standard"]

@@ -80,6 +80,11 @@ class PAT(Objective):
         return res
 
 
+def threat_model(cfg: ObjectiveConfig) -> dict[str, Any]:
+    """PAT's perceptual threat beside the l_p one: the LPIPS bound and distance it trains against."""
+    return {"perceptual_bound": cfg.pat.bound, "lpips": cfg.pat.lpips}
+
+
 def build(cfg: ObjectiveConfig, steps: int | None = None) -> PAT:
     """PAT from ``cfg.pat``; ``steps`` overrides ``cfg.pat.steps`` (e.g. a cheaper selection attack).
     ``cfg.pat.lpips`` is "self" or a path to local AlexNet weights (see ``alexnet_lpips``)."""

@@ -50,7 +50,8 @@ class GradMatchResult:
     indices: Tensor
     """(k,) int64 rows of ``grads``: the solver's support in the order it stands, then the random fill."""
     weights: Tensor
-    """(k,) float32 > 0: the NNLS coefficients, then 1 for every filled atom."""
+    """(k,) float32 > 0: the NNLS coefficients scaled by alpha, then the fill's one shared weight beta (see
+    ``_fill_budget``; every filled atom weighs 1 when the solver chose nothing)."""
     residual: float
     """||b - A_S x|| / ||b|| of the solver's support (before the fill); 0 when b = 0."""
     n_filled: int

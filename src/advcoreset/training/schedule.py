@@ -1,4 +1,5 @@
-"""Learning-rate and coreset schedules, both functions of the training epochs only.
+"""The learning-rate schedule, a function of the training epochs only (the coreset schedule, warm epochs
+and rounds, is ``CoresetLoader.is_warm`` / ``selects_at``).
 
 The LR is a function of training progress p in [0, 1] (fractional epochs done / epochs), so epochs on a
 coreset (fewer mini-batches) advance it exactly as much as full epochs: the schedule counts only epochs
@@ -9,8 +10,7 @@ from __future__ import annotations
 
 import math
 
-from advcoreset.config import OptimConfig, SelectionConfig
-from advcoreset.selection import build_selector
+from advcoreset.config import OptimConfig
 
 
 def lr_at(progress: float, cfg: OptimConfig) -> float:
@@ -27,18 +27,3 @@ def lr_at(progress: float, cfg: OptimConfig) -> float:
             return cfg.lr * p / cfg.pct_start
         return cfg.lr * (1 - p) / (1 - cfg.pct_start)
     raise ValueError(f"unknown LR schedule {cfg.schedule!r}")
-
-
-def uses_coreset(cfg: SelectionConfig) -> bool:
-    """False when the configured selector keeps every example (then there is no warm start or schedule)."""
-    return build_selector(cfg, 0).subset
-
-
-def is_warm(epoch: int, cfg: SelectionConfig) -> bool:
-    """True when epoch ``epoch`` (0-based) trains on the full data."""
-    return not uses_coreset(cfg) or epoch < cfg.warm_epochs
-
-
-def is_selection_epoch(epoch: int, cfg: SelectionConfig) -> bool:
-    """True when a new coreset is chosen at the start of epoch ``epoch``."""
-    return uses_coreset(cfg) and epoch >= cfg.warm_epochs and (epoch - cfg.warm_epochs) % cfg.interval == 0
