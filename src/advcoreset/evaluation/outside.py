@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from advcoreset.attacks.lpips import LPIPS
 from advcoreset.config import DataConfig, EvalConfig, PATConfig
 from advcoreset.data import ImageArrays, load_dataset, stratified_order
+from advcoreset.device import resolve_device
 from advcoreset.evaluation.robust import evaluate, to_unit
 from advcoreset.progress import Reporter, reporter_or_silent
 
@@ -129,8 +130,6 @@ def evaluate_outside(spec: str, weights: str | Path, *, data: str, norm: str, ep
     """Clean, PGD-k (restarts), optionally AutoAttack and PPGD/LPA accuracy of an outside model on the
     test set of ``data``; the same keys as ``advcoreset eval RUN``'s eval.json (``evaluate``'s result plus
     where it came from). eps is in [0, 1] pixel units."""
-    from advcoreset.training.trainer import resolve_device
-
     e = EvalConfig()
     dev = resolve_device(device or "auto")
     test = eval_images(data, data_root, n)  # before the model: a data error needs no model import

@@ -12,18 +12,20 @@ from advcoreset.attacks.lpips import LPIPS, alexnet_lpips
 from advcoreset.config import Config
 from advcoreset.data import prepare_data
 from advcoreset.data.datasets import dataset_record
+from advcoreset.device import resolve_device
+from advcoreset.evaluation.robust import default_pgd_alpha
 from advcoreset.models import available_models, create_model
 from advcoreset.objectives import threat_model
 from advcoreset.progress import Reporter
-from advcoreset.training.checkpoint import (
-    CheckpointError,
-    check_fits_data,
-    check_state_dict,
-    check_weights,
-    load_checkpoint,
-)
 
 CHECKPOINTS = {"last": "last.pt", "best": "best.pt"}
+
+
+def eval_alpha(cfg: Config, steps: int) -> float:
+    """Evaluation PGD step of a ``steps``-step attack: eval.pgd_alpha, else the one default
+    (``evaluation.robust.default_pgd_alpha``: 2.5 eps / steps)."""
+    a = cfg.objective.attack
+    return cfg.eval.pgd_alpha if cfg.eval.pgd_alpha is not None else default_pgd_alpha(a.eps, a.norm, steps)
 
 
 def load_run_model(run: str | Path, checkpoint: str = "last.pt",
@@ -31,6 +33,15 @@ def load_run_model(run: str | Path, checkpoint: str = "last.pt",
     """The model of run folder ``run`` with the weights of ``checkpoint`` (last, best, or a file name in the
     run; read with weights_only=True). ValueError pointing to ``--model`` when the run's model is not one
     of advcoreset's architectures."""
+    # the checkpoint format is training's (to move below both parts with the run folder's other rules)
+    from advcoreset.training.checkpoint import (
+        CheckpointError,
+        check_fits_data,
+        check_state_dict,
+        check_weights,
+        load_checkpoint,
+    )
+
     run = Path(run)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
@@ -91,8 +102,6 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
     Returns a JSON-serialisable dict naming the checkpoint, the number of images and every budget used.
     ``progress``: a reporter (``advcoreset.progress``) for each attack; None: silent."""
     from advcoreset.evaluation import evaluate
-    from advcoreset.training.trainer import eval_alpha, resolve_device
-
     for flag, value in (("n", n), ("pgd_steps", pgd_steps), ("restarts", restarts)):  # issue 11
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1 or None (the run's config), got {value}")
@@ -173,6 +182,8 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "last") -> Pa
     if checkpoint == "last" and res_path.is_file():
         results = json.loads(res_path.read_text())
     elif checkpoint == "best":
+        from advcoreset.training.checkpoint import load_checkpoint
+
         best = load_checkpoint(Path(run) / CHECKPOINTS["best"])
         if "val_robust_acc" in best:
             results = {"val_robust_acc": best["val_robust_acc"]}

@@ -1,4 +1,5 @@
-"""The parts of a run built from its config (and whatever the caller brought): device, data, model."""
+"""The parts of a run built from its config (and whatever the caller brought): device, data, model.
+(``resolve_device`` and ``eval_alpha`` live below training, in ``advcoreset.device`` and ``evaluation.run``.)"""
 
 from __future__ import annotations
 
@@ -12,24 +13,7 @@ from advcoreset.config import Config, ConfigError
 from advcoreset.data import DataSplits, ImageArrays, default_augment, prepare_data
 from advcoreset.data.datasets import DataError, run_stats
 from advcoreset.data.sources import DatasetSource, DataSource, TensorSource, dataset_tensors
-from advcoreset.evaluation.robust import default_pgd_alpha
 from advcoreset.models import create_model
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available; use device=cpu or auto")
-    return dev
-
-
-def eval_alpha(cfg: Config, steps: int) -> float:
-    """Evaluation PGD step of a ``steps``-step attack: eval.pgd_alpha, else the one default
-    (``evaluation.robust.default_pgd_alpha``: 2.5 eps / steps)."""
-    a = cfg.objective.attack
-    return cfg.eval.pgd_alpha if cfg.eval.pgd_alpha is not None else default_pgd_alpha(a.eps, a.norm, steps)
 
 
 @dataclass

@@ -12,9 +12,9 @@ from advcoreset.config import Config
 from advcoreset.data import ImageArrays
 from advcoreset.evaluation import evaluate, pgd_accuracy
 from advcoreset.evaluation.autoattack import AutoAttackBudgets
+from advcoreset.evaluation.run import eval_alpha
 from advcoreset.objectives import Objective
 from advcoreset.progress import Reporter
-from advcoreset.training.build import eval_alpha
 
 
 def evaluate_model(model: nn.Module, objective: Objective, cfg: Config, test: tuple[Tensor, Tensor],

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from advcoreset.config import Config, ConfigError, ConfigTypeError, SelectionConfig
 from advcoreset.data.formats import DataError
+from advcoreset.evaluation.autoattack import square_l2_fits
 from advcoreset.objectives.base import eval_mode
 
 _BATCHWISE = ("craig", "gradmatch")
@@ -82,8 +83,6 @@ def check_against_data(cfg: Config, labels: Tensor, image_shape: tuple[int, int,
     Square attack can tile.
 
     labels: (n,) int64 training labels; image_shape: (C, H, W)."""
-    from advcoreset.evaluation.autoattack import square_l2_fits
-
     check_classes(labels, cfg)
     check_selection_fits(cfg.selection, labels)
     e = cfg.eval

@@ -23,13 +23,15 @@ from advcoreset.config import Config, ConfigError, ConfigTypeError
 from advcoreset.coreset import CoresetLoader, run_selection, selection_gradients
 from advcoreset.data import DataSplits
 from advcoreset.data.sources import TensorSource
+from advcoreset.device import resolve_device
+from advcoreset.evaluation.run import eval_alpha
 from advcoreset.models.export import export_run_model
 from advcoreset.objectives import Objective, build_objective, build_selection_objective
 from advcoreset.optimizers import build_optimizer
 from advcoreset.precision import legacy_precision, precision_record, resolve_precision
 from advcoreset.progress import Reporter, make_progress, silent
 from advcoreset.selection import Selection, build_selector
-from advcoreset.training.build import RunData, builtin_data, builtin_model, eval_alpha, resolve_device, user_data
+from advcoreset.training.build import RunData, builtin_data, builtin_model, user_data
 from advcoreset.training.checkpoint import (
     check_optimizer_state,
     check_resumable,
