@@ -1,5 +1,7 @@
 """The plots of ``advcoreset bench``: robust accuracy against training time and against speed-up per
-objective, and one combined figure with every run a point and the Pareto front of the rows marked.
+objective, and one combined figure with every run a point and the Pareto front of the rows marked. An
+equal-budget study (rows with a ``budget``) gets robust accuracy against cost in full-data PGD-7 epochs
+instead, a line per method across the budgets (``plot_budget``).
 
 Objectives trained against a perceptual threat (rows with PPGD / LPA accuracy, i.e. PAT) are plotted
 against PPGD and LPA, the threats they were trained for, instead of l_inf PGD."""
@@ -82,6 +84,8 @@ def plot(table: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows = [r for r in table["rows"] if r["time"] is not None]
+    if any(r.get("budget") is not None for r in rows):
+        return [plot_budget(table, out)] + ([plot_runs(table, out)] if len(rows) <= MAX_ROWS_RUNS_PLOT else [])
     panels = _panels(table, rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
@@ -167,6 +171,64 @@ def plot_runs(table: dict[str, Any], out: Path) -> Path:
     axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
     fig.tight_layout()
     p = out / "robust_vs_time_runs.png"
+    fig.savefig(p, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return p
+
+
+def _series(r: dict[str, Any]) -> str:
+    """The line a budget row belongs to: its label (or entry), method and fraction, whatever its budget."""
+    frac = "" if r["fraction"] is None else f" {r['fraction']:g}"
+    return f"{r.get('label') or r['objective']} {r['method']}{frac}"
+
+
+def plot_budget(table: dict[str, Any], out: Path) -> Path:
+    """``robust_vs_cost.png``: robust accuracy (PGD, and AutoAttack where measured) against cost in full-data
+    PGD-7 epochs (selection and warm start included): every run a small point (one shape per seed), each
+    row's seed mean a ring joined across the budgets by its method's line, rings on the Pareto front of all
+    seed means filled, and that front a dashed step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table["rows"] if r.get("cost_epochs")]
+    runs = [r for r in table["runs"] if r.get("cost_epochs")]
+    keys = [k for k in ("pgd", "autoattack") if any(r.get(k) is not None for r in rows)] or ["pgd"]
+    series = list(dict.fromkeys(_series(r) for r in rows))
+    cmap = plt.get_cmap("tab20" if len(series) > 10 else "tab10")
+    colors = {s: cmap(i % cmap.N) for i, s in enumerate(series)}
+    seeds = sorted({r["seed"] for r in runs})
+    seed_marker = {s: SEED_MARKERS[i % len(SEED_MARKERS)] for i, s in enumerate(seeds)}
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.8), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=False):
+        for run in (r for r in runs if r.get(key) is not None):
+            ax.plot(run["cost_epochs"], 100 * run[key], ls="", ms=4, alpha=0.6, color=colors.get(_series(run), "0.5"),
+                    marker=seed_marker[run["seed"]])
+        pts = [r for r in rows if r.get(key) is not None]
+        front = set(pareto_front([(r["cost_epochs"], r[key]) for r in pts]))
+        for name in series:
+            line = sorted((r["cost_epochs"], 100 * r[key], i in front) for i, r in enumerate(pts) if _series(r) == name)
+            if not line:
+                continue
+            ax.plot([x for x, _, _ in line], [y for _, y, _ in line], "-", color=colors[name], lw=1.2, alpha=0.8)
+            for x, y, on in line:
+                ax.plot(x, y, ls="", marker="o", ms=10, mew=2, color=colors[name], mfc=colors[name] if on else "none",
+                        mec="black" if on else colors[name])
+        if front:
+            xs, ys = zip(*sorted((pts[i]["cost_epochs"], 100 * pts[i][key]) for i in front), strict=True)
+            ax.step(xs, ys, where="post", ls="--", color="black", lw=1)
+        ax.set_xlabel("cost (full-data PGD-7 epochs; warm start and selection included)")
+        ax.set_ylabel(f"{_metric_label(table, key)} accuracy (%)")
+        ax.set_title(f"{table['name']}: {_metric_label(table, key)} against cost")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ms=8, mew=2, mfc="none", color=colors[s], label=s) for s in series]
+    handles += [plt.Line2D([], [], ls="", marker=seed_marker[s], color="0.4", label=f"seed {s}") for s in seeds]
+    handles += [plt.Line2D([], [], ls="", marker="o", ms=9, color="0.6", mec="black", label="seed mean on the front"),
+                plt.Line2D([], [], ls="--", color="black", label="Pareto front of the seed means")]
+    axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
+    fig.tight_layout()
+    p = out / "robust_vs_cost.png"
     fig.savefig(p, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return p
