@@ -6,6 +6,7 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,81 @@ def hostile_batches(marker: Path) -> dict[str, bytes]:
         "empty": cifar_batch(n=0, data=np.zeros((0, 3072), np.uint8), labels=[]),
         "eval_call": pickle.dumps([Reduce(eval, (f"open({str(marker)!r}, 'w')",))], protocol=2),
         "gzip_garbage": b"\x1f\x8b" + b"\0" * 20,
+        **{f"codec_{k}": v for k, v in codec_pickles().items()},
+        **{f"alloc_{k}": v for k, v in allocating_pickles().items()},
     }
+
+
+def codec_pickles() -> dict[str, bytes]:
+    """CIFAR batches whose byte strings name a codec other than latin-1: unknown ones, a bytes-to-bytes one,
+    a real text codec, one of another type, through ``_codecs.encode``, ``bytes`` and ``bytearray``."""
+    good = cifar_batch()
+    assert good.count(b"latin1") >= 1
+    text = b"X\x01\x00\x00\x00x"  # BINUNICODE 'x'
+    return {
+        "unknown": good.replace(b"X\x06\x00\x00\x00latin1", b"X\x06\x00\x00\x00nocodc"),
+        "long_name": good.replace(b"X\x06\x00\x00\x00latin1", b"X\x14\x00\x00\x00" + b"no-such-codec-at-all"),
+        "bytes_to_bytes": good.replace(b"X\x06\x00\x00\x00latin1", b"X\x06\x00\x00\x00zlib__"),
+        "utf32": good.replace(b"X\x06\x00\x00\x00latin1", b"X\x06\x00\x00\x00utf-32"),
+        "number": good.replace(b"X\x06\x00\x00\x00latin1", b"K\x05"),
+        "bytes_call": b"\x80\x02c__builtin__\nbytes\n" + text + b"X\x06\x00\x00\x00nocodc\x86R.",
+        "bytearray_call": b"\x80\x02c__builtin__\nbytearray\n" + text + b"X\x05\x00\x00\x00rot13\x86R.",
+        "py2_name": b"\x80\x02c_codecs\nencode\n" + text + b"U\x06nocodc\x86R.",
+    }
+
+
+def allocating_pickles(index: int = 8_000_000) -> dict[str, bytes]:
+    """Small pickles that made the unpickler allocate far more than their size: a memo index (the C unpickler
+    sizes its memo table by it), one large object named many times through the memo (an array's bytes, a
+    list copied by ``list()``), a DAG of shared lists that unwrapping expanded into a tree."""
+    r = _reconstruct()
+    raw = b"\1" * 9000
+    state = (1, (9000,), np.dtype(np.uint8), False, raw)
+    items = list(range(2000))
+    dag = b"\x80\x02]q\x00" + b"".join(b"(" + (b"h" + bytes([k - 1])) * 4 + b"lq" + bytes([k]) for k in range(1, 11))
+    return {
+        "memo_binput": b"\x80\x02}r" + struct.pack("<I", index) + b".",
+        "memo_put_text": b"(dp" + str(index).encode() + b"\n.",
+        "memo_late": cifar_batch()[:-1].replace(b"}q\x00", b"}r" + struct.pack("<I", index), 1) + b".",
+        "shared_array_bytes": pickle.dumps({b"data": [Reduce(r, (np.ndarray, (0,), b"b"), state)
+                                                      for _ in range(2000)]}, protocol=4),
+        "list_copies": pickle.dumps({b"data": [Reduce(list, (items,)) for _ in range(1500)]}, protocol=4),
+        "shared_dag": dag + b".",
+    }
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` RGB pixels, with a few bytes of pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def svhn_mat(path: Path, n: int, declare: int | None = None) -> Path:
+    """An SVHN ``.mat`` of ``n`` images (X (32, 32, 3, n) uint8, y (n, 1)), stored compressed. ``declare``:
+    rewrite X's header to claim that many images, with a data size to match, as a damaged file can."""
+    from scipy.io import savemat
+
+    x = np.random.default_rng(0).integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+    savemat(path, {"X": x, "y": np.ones((n, 1), np.uint8)}, do_compression=True)
+    if declare is not None:
+        path.write_bytes(_declare_images(path.read_bytes(), n, declare))
+    return path
+
+
+def _declare_images(mat: bytes, n: int, declare: int) -> bytes:
+    """``mat`` (a v5 file whose first variable is a compressed X of ``n`` images) claiming ``declare`` images."""
+    size = struct.unpack("<I", mat[132:136])[0]  # the first element after the 128-byte header
+    inner = bytearray(zlib.decompress(mat[136:136 + size]))
+    dims, data = struct.pack("<4i", 32, 32, 3, n), struct.pack("<II", 2, 3072 * n)
+    i, j = inner.index(dims), inner.index(data)
+    inner[i:i + 16] = struct.pack("<4i", 32, 32, 3, declare)
+    inner[j:j + 8] = struct.pack("<II", 2, 3072 * declare)
+    packed = zlib.compress(bytes(inner))
+    return mat[:128] + struct.pack("<II", 15, len(packed)) + packed + mat[136 + size:]
 
 
 def malicious_torch_file(path: Path, marker: Path) -> Path:

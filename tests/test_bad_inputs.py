@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import stat
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from bad_files import (
     hostile_batches,
     idx_bytes,
     malicious_torch_file,
+    png_header,
+    svhn_mat,
     truncated_copy,
     write_cifar,
     write_fashion,
@@ -226,7 +229,11 @@ CASES: list[Case] = [
         "system", "reconstruct_big", "reconstruct_heap", "ndarray_call", "bytearray_size", "short_raw",
         "big_state", "object_array", "bytearray8_huge", "binbytes8_huge", "truncated", "not_a_dict",
         "labels_range", "labels_count", "labels_strings", "data_shape", "data_float", "empty", "eval_call",
-        "gzip_garbage"]],
+        "gzip_garbage",
+        # issue 26: codecs other than latin-1 (an unknown one was a LookupError traceback), and small files that
+        # made the unpickler allocate far more than they hold (a memo index, copies of one object, a shared DAG)
+        "codec_unknown", "codec_bytes_call", "codec_bytearray_call", "codec_py2_name", "alloc_memo_binput",
+        "alloc_memo_late", "alloc_list_copies", "alloc_shared_array_bytes", "alloc_shared_dag"]],
     Case("cifar-meta-classes", [*TRAIN, *C10], 2, "batches.meta", lambda e: write_cifar(e.data, classes=7)),
     Case("imagefolder-empty", [*TRAIN, *_set("data.name=imagefolder", "data.root={data}/imgs")], 2, "imgs",
          lambda e: (e.data / "imgs" / "train").mkdir(parents=True)),
@@ -234,6 +241,16 @@ CASES: list[Case] = [
          write("imgs/train/cat/a.png", b"not a png")),
     Case("svhn-corrupt", [*TRAIN, *_set("data.name=svhn", "data.root={data}")], 2, "train_32x32.mat",
          write("train_32x32.mat", b"MATLAB garbage")),
+    # issue 26: an empty SVHN file, one declaring more than it holds, a PNG header of 20000 x 20000 pixels,
+    # IDX sizes whose product wraps around in int64
+    Case("svhn-no-images", [*TRAIN, *_set("data.name=svhn", "data.root={data}")], 2, "train_32x32.mat",
+         lambda e: svhn_mat(e.data / "train_32x32.mat", 0) and None),
+    Case("svhn-declares-more", [*TRAIN, *_set("data.name=svhn", "data.root={data}")], 2, "train_32x32.mat",
+         lambda e: svhn_mat(e.data / "train_32x32.mat", 4, declare=40_000) and None),
+    Case("imagefolder-huge-header", [*TRAIN, *_set("data.name=imagefolder", "data.root={data}/imgs")], 2, "a.png",
+         write("imgs/train/cat/a.png", png_header(20000, 20000))),
+    Case("idx-shape-overflow", [*TRAIN, *FM], 2, "train-images-idx3-ubyte", fashion(
+        lambda r: (r / "train-images-idx3-ubyte").write_bytes(b"\0\0\x08\x04" + struct.pack(">4I", *[2**16] * 4)))),
     Case("batchwise-too-large", [*TRAIN, *_set("selection.method=craig", "selection.batchwise=true",
                                                "selection.selection_batch_size=512")], 2,
          "selection.selection_batch_size"),

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from advcoreset.cli import main
+from advcoreset.evaluation.outside import build_outside_model
 from advcoreset.models.export import load_model
-from advcoreset.safeload import CheckpointError
+from advcoreset.safeload import CheckpointError, check_coreset_state, check_state_dict
 from advcoreset.training.checkpoint import check_resumable, load_checkpoint
 
 TINY = ["--set", "data.name=digits", "--set", "data.test_subset=32", "--set", "model.width=8",
@@ -194,6 +196,98 @@ def test_trainer_checks_before_restoring(finished, tmp_path, monkeypatch):
     assert str(run / "last.pt") in str(info.value) and snapshot(tmp_path) == before
     with pytest.raises(CheckpointError, match="last.pt"):  # the function the CLI calls refuses it as well
         check_resumable(load_checkpoint(run / "last.pt"), run / "last.pt")
+
+
+# ------------------------------------------------------------- 4b. weights of a complex, integer or bool dtype
+NOT_FLOATING = {"complex": torch.complex64, "int64": torch.int64, "int8": torch.int8, "bool": torch.bool}
+
+
+def retype(key: str, dtype: torch.dtype) -> Damage:
+    return lambda ckpt: ckpt["model"].__setitem__(key, ckpt["model"][key].to(dtype))
+
+
+@pytest.mark.parametrize("kind", ["eval", "export", "resume"])
+@pytest.mark.parametrize("dtype", NOT_FLOATING, ids=list(NOT_FLOATING))
+def test_weights_of_a_non_floating_dtype_are_refused(kind, dtype, finished, tmp_path, capsys):
+    """load_state_dict casts them silently into the float model (an imaginary part dropped, 0/1 for bool)."""
+    run = copy_run(finished, tmp_path, retype("stages.1.0.weight", NOT_FLOATING[dtype]))
+    line = refused(command(kind, run, tmp_path), tmp_path, capsys)
+    assert str(run / "last.pt") in line and "'stages.1.0.weight'" in line and str(NOT_FLOATING[dtype]) in line
+
+
+@pytest.mark.parametrize("key", ["std", "mean"])
+def test_a_normalisation_of_a_non_floating_dtype_is_refused(key, finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path, retype(key, torch.complex64))
+    line = refused(command("eval", run, tmp_path), tmp_path, capsys)
+    assert str(run / "last.pt") in line and f"normalisation {key}" in line and "complex64" in line
+
+
+@pytest.mark.parametrize("dtype", NOT_FLOATING, ids=list(NOT_FLOATING))
+def test_a_model_file_of_a_non_floating_dtype_is_refused(dtype, finished, tmp_path):
+    """The export's model.safetensors (load_model) and a --weights file of an outside model."""
+    folder = exported(finished, tmp_path, lambda meta: None)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["head.weight"] = weights["head.weight"].to(NOT_FLOATING[dtype])
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'head\.weight' is torch\.") as info:
+        load_model(folder)
+    assert str(folder / "model.safetensors") in str(info.value) and len(str(info.value).splitlines()) == 1
+    import tests_helpers
+
+    outside = tmp_path / "w.safetensors"
+    state = tests_helpers.factory().state_dict()
+    name = next(k for k, v in state.items() if v.dim() == 2)
+    state[name] = state[name].to(NOT_FLOATING[dtype])
+    save_file(state, str(outside))
+    with pytest.raises(CheckpointError, match=rf"--weights {outside}: tensor '{name}'"):
+        build_outside_model("tests_helpers:factory", outside)
+
+
+def test_integer_buffers_and_other_float_precisions_still_load(tmp_path):
+    """The kind of the model's own entry decides: BatchNorm's num_batches_tracked is integer, float16 weights
+    load into a float32 model; a running mean of integers does not."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    assert state["1.num_batches_tracked"].dtype == torch.int64
+    check_state_dict(model, state, tmp_path / "w.pt")
+    model.load_state_dict(state)
+    state["1.running_mean"] = state["1.running_mean"].long()
+    with pytest.raises(CheckpointError, match=r"w\.pt: tensor '1\.running_mean' is torch\.int64 \(integer\)"):
+        check_state_dict(model, state, tmp_path / "w.pt")
+
+
+# ----------------------------------------------------------------------------- 4c. a damaged saved coreset
+CORESET = {
+    "junk": [1, 2],
+    "string": "indices",
+    "float-indices": {"indices": torch.tensor([0.5]), "weights": torch.ones(1)},
+    "list-indices": {"indices": [0, 1], "weights": torch.ones(2)},
+    "int-weights": {"indices": torch.tensor([0, 1]), "weights": torch.ones(2, dtype=torch.long)},
+    "mismatch": {"indices": torch.tensor([0, 1, 2]), "weights": torch.ones(2)},
+    "two-dim": {"indices": torch.zeros(2, 2, dtype=torch.long), "weights": torch.ones(2, 2)},
+    "negative": {"indices": torch.tensor([-1, 0]), "weights": torch.ones(2)},
+    "nan-weights": {"indices": torch.tensor([0, 1]), "weights": torch.tensor([1.0, float("nan")])},
+    "negative-weights": {"indices": torch.tensor([0, 1]), "weights": torch.tensor([1.0, -2.0])},
+    "no-weights": {"indices": torch.tensor([0, 1])},
+    "beyond-the-data": {"indices": torch.tensor([0, 10**6]), "weights": torch.ones(2)},
+}
+
+
+@pytest.mark.parametrize("case", CORESET, ids=list(CORESET))
+def test_resume_refuses_a_damaged_coreset_naming_the_checkpoint(case, finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path, lambda ckpt: ckpt.__setitem__("coreset", CORESET[case]))
+    line = refused(command("resume", run, tmp_path), tmp_path, capsys)
+    assert str(run / "last.pt") in line and "'coreset'" in line and "from scratch" in line
+
+
+def test_a_coreset_beyond_the_runs_examples_is_refused_naming_the_checkpoint(tmp_path):
+    entry = {"indices": torch.tensor([0, 10**6]), "weights": torch.ones(2)}
+    check_coreset_state(entry, tmp_path / "last.pt")  # the form alone is right
+    check_coreset_state(None, tmp_path / "last.pt", 10)  # no selection saved (a full run, a warm start)
+    with pytest.raises(CheckpointError, match=r"last\.pt cannot be resumed: its 'coreset' entry .* 1000000, "
+                                              r"not in \[0, 100\)") as info:
+        check_coreset_state(entry, tmp_path / "last.pt", num_examples=100)
+    assert "delete" in str(info.value) and "from scratch" in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------- 5. model.json

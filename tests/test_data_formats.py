@@ -7,11 +7,15 @@ import os
 import pickle
 import pickletools
 import struct
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bad_files import allocating_pickles, codec_pickles, png_header, svhn_mat
 
 from advcoreset.data.datasets import (
     DATASETS,
@@ -23,6 +27,7 @@ from advcoreset.data.datasets import (
     load_dataset,
 )
 from advcoreset.data.formats import (
+    MAX_IMAGE_PIXELS,
     load_pickle_restricted,
     read_cifar_batch,
     read_idx,
@@ -31,6 +36,30 @@ from advcoreset.data.formats import (
 )
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+SMALL_PEAK = 8 * 2**20
+"""Most Python memory a refused small file may make the reader allocate (tracemalloc's peak): what such a
+file declares (a memo table, copies of one shared object, a decompressed size) runs to tens of MB or more."""
+
+
+@contextmanager
+def peak_memory() -> Iterator[Callable[[], int]]:
+    """Trace Python's allocations inside the block; the yielded function gives their peak in bytes."""
+    tracemalloc.start()
+    peak = [0]
+    try:
+        yield lambda: peak[0]
+    finally:
+        peak[0] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+
+def refused_one_line(call: Callable[[], object], path: Path, match: str | None = None) -> str:
+    """``call()`` raises a one-line ``DataError`` that names ``path`` (and matches ``match``); its message."""
+    with pytest.raises(DataError, match=match) as info:
+        call()
+    message = str(info.value)
+    assert str(path) in message and len(message.splitlines()) == 1, message
+    return message
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -129,6 +158,14 @@ def test_idx_wrong_magic_and_type(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match="0x42"):
         read_idx(path)
+
+
+def test_idx_sizes_whose_product_overflows_int64_are_refused(tmp_path: Path) -> None:
+    """Four sizes of 2**16 multiply to 2**64, which numpy's int64 product wrapped to 0 payload bytes."""
+    path = tmp_path / "x-idx3-ubyte"
+    for sizes in ([65536] * 4, [2**32 - 1] * 3):
+        path.write_bytes(bytes([0, 0, 8, len(sizes)]) + struct.pack(f">{len(sizes)}I", *sizes))
+        refused_one_line(lambda: read_idx(path), path, "header announces shape")
 
 
 def test_idx_missing_file_named(tmp_path: Path) -> None:
@@ -337,9 +374,62 @@ def test_restricted_unpickler_refuses_object_arrays_and_other_codecs(tmp_path: P
         load_pickle_restricted(path)
 
 
+@pytest.mark.parametrize("name", sorted(codec_pickles()))
+def test_a_codec_other_than_latin1_is_refused_naming_the_file(tmp_path: Path, name: str) -> None:
+    """Pickled bytes name latin-1; any other codec name (unknown ones were a LookupError traceback) is refused,
+    by name, without being looked up."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(codec_pickles()[name])
+    message = refused_one_line(lambda: read_cifar_batch(path), path)
+    assert "replace" in message
+
+
+@pytest.mark.parametrize("name", sorted(allocating_pickles()))
+def test_a_small_pickle_never_allocates_more_than_it_holds(tmp_path: Path, name: str) -> None:
+    """A memo index (the C unpickler sized its memo table by it), one object named many times, a DAG of shared
+    lists: each is refused (or read) without allocating more than a small multiple of the file."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(allocating_pickles()[name])
+    with peak_memory() as peak:
+        refused_one_line(lambda: read_cifar_batch(path), path)
+    assert peak() < SMALL_PEAK, f"{peak()} bytes traced for a file of {path.stat().st_size}"
+
+
+def test_a_shared_object_stays_shared_and_a_legal_file_reads_within_budget(tmp_path: Path) -> None:
+    shared = [1, 2, 3]
+    path = tmp_path / "p"
+    path.write_bytes(pickle.dumps({b"a": shared, b"b": shared, b"data": cifar_images(np.random.default_rng(0), 300)},
+                                  protocol=2))
+    out = load_pickle_restricted(path)
+    assert out[b"a"] is out[b"b"] and out[b"a"] == shared and out[b"data"].shape == (300, 3072)
+
+
+def test_a_small_gzipped_file_is_unpacked_without_allocating_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(gzip.compress(pickle.dumps({b"data": cifar_images(np.random.default_rng(0), 2),
+                                                 b"labels": [0, 1]}, protocol=2)))
+    with peak_memory() as peak:
+        images, _ = read_cifar_batch(path)
+    assert images.shape == (2, 3, 32, 32) and peak() < SMALL_PEAK
+
+
 # ----------------------------------------------------------------------------------------------------
 # SVHN
 # ----------------------------------------------------------------------------------------------------
+
+def test_svhn_file_with_no_images_is_refused(tmp_path: Path) -> None:
+    path = svhn_mat(tmp_path / "train_32x32.mat", 0)
+    refused_one_line(lambda: read_svhn_mat(path), path, "holds 0 images")
+    refused_one_line(lambda: load_dataset("svhn", tmp_path, train=True), path, "replace it")
+
+
+def test_svhn_file_declaring_more_than_it_holds_is_refused_before_reading(tmp_path: Path) -> None:
+    """A compressed X can declare any number of images; scipy allocated what it declared before reading."""
+    path = svhn_mat(tmp_path / "train_32x32.mat", 4, declare=40_000)
+    with peak_memory() as peak:
+        refused_one_line(lambda: read_svhn_mat(path), path, "declares 40000 images")
+    assert peak() < SMALL_PEAK
+    assert read_svhn_mat(svhn_mat(tmp_path / "ok.mat", 4))[0].shape == (4, 3, 32, 32)  # compressed, as real files
 
 def test_svhn_mat_round_trip_and_errors(tmp_path: Path) -> None:
     from scipy.io import savemat
@@ -407,6 +497,20 @@ def test_image_folder_round_trip(tmp_path: Path) -> None:
     assert val.classes == ds.classes and val.labels.tolist() == [0, 1]
     resized = load_dataset("imagefolder", tmp_path, train=True, image_size=4)
     assert resized.shape == (3, 4, 4)
+
+
+@pytest.mark.parametrize("width, height", [(20000, 20000), (9000, 9000), (65536, 1100), (8193, 8192)])
+def test_an_image_header_claiming_too_many_pixels_is_refused_before_decoding(tmp_path: Path, width: int,
+                                                                             height: int) -> None:
+    """Above Pillow's own bomb limit (20000 x 20000: a DecompressionBombError traceback), or below it and above
+    ``MAX_IMAGE_PIXELS`` (decoded into a full-size array first): refused from the header, naming the file."""
+    assert width * height > MAX_IMAGE_PIXELS
+    _write_png(tmp_path / "train" / "a" / "0.png", np.zeros((4, 4, 3), np.uint8))
+    big = tmp_path / "train" / "a" / "big.png"
+    big.write_bytes(png_header(width, height))
+    for size in (None, 4):
+        refused_one_line(lambda size=size: load_dataset("imagefolder", tmp_path, train=True, image_size=size), big,
+                         "an image folder may hold")
 
 
 def test_image_folder_errors(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Reading tensors a user hands over (checkpoints, weights files) without running any of their code, and
-checking them before any use (every entry a tensor, finite, a valid normalisation, the model's names and shapes).
+checking them before any use (every entry a tensor, finite, a valid normalisation, the model's names, shapes
+and kinds of dtype).
 
 ``torch.load(weights_only=True)`` or safetensors; every failure becomes a ``CheckpointError`` that names the
 file and what to do. torch's own message is never passed on: for a refused pickle it advises
@@ -72,6 +73,9 @@ def check_normalisation(state: Mapping[str, Any], path: str | Path, what: str = 
         value = state.get(key)
         if not isinstance(value, Tensor):
             continue
+        if not value.is_floating_point():
+            raise CheckpointError(f"{what} {path}: normalisation {key} is a {value.dtype} tensor, not a floating "
+                                  "one (a damaged or tampered file); restore it or train again")
         values = value.detach().double().flatten()
         shown = [round(v, 6) for v in values.tolist()[:4]]
         if not bool(torch.isfinite(values).all()):
@@ -123,3 +127,61 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Any], path: str | Pat
     if bad:
         raise CheckpointError(f"{what} {path} does not fit {against} (another model width, number "
                               f"of classes or dataset?): {'; '.join(bad)}; {advice}")
+    check_dtypes(own, state, path, what, against, advice)
+
+
+def dtype_kind(t: Tensor) -> str:
+    """The kind of ``t``'s dtype: ``complex``, ``floating``, ``bool`` or ``integer``."""
+    if t.is_complex():
+        return "complex"
+    if t.is_floating_point():
+        return "floating"
+    return "bool" if t.dtype == torch.bool else "integer"
+
+
+def check_dtypes(own: Mapping[str, Tensor], state: Mapping[str, Any], path: str | Path, what: str = "checkpoint",
+                 against: str = "the model", advice: str = "restore it or start a new run") -> None:
+    """Raise ``CheckpointError`` naming ``path`` and the tensor unless every tensor of ``state`` whose name is in
+    ``own`` (a model's state dict) has a dtype of the same kind (``dtype_kind``) as the model's: weights and
+    statistics floating (``load_state_dict`` would cast complex, integer or bool values into them silently, an
+    imaginary part dropped), counters such as BatchNorm's ``num_batches_tracked`` integer. Precision may differ
+    (float16 weights load into a float32 model)."""
+    for key, value in state.items():
+        ref = own.get(key)
+        if isinstance(value, Tensor) and isinstance(ref, Tensor) and dtype_kind(value) != dtype_kind(ref):
+            raise CheckpointError(f"{what} {path}: tensor {key!r} is {value.dtype} ({dtype_kind(value)}), but "
+                                  f"{against} holds {ref.dtype} ({dtype_kind(ref)}) there (a damaged, converted or "
+                                  f"foreign file); {advice}")
+
+
+def coreset_problem(entry: Any, num_examples: int | None = None) -> str | None:
+    """What is wrong with a checkpoint's ``coreset`` entry (None, or ``{"indices": (k,) integer tensor,
+    "weights": (k,) floating tensor}`` as a run saves its current selection), else None: indices in
+    [0, ``num_examples``) (only >= 0 when None), weights finite and >= 0."""
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping):
+        return f"is a {type(entry).__name__}, not a mapping of 'indices' and 'weights'"
+    idx, w = entry.get("indices"), entry.get("weights")
+    if not isinstance(idx, Tensor) or not isinstance(w, Tensor):
+        return f"holds indices of type {type(idx).__name__} and weights of type {type(w).__name__}, not tensors"
+    if dtype_kind(idx) != "integer" or not w.is_floating_point():
+        return f"holds {idx.dtype} indices and {w.dtype} weights, not integer indices and floating weights"
+    if idx.dim() != 1 or idx.shape != w.shape:
+        return f"holds indices of shape {tuple(idx.shape)} and weights of shape {tuple(w.shape)}, not one length"
+    if idx.numel() and (int(idx.min()) < 0 or (num_examples is not None and int(idx.max()) >= num_examples)):
+        where = "0 or more" if num_examples is None else f"in [0, {num_examples}), the run's training examples"
+        return f"holds indices from {int(idx.min())} to {int(idx.max())}, not {where}"
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        return "holds weights that are negative, NaN or infinite"
+    return None
+
+
+def check_coreset_state(entry: Any, path: str | Path, num_examples: int | None = None) -> None:
+    """Raise ``CheckpointError`` naming ``path`` if the checkpoint's ``coreset`` entry is damaged
+    (``coreset_problem``), saying what to do: restore the file, or delete it and train the run from scratch."""
+    problem = coreset_problem(entry, num_examples)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: its 'coreset' entry (the saved selection) "
+                              f"{problem} (a damaged or foreign file); restore the run's last.pt, or delete {path} "
+                              "and train the run from scratch (the same command without --resume)")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,9 +23,9 @@ import numpy as np
 
 from advcoreset.data.restricted_pickle import Corrupt, Refused, RestrictedUnpickler, unpickle_restricted
 
-__all__ = ["IMAGE_EXTENSIONS", "DataError", "RestrictedUnpickler", "check_labels", "list_class_dirs",
-           "load_pickle_restricted", "read_cifar_batch", "read_cifar_meta", "read_idx", "read_image_folder",
-           "read_svhn_mat"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "DataError", "RestrictedUnpickler", "check_labels",
+           "list_class_dirs", "load_pickle_restricted", "read_cifar_batch", "read_cifar_meta", "read_idx",
+           "read_image_folder", "read_svhn_mat"]
 
 
 class DataError(ValueError):
@@ -44,6 +46,16 @@ _GZIP_MAGIC = b"\x1f\x8b"
 MAX_FILE_BYTES = 1 << 30
 """Largest unpacked file read (CIFAR-100's training file is 150 MB): a gzip bomb stops here."""
 
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Largest image (width x height, read from its header before anything is decoded) an image folder may hold:
+a PNG header can claim 20000 x 20000 pixels in a file of a few bytes, and decoding it would allocate the
+full RGB image first. Larger photographs are to be resized offline first."""
+MAT_MAX_RATIO = 64
+"""Most bytes an SVHN ``.mat`` file's ``X`` may declare per byte of the file (plus ``MAT_SLACK``): a variable
+stored compressed can declare any size in a small file, and scipy allocates what it declares before reading;
+pixels compress far less than this."""
+MAT_SLACK = 1 << 20
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 """File suffixes (lower case) read as images by :func:`read_image_folder`."""
 
@@ -53,18 +65,35 @@ def _read_bytes(path: str | Path) -> bytes:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES} of any dataset file this library "
+                        "reads; replace it with the dataset's original")
     raw = path.read_bytes()
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
-            out = f.read(MAX_FILE_BYTES + 1)
+        out = _gunzip(raw)
     except (EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
-    if len(out) > MAX_FILE_BYTES:
+    if out is None:
         raise DataError(f"{path}: unpacks to more than {MAX_FILE_BYTES} bytes, more than any dataset file "
                         "this library reads; replace it with the dataset's original")
     return out
+
+
+def _gunzip(raw: bytes, chunk: int = 1 << 20) -> bytes | None:
+    """``raw`` unpacked, or None once it passes ``MAX_FILE_BYTES``; read in chunks, as ``read(n)`` would
+    allocate n bytes up front whatever the stream holds."""
+    parts: list[bytes] = []
+    total = 0
+    with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+        while part := f.read(chunk):
+            total += len(part)
+            if total > MAX_FILE_BYTES:
+                return None
+            parts.append(part)
+    return b"".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -106,7 +135,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: IDX header announces shape {shape}, which holds no items; the file is "
                         "empty or damaged: replace it with the dataset's original")
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: numpy's int64 product wraps to 0 at 2**64
     got = len(data) - header
     if got != expected:
         what = "truncated" if got < expected else "trailing bytes"
@@ -135,7 +164,8 @@ def load_pickle_restricted(path: str | Path) -> Any:
     try:
         return unpickle_restricted(data)
     except Refused as exc:
-        raise DataError(f"{path}: {exc}") from None
+        raise DataError(f"{path}: {exc}; this is not a file as the dataset distributes it: replace it with the "
+                        "dataset's original") from None
     except Corrupt as exc:
         raise DataError(f"{path}: {exc}; replace the file with the dataset's original") from None
 
@@ -213,26 +243,17 @@ def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read an SVHN cropped-digits file (``train_32x32.mat`` / ``test_32x32.mat``).
 
     The file holds ``X`` uint8 (32, 32, 3, N) and ``y`` (N, 1) with labels 1..10, where 10 is the
-    digit 0 (0 is accepted as well).
+    digit 0 (0 is accepted as well). The shapes the file declares are checked from the variables'
+    headers before anything is read (``_check_svhn_header``): at least one image, and no more bytes
+    than the file can hold; only ``X`` and ``y`` are read.
 
     Returns:
         images uint8 (N, 3, 32, 32), labels int64 (N,) in [0, 10) equal to the digit shown.
     """
-    from scipy.io import loadmat  # scipy is a dependency; imported here to keep package import light
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    try:
-        mat = loadmat(str(path))
-    except NotImplementedError as exc:  # MATLAB v7.3 (HDF5) files
-        raise DataError(f"{path}: unsupported .mat version ({exc}); expected a MATLAB v5 file") from exc
-    except Exception as exc:  # scipy raises several types (MatReadError, ValueError, OSError, ...)
-        raise DataError(f"{path}: corrupt or unreadable .mat file ({type(exc).__name__}: {exc})") from exc
-    for key in ("X", "y"):
-        if key not in mat:
-            found = sorted(k for k in mat if not k.startswith("__"))
-            raise DataError(f"{path}: expected variables 'X' and 'y', found {found}")
+    mat = _read_mat(path, _check_svhn_header)
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"])
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         raise DataError(f"{path}: expected X of shape (32, 32, 3, N), got {x.shape}")
@@ -248,6 +269,45 @@ def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: label {int(labels[i])} at index {i} is outside 1..10 (10 = digit 0)")
     images = np.ascontiguousarray(x.transpose(3, 2, 0, 1))
     return images, labels % 10
+
+
+Declared = dict[str, tuple[tuple[int, ...], str]]
+"""A .mat file's variables as their headers declare them: name -> (shape, MATLAB class such as 'uint8')."""
+
+
+def _read_mat(path: Path, check: Callable[[Path, Declared], None]) -> dict[str, Any]:
+    """``X`` and ``y`` of the MATLAB v5 file ``path``, after ``check(path, {name: (shape, class)})`` has
+    passed the shapes its headers declare; every failure of scipy's a ``DataError`` naming the file."""
+    from scipy.io import loadmat, whosmat  # scipy is a dependency; imported here to keep package import light
+
+    try:
+        check(path, {name: (tuple(shape), cls) for name, shape, cls in whosmat(str(path))})
+        return loadmat(str(path), variable_names=["X", "y"])
+    except DataError:
+        raise
+    except NotImplementedError as exc:  # MATLAB v7.3 (HDF5) files
+        raise DataError(f"{path}: unsupported .mat version ({exc}); expected a MATLAB v5 file") from exc
+    except Exception as exc:  # scipy raises several types (MatReadError, ValueError, OSError, ...)
+        raise DataError(f"{path}: corrupt or unreadable .mat file ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_svhn_header(path: Path, declared: Declared) -> None:
+    """``DataError`` unless the headers declare ``X`` uint8 (32, 32, 3, N) with N >= 1 and at most
+    ``MAT_MAX_RATIO`` x the file's size (+ ``MAT_SLACK``) bytes, and ``y`` of N labels."""
+    if "X" not in declared or "y" not in declared:
+        raise DataError(f"{path}: expected variables 'X' and 'y', found {sorted(declared)}")
+    (shape, cls), (y_shape, _) = declared["X"], declared["y"]
+    if len(shape) != 4 or shape[:3] != (32, 32, 3) or cls != "uint8":
+        raise DataError(f"{path}: expected X uint8 of shape (32, 32, 3, N), the file declares {cls} {shape}")
+    n, size = shape[3], path.stat().st_size
+    if n == 0:
+        raise DataError(f"{path}: holds 0 images (X of shape {shape}); the file is empty or damaged: replace "
+                        "it with the dataset's original")
+    if math.prod(shape) > MAT_MAX_RATIO * size + MAT_SLACK:
+        raise DataError(f"{path}: declares {n} images ({math.prod(shape)} bytes) in a file of {size} bytes, "
+                        "more than it can hold; the file is damaged: replace it with the dataset's original")
+    if math.prod(y_shape) != n:
+        raise DataError(f"{path}: expected y of shape ({n}, 1) (one label per image), the file declares {y_shape}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -276,7 +336,8 @@ def read_image_folder(split_dir: str | Path, classes: Sequence[str] | None = Non
             list is an error. None = the sorted sub-folders of ``split_dir``.
         image_size: ``(H, W)`` or ``S`` for ``(S, S)``: resize every image (bilinear). None = all images
             must already share one size.
-        decode: ``(path, size) -> (H, W, 3) uint8``; defaults to a Pillow decoder. (For tests / formats
+        decode: ``(path, size) -> (H, W, 3) uint8``; defaults to a Pillow decoder, which refuses an image
+            whose header claims more than ``MAX_IMAGE_PIXELS`` before decoding it. (For tests / formats
             Pillow lacks.)
 
     Returns:
@@ -318,19 +379,36 @@ def read_image_folder(split_dir: str | Path, classes: Sequence[str] | None = Non
 
 
 def _decode_pil(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode one image file with Pillow -> (H, W, 3) uint8, resized to ``size`` = (H, W) if given."""
+    """Decode one image file with Pillow -> (H, W, 3) uint8, resized to ``size`` = (H, W) if given. The size
+    its header claims is checked first (``MAX_IMAGE_PIXELS``): nothing is decoded for a larger one."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError as exc:
         raise DataError("reading image folders needs Pillow: pip install pillow") from exc
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+        with warnings.catch_warnings():  # Pillow's own bomb warning as an error: refused as too large below
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                _check_image_size(path, im.size)
+                im = im.convert("RGB")
+                if size is not None and im.size != (size[1], size[0]):
+                    im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                return np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: the image is larger than the {MAX_IMAGE_PIXELS} pixels an image folder may "
+                        f"hold ({exc}); resize it, or remove it if it is damaged") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from exc
+
+
+def _check_image_size(path: Path, size: tuple[int, int]) -> None:
+    """``DataError`` unless the (width, height) an image's header claims has at most ``MAX_IMAGE_PIXELS``."""
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(f"{path}: the header claims {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS} "
+                        "an image folder may hold; resize the image, or remove it if it is damaged")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from advcoreset.data import ImageArrays, load_dataset, stratified_order
 from advcoreset.device import resolve_device
 from advcoreset.evaluation.robust import evaluate, to_unit
 from advcoreset.progress import Reporter, reporter_or_silent
+from advcoreset.safeload import check_dtypes
 
 
 def import_factory(spec: str) -> Callable[[], nn.Module]:
@@ -81,8 +82,11 @@ def build_outside_model(spec: str, weights: str | Path, device: torch.device | s
     model = import_factory(spec)()
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    state = read_weights(weights)
+    check_dtypes(model.state_dict(), state, weights, "--weights", against=f"the model of --model {spec!r}",
+                 advice="save the model's own weights (torch.save(model.state_dict(), ...) or safetensors)")
     try:
-        model.load_state_dict(read_weights(weights))
+        model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise ValueError(f"--weights {weights} do not fit the model of --model {spec!r}: "

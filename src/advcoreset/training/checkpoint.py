@@ -16,6 +16,7 @@ from torch import Tensor
 
 from advcoreset.safeload import (
     CheckpointError,
+    check_coreset_state,
     check_normalisation,
     check_state_dict,
     check_weights,
@@ -51,11 +52,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def check_resumable(ckpt: dict[str, Any], path: str | Path, generator: torch.Generator | None = None) -> None:
+def check_resumable(ckpt: dict[str, Any], path: str | Path, generator: torch.Generator | None = None,
+                    num_examples: int | None = None) -> None:
     """Raise ``CheckpointError`` unless ``ckpt`` holds what ``--resume`` restores (``RESUME_KEYS``), each in a
     form that restores: finite weights (``check_weights``), an optimizer state dict, random-number states
     that ``set_rng_state`` takes (``check_rng_state``; ``generator``: the run's data generator, by default a
-    CPU one). Nothing is restored here, so a refused checkpoint leaves the run as it was."""
+    CPU one), a saved coreset of indices below ``num_examples`` (when known) with finite weights
+    (``check_coreset_state``). Nothing is restored here, so a refused checkpoint leaves the run as it was."""
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     epoch = ckpt.get("epoch")
     if missing or not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
@@ -72,6 +75,7 @@ def check_resumable(ckpt: dict[str, Any], path: str | Path, generator: torch.Gen
                               "restore the run's last.pt or start a new run")
     check_weights(ckpt["model"], path)
     check_rng_state(ckpt["rng"], path, generator)
+    check_coreset_state(ckpt.get("coreset"), path, num_examples)
 
 
 def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], path: str | Path) -> None:

@@ -194,7 +194,7 @@ class Trainer:
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         # before anything is restored or compared (a tensor where a number belongs made `!=` ambiguous)
-        check_resumable(ckpt, self.out / CHECKPOINT, self.generator)
+        check_resumable(ckpt, self.out / CHECKPOINT, self.generator, int(self.labels.numel()))
         version = ckpt.get("format_version", 1)
         if version != FORMAT_VERSION:
             raise TrainingError(f"cannot resume: {self.out / CHECKPOINT} has checkpoint format {version}, this "
