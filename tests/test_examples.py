@@ -44,6 +44,16 @@ def test_own_loop():
     assert lines[-1]["coreset_size"] == k and lines[-1]["test_clean_acc"] > 0.1  # chance is 0.1
 
 
+def test_hf_style_dict_items_with_dataloader_workers():
+    """Dict items read through keys=("image", "label") by two DataLoader workers: the same schedule and sizes
+    as the own-loop example."""
+    lines = run("hf_style_dataset.py", "--epochs", "3", "--n", "200", "--workers", "2")
+    k = coreset_size(200)
+    assert [r["trained_on"] for r in lines[:3]] == [200, k, k]
+    assert lines[0]["grad_error"] is None and 0 <= lines[1]["grad_error"] < 1
+    assert lines[-1]["coreset_size"] == k and lines[-1]["workers"] == 2 and lines[-1]["test_clean_acc"] > 0.1
+
+
 def test_evaluate_any_model():
     res = run("evaluate_any_model.py", "--n", "16", "--eps", "0.05", "--smoke")[-1]
     assert res["n"] == 16 and res["comparable_to_robustbench"] is False  # tiny budgets are labelled

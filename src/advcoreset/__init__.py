@@ -4,7 +4,8 @@ The PyTorch-facing API (imported on first use, so ``import advcoreset`` stays li
 
 - ``train(config, *, model=None, train_set=None, test_set=None, optimizer=None)``: a whole run.
 - ``CoresetLoader(dataset, model, objective, method=..., fraction=...)``: the coreset lifecycle for a
-  training loop of one's own; iterating gives one epoch of (x, y, w) batches.
+  training loop of one's own; iterating gives one epoch of (x, y, w) batches (a ``DataLoader`` over a
+  ``CoresetSampler`` underneath: DataLoader arguments pass through).
 - ``select_coreset(model, dataset, objective, method=..., fraction=...)``: one selection round.
 - ``load_model(folder)``: an exported model (``model.safetensors`` + ``model.json``), in eval mode.
 """
@@ -20,14 +21,15 @@ from advcoreset.config import Config, ConfigError, ConfigTypeError, load_config
 if TYPE_CHECKING:
     from torch import nn
 
-    from advcoreset.coreset import CoresetLoader, select_coreset
+    from advcoreset.coreset import CoresetLoader, CoresetSampler, select_coreset
     from advcoreset.models.adapter import LastLayerError
 
-__all__ = ["Config", "ConfigError", "CoresetCallback", "CoresetLoader", "LastLayerError", "load_config", "load_model",
-           "select_coreset", "train"]
+__all__ = ["Config", "ConfigError", "CoresetCallback", "CoresetLoader", "CoresetSampler", "LastLayerError",
+           "load_config", "load_model", "select_coreset", "train"]
 __version__ = "0.1.0"
 
-_LAZY = {"CoresetLoader": "advcoreset.coreset", "select_coreset": "advcoreset.coreset",
+_LAZY = {"CoresetLoader": "advcoreset.coreset", "CoresetSampler": "advcoreset.coreset",
+         "select_coreset": "advcoreset.coreset",
          "LastLayerError": "advcoreset.models.adapter", "CoresetCallback": "advcoreset.coreset.lightning"}
 
 
@@ -39,7 +41,7 @@ def __getattr__(name: str) -> Any:
 
 def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: Any = None, train_set: Any = None,
           test_set: Any = None, optimizer: Any = None, resume: bool = False,
-          selection_set: Any = None, scheduler: Any = None) -> dict[str, Any]:
+          selection_set: Any = None, scheduler: Any = None, keys: Any = None) -> dict[str, Any]:
     """Train and evaluate one run; returns the results dict (``test_clean_acc``, ``test_pgd{k}_acc``, times...).
 
     Args:
@@ -55,6 +57,8 @@ def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: 
             (the default for a dict config with an optimizer).
         selection_set: ``train_set`` without its random augmentation (same items, same order): the selection
             pass reads it, so the coreset is chosen on the images themselves, not on augmented views.
+        keys: (image key, label key) when the datasets' items are dicts (Hugging Face ``datasets`` style),
+            e.g. ``("image", "label")``; see ``advcoreset.data.keyed``.
     """
     from advcoreset.training.trainer import train as run
 
@@ -70,7 +74,7 @@ def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: 
     else:
         cfg = config
     return run(cfg, resume=resume, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer,
-               selection_set=selection_set, scheduler=scheduler)
+               selection_set=selection_set, scheduler=scheduler, keys=keys)
 
 
 def load_model(folder: Any, device: Any = "cpu") -> nn.Module:

@@ -2,7 +2,8 @@
 
 A training loop of one's own::
 
-    loader = CoresetLoader(train_set, model, "pgd", method="craig", fraction=0.3, warm_epochs=1, interval=2)
+    loader = CoresetLoader(train_set, model, "pgd", method="craig", fraction=0.3, warm_epochs=1, interval=2,
+                           num_workers=4, pin_memory=True)     # any DataLoader argument passes through
     for epoch in range(epochs):
         for x, y, w in loader:                 # one epoch of the current coreset (all data while warm)
             x_adv = objective.attack(model, x, y)
@@ -16,26 +17,69 @@ Weight rules (``weight_rule``; default: the selector's own, CRAIG ``resample``, 
   objective's ``norm``.
 - ``resample``: every epoch draws as many points as the coreset holds, with replacement and in proportion
   to the weights, and yields them with unit weights.
+
+Underneath is plain ``torch.utils.data``: ``loader.sampler`` is a ``CoresetSampler`` (the current coreset's
+order, weights, ``set_epoch``, a ``rank, world`` split) and ``loader.dataloader`` a ``DataLoader`` over it
+(workers, pinning, collation); each fetched batch is paired with its weights in order.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
-from advcoreset.coreset.parts import resolve_selection_objective, resolve_selector
+from advcoreset.coreset.parts import SELECTOR_OPTIONS, resolve_selection_objective, resolve_selector
+from advcoreset.coreset.sampler import WEIGHT_RULES, CoresetBatches, CoresetSampler
 from advcoreset.coreset.select import Autocast, Pool, Progress, check_batch_size, run_selection
+from advcoreset.data.datasets import DataError
 from advcoreset.data.loader import Batch
-from advcoreset.data.sources import as_source, check_label_range
+from advcoreset.data.sources import TensorSource, as_source, check_label_range, collate_items, fetched
 from advcoreset.models.adapter import last_layer
 from advcoreset.objectives import Objective
 from advcoreset.selection import Selection, Selector
 
-WEIGHT_RULES = ("batch", "epoch", "resample")
+__all__ = ["DATALOADER_OPTIONS", "WEIGHT_RULES", "CoresetLoader"]
+
+_OWN = {"self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last", "generator"}
+DATALOADER_OPTIONS = tuple(p for p in inspect.signature(DataLoader.__init__).parameters if p not in _OWN)
+"""``DataLoader`` arguments a ``CoresetLoader`` passes through as they are (num_workers, collate_fn,
+pin_memory, timeout, worker_init_fn, multiprocessing_context, prefetch_factor, persistent_workers, ...)."""
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` as (DataLoader arguments, selector options); an unknown name, or a DataLoader argument the
+    coreset decides itself (sampler, batch_sampler, in_order=False), is a ValueError naming it."""
+    own = {"sampler", "batch_sampler"} & set(options)
+    if own or options.get("in_order") is False:
+        raise ValueError(f"{sorted(own) or ['in_order=False']}: the coreset decides which examples and in which "
+                         "order (loader.sampler, a CoresetSampler); batches come back in that order")
+    unknown = set(options) - set(DATALOADER_OPTIONS) - SELECTOR_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; DataLoader arguments: {list(DATALOADER_OPTIONS)}; "
+                         f"selector options: {sorted(SELECTOR_OPTIONS)}")
+    loader = {k: v for k, v in options.items() if k in DATALOADER_OPTIONS}
+    return loader, {k: v for k, v in options.items() if k not in loader}
+
+
+def _check_loader_options(source: Any, options: dict[str, Any]) -> None:
+    """A ValueError for worker processes or pinning of an in-memory source that lives on an accelerator."""
+    if isinstance(source, TensorSource) and source.images.device.type != "cpu" and (
+            options.get("num_workers") or options.get("pin_memory")):
+        raise ValueError(f"the in-memory training set already lives on {source.images.device}: num_workers and "
+                         "pin_memory apply to a Dataset read from the host; leave them out")
+
+
+def _pair(out: Any) -> tuple[Tensor, Tensor]:
+    """A collated batch as (x, y); a ``collate_fn`` that returns something else is named."""
+    if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], Tensor):
+        return out[0], torch.as_tensor(out[1])
+    raise DataError(f"a training batch must collate to (images (B, C, H, W), labels (B,)), got "
+                    f"{type(out).__name__}: a collate_fn must return that pair (the loader adds the weights)")
 
 
 class CoresetLoader:
@@ -43,17 +87,16 @@ class CoresetLoader:
     current coreset, re-selecting first when the schedule says so.
 
     Args:
-        dataset: a map-style Dataset of (image (C, H, W) uint8 or float in [0, 1], int label), or a data
-            source (``advcoreset.data.sources``).
+        dataset: a map-style Dataset of (image (C, H, W) uint8 or float in [0, 1], int label) (dict items:
+            ``keys``), or a data source (``advcoreset.data.sources``).
         model: the model being trained (its final nn.Linear is found and checked on a sample batch now).
         objective: the selection objective: a name (pgd, trades, fast, nfgsm, pat, standard) with defaults
             changed by ``objective_options``, attacking with ``attack_steps`` (default 1, as ``train()``) of
             ``attack_alpha`` (default 2.5 eps / steps); or an Objective, used as it is.
-        method, fraction, selector_options: the selector (name or object), the share of every class kept
-            and its options (batchwise, selection_batch_size, lam, tol, max_class_size).
+        method, fraction: the selector (name or object) and the share of every class kept.
         warm_epochs, interval: epochs on all data first, then a new coreset every ``interval`` epochs.
         weight_rule: batch, epoch or resample; None = the selector's default.
-        batch_size: training batches and the selection pass's batches.
+        batch_size: training batches (this rank's) and the selection pass's batches.
         generator: order, augmentation, resampling and the selector's randomness (default: seeded by
             ``seed``); its state is part of ``state_dict``.
         progress: an ``advcoreset.progress`` reporter (``make_progress("line")``, ...): the selection pass
@@ -62,6 +105,15 @@ class CoresetLoader:
             selection pass, so the coreset is chosen on the images rather than on augmented views.
         pool: pool-then-match (``advcoreset.coreset.select.Pool``): each round attacks and matches only inside
             a fresh random pool of ``pool`` x the budget per class; None: the whole set.
+        keys: (image key, label key) for dict items (Hugging Face ``datasets`` style), ``data.keyed``.
+        shuffle, drop_last, rank, world: the ``CoresetSampler``'s (``loader.sampler``): a random order per
+            epoch; the last short batch dropped; this rank's share of every epoch (every rank must hold the
+            same coreset: same seed, model and random state when it is chosen).
+        **options: ``DataLoader`` arguments (``DATALOADER_OPTIONS``: num_workers, pin_memory, collate_fn,
+            persistent_workers, prefetch_factor, worker_init_fn, ...), passed through as they are (a
+            ``collate_fn`` gets (image, label) items and returns (x, y); ``num_workers`` also reads the
+            selection pass of a Dataset); and selector options (batchwise, selection_batch_size, lam, tol,
+            max_class_size).
     """
 
     def __init__(self, dataset: Any, model: nn.Module, objective: str | Objective = "pgd", *,
@@ -71,13 +123,15 @@ class CoresetLoader:
                  progress: Progress | None = None, autocast: Autocast | None = None, num_classes: int | None = None,
                  objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
                  attack_steps: int | None = None, attack_alpha: float | None = None, pool: float | None = None,
-                 **selector_options: Any) -> None:
+                 keys: Sequence[str] | None = None, shuffle: bool = True, drop_last: bool = False, rank: int = 0,
+                 world: int = 1, **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_batch_size(batch_size)
         if warm_epochs < 0 or interval < 1 or batch_size < 1:
             raise ValueError(f"need warm_epochs >= 0, interval >= 1 and batch_size >= 1, got {warm_epochs}, "
                              f"{interval} and {batch_size}")
+        loader_options, selector_options = split_options(options)
         self.selector = resolve_selector(method, fraction, seed, **selector_options)
         if pool is not None and (pool < 1 or not self.selector.needs_grads):
             raise ValueError(f"pool must be >= 1 and needs a gradient selector (craig, gradmatch), got pool={pool} "
@@ -87,8 +141,13 @@ class CoresetLoader:
         if rule not in WEIGHT_RULES:
             raise ValueError(f"weight_rule must be one of {WEIGHT_RULES} or None, got {rule!r}")
         dev = device if device is not None else next(model.parameters()).device
-        self.source = as_source(dataset, dev, **({} if selection_dataset is None else
-                                                 {"selection_view": selection_dataset}))
+        src_kw: dict[str, Any] = {"keys": keys, "num_workers": loader_options.get("num_workers") or 0}
+        if selection_dataset is not None:
+            src_kw["selection_view"] = selection_dataset
+        self.dataset = dataset
+        """The dataset as given (``loader.dataloader.dataset`` is what the DataLoader reads)."""
+        self.source = as_source(dataset, dev, **src_kw)
+        _check_loader_options(self.source, loader_options)
         self.model = model
         self.objective = resolve_selection_objective(objective, objective_options, attack_steps, attack_alpha)
         self.layer = last_layer(model, self.source.sample())
@@ -97,6 +156,14 @@ class CoresetLoader:
         self.batch_size, self.grad_features, self.num_classes = batch_size, grad_features, num_classes
         self.progress, self.autocast = progress, autocast
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.sampler = CoresetSampler(len(self.source), weight_rule=rule, shuffle=shuffle, generator=self.generator,
+                                      rank=rank, world=world, drop_last=drop_last)
+        """The current coreset as a ``torch.utils.data.Sampler`` (this rank's share of each epoch)."""
+        self.batch_sampler = CoresetBatches(self.sampler, batch_size, drop_last)
+        self.dataloader = self._dataloader(loader_options, seed)
+        self._init_state()
+
+    def _init_state(self) -> None:
         self.epoch = 0
         """Epochs completed."""
         self._started: int | None = None
@@ -107,6 +174,16 @@ class CoresetLoader:
         self.stats: dict[str, Any] | None = None
         """The last selection's statistics (``run_selection``), with the epoch it was made for."""
         self._wbar: Tensor | None = None
+
+    def _dataloader(self, options: dict[str, Any], seed: int) -> DataLoader[Any]:
+        """The DataLoader over ``batch_sampler`` that fetches the epoch's batches, with the caller's arguments."""
+        src = self.source
+        # A DataLoader iterator draws its workers' base seed from its generator (torch's global one by default).
+        # The in-memory source's epochs drew nothing from the global stream, which the attacks' random starts
+        # use, and a Dataset's epochs drew that one seed: each keeps its stream.
+        gen = torch.Generator().manual_seed(seed) if isinstance(src, TensorSource) else None
+        return DataLoader(src.items(), batch_sampler=self.batch_sampler, generator=gen,
+                          **{"collate_fn": collate_items, **options})
 
     # ------------------------------------------------------------------ schedule
     def is_warm(self, epoch: int | None = None) -> bool:
@@ -174,6 +251,7 @@ class CoresetLoader:
         if self._started == self.epoch:
             return None
         self._started = self.epoch
+        self.sampler.set_epoch(self.epoch)
         if not self.selects_at():
             return None
         sel, stats = run_selection(self.selector, self.model, self.objective, self.source, self.generator,
@@ -188,19 +266,20 @@ class CoresetLoader:
         return self.batches_for(*self._plan())
 
     def batches_for(self, indices: Tensor, weights: Tensor) -> Iterator[Batch]:
-        """Batches over ``indices`` (k,) with ``weights`` (k,) under the weight rule, in a seeded order."""
-        if self.weight_rule == "resample" and indices.numel() and not bool((weights == weights[0]).all()):
-            # As many draws as the coreset holds, in proportion to the weights, then unit weights: the epoch's
-            # expected loss is the weighted one and no step is dominated by a few heavy points.
-            draw = torch.multinomial(weights.float().cpu(), indices.numel(), replacement=True,
-                                     generator=self.generator).to(indices.device)
-            indices, weights = indices[draw], torch.ones_like(weights)
+        """Batches over ``indices`` (k,) with ``weights`` (k,) under the weight rule, in a seeded order: the
+        sampler's epoch (resampled under ``resample``) fetched by the DataLoader."""
+        self.sampler.set_coreset(indices, weights)
         self._wbar = weights.float().mean() if self.weight_rule == "epoch" else None
-        return self._iterate(indices, weights)
+        return self._iterate()
 
-    def _iterate(self, indices: Tensor, weights: Tensor) -> Iterator[Batch]:
-        """The source's batches over ``indices`` (k,) with ``weights`` (k,), in the generator's order."""
-        return self.source.batches(indices, weights, self.batch_size, self.generator)
+    def _iterate(self) -> Iterator[Batch]:
+        """The DataLoader's batches of the sampler's epoch, each made a training batch by the source (device,
+        augmentation from the generator, in batch order) and given the weights the sampler planned for it."""
+        pending = self.batch_sampler.pending
+        for out in fetched(self.dataloader, "the training set"):
+            x, y = self.source.finish(*_pair(out), self.generator)
+            idx, w = pending.popleft()
+            yield Batch(x, y, w.to(y.device), idx)
 
     def end_epoch(self) -> None:
         """Count the current epoch as done (iteration does this itself)."""
@@ -214,6 +293,7 @@ class CoresetLoader:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if epoch != self.epoch:
             self.epoch, self._started = epoch, None
+        self.sampler.set_epoch(epoch)
         self._open = False
 
     def loss_norm(self, batch: Batch) -> Tensor | float | None:
@@ -238,7 +318,7 @@ class CoresetLoader:
         start is made now (iteration then uses it). During an epoch (an iteration under way): that epoch's."""
         if not self._open:
             self.start_epoch()
-        return math.ceil(self._plan()[0].numel() / self.batch_size)
+        return self.batch_sampler.count(self.sampler.count(self._plan()[0].numel()))
 
     # --------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -254,6 +334,7 @@ class CoresetLoader:
         of another loader or data set is refused (ValueError) before anything changes."""
         self._check_state(state)
         self.epoch = int(state["epoch"])
+        self.sampler.set_epoch(self.epoch)
         self._open = False
         # a selection already made for this epoch (len() before the save) is the coreset saved: keep it
         self._started = self.epoch if state.get("started") else None

@@ -14,6 +14,8 @@ _ATTACK = {f.name for f in dataclasses.fields(AttackConfig)}
 _PAT = {f.name for f in dataclasses.fields(PATConfig)}
 _SELECTION = {f.name for f in dataclasses.fields(SelectionConfig)} - {"method", "fraction", "attack_steps",
                                                                       "attack_alpha", "pool"}
+SELECTOR_OPTIONS = frozenset(_SELECTION)
+"""Options a selector given by name takes (batchwise, selection_batch_size, lam, tol, max_class_size, ...)."""
 
 
 def resolve_objective(spec: str | Objective, **options: Any) -> Objective:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -169,7 +169,7 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
                    device: torch.device | str | None = None, progress: Progress | None = None,
                    objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
                    attack_steps: int | None = None, attack_alpha: float | None = None, pool: float | None = None,
-                   **selector_options: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
+                   keys: Sequence[str] | None = None, **selector_options: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Choose a weighted adversarial coreset of ``dataset`` for ``model`` in one call.
 
     Args:
@@ -187,6 +187,7 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
         selection_dataset: ``dataset`` without its random augmentation (same items and order): what the pass
             reads; default ``dataset`` itself.
         pool: pool-then-match (``Pool``): attack and match only inside a random pool of ``pool`` x the budget.
+        keys: (image key, label key) when the items are dicts (Hugging Face ``datasets`` style, ``data.keyed``).
 
     Returns:
         indices (k,) int64 positions into ``dataset``, ascending; weights (k,) float32 > 0; stats (see
@@ -197,7 +198,8 @@ def select_coreset(model: nn.Module, dataset: Any, objective: str | Objective = 
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_batch_size(batch_size)
     dev = device if device is not None else next(model.parameters()).device
-    source = as_source(dataset, dev, **({} if selection_dataset is None else {"selection_view": selection_dataset}))
+    source = as_source(dataset, dev, keys=keys,
+                       **({} if selection_dataset is None else {"selection_view": selection_dataset}))
     obj = resolve_selection_objective(objective, objective_options, attack_steps, attack_alpha)
     selector = resolve_selector(method, fraction, seed, **selector_options)
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)

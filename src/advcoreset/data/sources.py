@@ -1,31 +1,33 @@
 """Where training and selection read images from: the built-in device-resident arrays, or any Dataset.
 
 Both sources give the coreset machinery the same three things: the labels of every example (selection
-is per class), un-augmented batches in index order (the selection attack's pass), and shuffled weighted
-training batches over a coreset's indices (:class:`~advcoreset.data.loader.Batch`, which unpacks as
-``x, y, w``).
+is per class), un-augmented batches in index order (the selection attack's pass), and what a training
+``DataLoader`` reads (``items()``, collated by ``collate_items``) with the step that makes a fetched batch a
+training batch (``finish``: device, floats in [0, 1], augmentation).
 
-- :class:`TensorSource`: uint8 (or float) images resident on the device, gathered by index with batched
-  augmentation (``iterate_batches``): the fast path of the built-in datasets.
+- :class:`TensorSource`: uint8 (or float) images resident on the device; ``items()`` gathers a whole batch
+  in one index operation (``__getitems__``) and ``finish`` augments it in one batched operation
+  (``random_crop_flip``): the fast path of the built-in datasets.
 - :class:`DatasetSource`: any map-style ``torch.utils.data.Dataset`` whose items are (image tensor
-  (C, H, W) uint8 or float in [0, 1], int label), any channel count and any H x W, read through a
-  ``DataLoader`` over the coreset's indices (the dataset's own transforms do any augmentation).
+  (C, H, W) uint8 or float in [0, 1], int label), any channel count and any H x W (dict items, Hugging Face
+  style: ``keys=``, see ``data.keyed``); the dataset's own transforms do any augmentation.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
 
 from advcoreset.data.datasets import DataError
-from advcoreset.data.loader import Batch, iterate_batches, to_float
+from advcoreset.data.keyed import KeyedDataset
+from advcoreset.data.loader import random_crop_flip, to_float
 
 
 class DataSource(Protocol):
@@ -48,9 +50,13 @@ class DataSource(Protocol):
         """The same over the examples ``indices`` (k,), in that order."""
         ...
 
-    def batches(self, indices: Tensor, weights: Tensor, batch_size: int,
-                generator: torch.Generator) -> Iterator[Batch]:
-        """Shuffled (seeded by ``generator``), augmented batches over ``indices`` (k,) with ``weights`` (k,)."""
+    def items(self) -> Dataset[Any]:
+        """The map-style Dataset a training ``DataLoader`` reads (collated by ``collate_items``)."""
+        ...
+
+    def finish(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A fetched batch (x (B, C, H, W), y (B,)) as a training batch on the device: x float in [0, 1],
+        augmented (random draws from ``generator``), y int64."""
         ...
 
 
@@ -83,10 +89,53 @@ class TensorSource:
             chunk = idx[start:start + batch_size]
             yield to_float(self.images[chunk]).contiguous(memory_format=self.memory_format), self.labels[chunk]
 
-    def batches(self, indices: Tensor, weights: Tensor, batch_size: int,
-                generator: torch.Generator) -> Iterator[Batch]:
-        return iterate_batches(self.images, self.labels, indices, weights, batch_size, generator,
-                               padding=self.padding, flip=self.flip, memory_format=self.memory_format)
+    def items(self) -> TensorItems:
+        return TensorItems(self.images, self.labels)
+
+    def finish(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The batched ``random_crop_flip`` of ``data.loader.iterate_batches``, with the same random draws."""
+        x = to_float(x.to(self.images.device, non_blocking=True))
+        if self.padding or self.flip:
+            x = random_crop_flip(x, self.padding, self.flip, generator)
+        return x.contiguous(memory_format=self.memory_format), y.to(self.labels.device, non_blocking=True)
+
+
+class Rows(Sequence[tuple[Tensor, Tensor]]):
+    """A batch gathered in one index operation: ``x`` (B, C, H, W) and ``y`` (B,) as they are stored. It is
+    also the sequence of its B (image, label) items, for a ``collate_fn`` of the caller's."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return self.y.numel()
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.x[i], self.y[i]
+
+
+class TensorItems(Dataset[tuple[Tensor, Tensor]]):
+    """A ``TensorSource``'s arrays as a map-style Dataset of (image, label); a ``DataLoader`` fetching a batch
+    calls ``__getitems__``, one gather for the whole batch (no Python per item)."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> Rows:
+        idx = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
+        return Rows(self.images[idx], self.labels[idx])
+
+
+def collate_items(batch: Any) -> Any:
+    """The default ``collate_fn`` of the training DataLoader: a gathered ``Rows`` batch as (x, y) as it is,
+    a list of items by torch's ``default_collate``."""
+    return (batch.x, batch.y) if isinstance(batch, Rows) else default_collate(batch)
 
 
 def _exposed_labels(dataset: Any) -> Tensor | None:
@@ -131,19 +180,26 @@ def _batch(x: Tensor, y: Any, where: str) -> tuple[Tensor, Tensor]:
     return x, labels.long()
 
 
-def _collated(loader: DataLoader[Any], where: str) -> Iterator[tuple[Tensor, Tensor]]:
-    """``loader``'s batches, with a collation failure (images of different sizes) said as a DataError."""
+def fetched(loader: Iterable[Any], where: str) -> Iterator[Any]:
+    """``loader``'s batches as collated, with a collation failure (images of different sizes) said as a
+    DataError."""
     it = iter(loader)
     while True:
         try:
-            x, y = next(it)
+            out = next(it)
         except StopIteration:
             return
         except RuntimeError as e:
-            if "stack expects each tensor to be equal size" in str(e) or "equal size" in str(e):
+            if "equal size" in str(e):
                 raise DataError(f"{where}: the images are not all of one size ({' '.join(str(e).split())}); "
                                 "resize them in the dataset (e.g. a Resize transform)") from None
             raise
+        yield out
+
+
+def _collated(loader: DataLoader[Any], where: str) -> Iterator[tuple[Tensor, Tensor]]:
+    """``loader``'s (x, y) batches, checked (``_batch``) and with collation failures named (``fetched``)."""
+    for x, y in fetched(loader, where):
         yield _batch(x, y, where)
 
 
@@ -157,6 +213,9 @@ def _random_states_kept() -> Iterator[None]:
 
 
 def _check_item(item: Any) -> None:
+    if isinstance(item, dict):
+        raise DataError(f"dataset items are dicts (keys {sorted(map(str, item))[:6]}): pass keys=(image key, label "
+                        "key), e.g. keys=('image', 'label') for a Hugging Face datasets-style set")
     if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], Tensor)):
         raise DataError(f"dataset items must be (image tensor (C, H, W), int label), got {type(item).__name__}; "
                         "wrap the dataset so that it returns such pairs")
@@ -204,7 +263,7 @@ class DatasetSource:
         return self.labels.numel()
 
     def _to_device(self, x: Tensor) -> Tensor:
-        return to_float(x.to(self.device)).contiguous(memory_format=self.memory_format)
+        return to_float(x.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
 
     def sample(self, n: int = 2) -> Tensor:
         with _random_states_kept():  # a dry run's read draws nothing from the run's streams
@@ -221,14 +280,13 @@ class DatasetSource:
         for x, y in _collated(loader, "the training set"):
             yield self._to_device(x), y.to(self.device)
 
-    def batches(self, indices: Tensor, weights: Tensor, batch_size: int,
-                generator: torch.Generator) -> Iterator[Batch]:
-        order = torch.randperm(indices.numel(), generator=generator).to(indices.device)
-        chunks = [order[s:s + batch_size] for s in range(0, order.numel(), batch_size)]
-        plan = [indices[c].tolist() for c in chunks]
-        loader = DataLoader(self.dataset, batch_sampler=plan, num_workers=self.num_workers)
-        for chunk, (x, y) in zip(chunks, _collated(loader, "the training set"), strict=True):
-            yield Batch(self._to_device(x), y.to(self.device), weights[chunk].to(self.device), indices[chunk])
+    def items(self) -> Dataset[Any]:
+        return self.dataset
+
+    def finish(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Checked as the first item was (``_batch``), on the device; the dataset's transforms augmented it."""
+        x, y = _batch(x, y, "the training set")
+        return self._to_device(x), y.to(self.device, non_blocking=True)
 
 
 def check_label_range(source: DataSource, outputs: int) -> None:
@@ -241,13 +299,19 @@ def check_label_range(source: DataSource, outputs: int) -> None:
                         f"give a model with (at least) {top + 1} outputs, or labels 0..{outputs - 1}")
 
 
-def as_source(data: Any, device: torch.device | str = "cpu", **kwargs: Any) -> DataSource:
+def as_source(data: Any, device: torch.device | str = "cpu", *, keys: Sequence[str] | None = None,
+              **kwargs: Any) -> DataSource:
     """``data`` as a source: a source is returned as it is, a ``Dataset`` becomes a :class:`DatasetSource`
-    (``kwargs``: ``num_workers``, ``memory_format``, ``selection_view``)."""
+    (``kwargs``: ``num_workers``, ``memory_format``, ``selection_view``). ``keys`` = (image key, label key):
+    the items (and the selection view's) are dicts, read as pairs (``data.keyed.KeyedDataset``)."""
     if isinstance(data, (TensorSource, DatasetSource)):
-        if kwargs.get("selection_view") is not None:
-            raise DataError("a selection view goes with a Dataset, not with a data source: pass the Dataset")
+        if kwargs.get("selection_view") is not None or keys is not None:
+            raise DataError("a selection view or keys= go with a Dataset, not with a data source: pass the Dataset")
         return data
+    if keys is not None:
+        data = KeyedDataset(data, keys)
+        if kwargs.get("selection_view") is not None:
+            kwargs["selection_view"] = KeyedDataset(kwargs["selection_view"], keys)
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         return DatasetSource(data, device, **kwargs)
     raise DataError(f"expected a map-style torch Dataset of (image, label) pairs, got {type(data).__name__}")

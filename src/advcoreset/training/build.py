@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,8 @@ from torch import Tensor, nn
 from advcoreset.config import Config, ConfigError
 from advcoreset.data import DataSplits, ImageArrays, default_augment, prepare_data
 from advcoreset.data.datasets import DataError, run_stats
-from advcoreset.data.sources import DatasetSource, DataSource, TensorSource, dataset_tensors
+from advcoreset.data.keyed import KeyedDataset
+from advcoreset.data.sources import DataSource, TensorSource, as_source, dataset_tensors
 from advcoreset.models import create_model
 
 
@@ -47,14 +49,15 @@ def builtin_data(cfg: Config, device: torch.device, memory_format: torch.memory_
 
 
 def user_data(train_set: Any, test_set: Any, device: torch.device, memory_format: torch.memory_format,
-              selection_set: Any = None) -> RunData:
+              selection_set: Any = None, keys: Sequence[str] | None = None) -> RunData:
     """A caller's map-style Datasets of (image (C, H, W) uint8 or float in [0, 1], int label);
-    ``selection_set``: ``train_set`` without its random augmentation, read by the selection pass."""
+    ``selection_set``: ``train_set`` without its random augmentation, read by the selection pass; ``keys``:
+    (image key, label key) of dict items (``data.keyed``)."""
     if test_set is None:
         raise ConfigError("train(..., train_set=...) needs test_set too (a Dataset of the same kind): the run "
                           "ends with its clean and PGD accuracy on it")
-    source = DatasetSource(train_set, device, memory_format=memory_format, selection_view=selection_set)
-    test = dataset_tensors(test_set)
+    source = as_source(train_set, device, keys=keys, memory_format=memory_format, selection_view=selection_set)
+    test = dataset_tensors(test_set if keys is None else KeyedDataset(test_set, keys))
     c, h, w = source.sample(1).shape[1:]
     if tuple(test[0].shape[1:]) != (c, h, w):
         raise DataError(f"the test images are {tuple(test[0].shape[1:])}, the training images {(c, h, w)}: give "

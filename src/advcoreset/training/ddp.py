@@ -103,10 +103,11 @@ class ShardedCoresetLoader(CoresetLoader):
         }
         return self.stats
 
-    def _iterate(self, indices: Tensor, weights: Tensor) -> Iterator[Batch]:
-        """This rank's slice of every global batch (the same global order on every rank)."""
+    def _iterate(self) -> Iterator[Batch]:
+        """This rank's slice of every global batch (the same resampled draw and global order on every rank)."""
         src = self.source
         assert isinstance(src, TensorSource)
+        indices, weights = self.sampler.drawn()
         for b, rb in iterate_rank_batches(src.images, src.labels, indices, weights, self.batch_size, self.generator,
                                           self.env, padding=src.padding, flip=src.flip,
                                           memory_format=src.memory_format):

@@ -89,11 +89,12 @@ class Trainer:
     ``model`` (any classifier of (B, C, H, W) in [0, 1] to logits), ``train_set``/``test_set`` (map-style
     Datasets of (image, int label)) and ``optimizer`` (over ``model``'s parameters) replace the parts the
     config would build; ``data`` replaces the dataset the config names with in-memory splits;
-    ``selection_set``: ``train_set`` without its random augmentation, which the selection pass reads."""
+    ``selection_set``: ``train_set`` without its random augmentation, which the selection pass reads;
+    ``keys``: (image key, label key) when those datasets' items are dicts (``data.keyed``)."""
 
     def __init__(self, cfg: Config, data: DataSplits | None = None, *, model: nn.Module | None = None,
                  train_set: Any = None, test_set: Any = None, optimizer: torch.optim.Optimizer | None = None,
-                 selection_set: Any = None, scheduler: Any = None) -> None:
+                 selection_set: Any = None, scheduler: Any = None, keys: Any = None) -> None:
         self.cfg = cfg.validate()
         if optimizer is not None and model is None:
             raise ConfigError("an optimizer was given without its model: pass model=... too")
@@ -102,6 +103,8 @@ class Trainer:
                               "sets no learning rate then, the scheduler does")
         if data is not None and train_set is not None:
             raise ConfigError("pass either data (DataSplits) or train_set/test_set (Datasets), not both")
+        if keys is not None and train_set is None:
+            raise ConfigError("keys= names the fields of dict items of train_set/test_set: pass those Datasets too")
         self.device = resolve_device(cfg.device)
         self.env = init_distributed(cfg.device)
         if self.env.is_distributed:  # one device per local rank
@@ -119,7 +122,7 @@ class Trainer:
         fast_layout = self.cuda or self.precision.dtype is not None
         self.memory_format = torch.channels_last if (fast_layout and cfg.channels_last) else torch.contiguous_format
         rd: RunData = (builtin_data(cfg, self.device, self.memory_format, data) if train_set is None
-                       else user_data(train_set, test_set, self.device, self.memory_format, selection_set))
+                       else user_data(train_set, test_set, self.device, self.memory_format, selection_set, keys))
         self.run_data = rd
         check_against_data(cfg, rd.source.labels.cpu(), rd.shape, rd.num_classes)  # before any training
         check_agreement(self.env, cfg.to_dict(), rd.source.labels)  # torchrun: every rank runs the same job
@@ -410,11 +413,11 @@ class Trainer:
 def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, data: DataSplits | None = None,
           model: nn.Module | None = None, train_set: Any = None, test_set: Any = None,
           optimizer: torch.optim.Optimizer | None = None, selection_set: Any = None,
-          scheduler: Any = None) -> dict[str, Any]:
+          scheduler: Any = None, keys: Any = None) -> dict[str, Any]:
     """Train (and finally evaluate) the run described by ``cfg``, with any parts the caller brings; see
     ``Trainer`` and ``Trainer.run``."""
     trainer = Trainer(cfg, data, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer,
-                      selection_set=selection_set, scheduler=scheduler)
+                      selection_set=selection_set, scheduler=scheduler, keys=keys)
     try:
         results = trainer.run(resume=resume, stop_after=stop_after)
     except BaseException:
