@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from advcoreset.config import load_config
+from advcoreset.config_checks import load_config
 from advcoreset.precision import cpu_bf16_native
 from advcoreset.selection import build_selector
 from advcoreset.training import Trainer

@@ -6,7 +6,7 @@ Runs the command exactly as a newcomer would (a GradMatch adversarial coreset on
 library's defaults), keeps its console output in ``train.log`` and its run folder in ``run/``, and writes
 ``result.json``: clean and PGD-20 accuracy, training time, the time spent selecting, the coreset's gradient
 error, the wall-clock of the whole command, and machine-speed probe readings taken before and after
-(``advcoreset.bench_probe``), so a figure from a slow day can be told from one of a fast day.
+(``advcoreset.bench.probe``), so a figure from a slow day can be told from one of a fast day.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from advcoreset.bench_probe import probe_seconds
+from advcoreset.bench.probe import probe_seconds
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advcoreset.config import load_config
+from advcoreset.config_checks import load_config
 from advcoreset.data import prepare_data
 from advcoreset.evaluation import pgd_robust_mask
 from advcoreset.evaluation.autoattack import autoattack_robust_mask

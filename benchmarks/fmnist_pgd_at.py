@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from advcoreset.config import load_config
+from advcoreset.config_checks import load_config
 from advcoreset.training import train
 
 PINNED = ["optim.epochs=3", "optim.lr=0.2"]

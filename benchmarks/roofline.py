@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from advcoreset.config import load_config
+from advcoreset.config_checks import load_config
 from advcoreset.evaluation import pgd_accuracy
 from advcoreset.precision import cpu_bf16_native
 from advcoreset.training import Trainer

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advcoreset.config import load_config
+from advcoreset.config_checks import load_config
 from advcoreset.data import load_dataset
 from advcoreset.models import create_model
 from advcoreset.models.adapter import last_layer

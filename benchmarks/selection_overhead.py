@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from advcoreset.config import load_config
+from advcoreset.config_checks import load_config
 from advcoreset.selection import approximation_error, build_selector
 from advcoreset.training import Trainer
 

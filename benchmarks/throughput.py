@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from advcoreset.config import load_config
+from advcoreset.config_checks import load_config
 from advcoreset.training import Trainer
 
 

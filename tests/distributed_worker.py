@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from advcoreset.config import AttackConfig, Config, ObjectiveConfig, SelectionConfig, load_config
+from advcoreset.config import AttackConfig, Config, ObjectiveConfig, SelectionConfig
+from advcoreset.config_checks import load_config
 from advcoreset.data.loader import to_float
 from advcoreset.evaluation.robust import accuracy
 from advcoreset.objectives import Objective, build_objective

@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import advcoreset
-from advcoreset.config import ConfigError, load_config
+from advcoreset.config import ConfigError
+from advcoreset.config_checks import load_config
 from advcoreset.coreset import CoresetLoader, select_coreset
 from advcoreset.models import create_model
 from advcoreset.models.adapter import LastLayerError, last_layer

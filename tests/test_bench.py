@@ -10,10 +10,13 @@ import pytest
 import torch
 import yaml
 
-from advcoreset import bench, bench_plots, bench_report
+from advcoreset import bench
+from advcoreset.bench import plots as bench_plots
+from advcoreset.bench import report as bench_report
+from advcoreset.bench import runner
 from advcoreset.config import ConfigError
 
-SPEC = Path(__file__).parents[1] / "configs" / "bench_smoke.yaml"
+SPEC = Path(__file__).parents[1] / "configs" / "bench" / "smoke.yaml"
 
 
 def test_smoke_benchmark_runs_resumes_and_reports(tmp_path, capsys):
@@ -200,7 +203,7 @@ def test_bad_extra_evals_are_rejected_before_running(tmp_path, extra, match):
 
 
 def test_fullscale_spec_is_the_issue_s_study():
-    spec = bench.load_spec(SPEC.parent / "bench_fullscale.yaml")
+    spec = bench.load_spec(SPEC.parent / "fullscale.yaml")
     runs = bench.expand(spec, Path("/tmp/advcoreset-fullscale-check"))
     got = {(r.objective, r.method, r.fraction) for r in runs}
     coresets = {("pgd_linf", m, f) for m in ("random", "craig", "gradmatch") for f in (0.3, 0.1)}
@@ -222,18 +225,18 @@ def test_world_size_launches_runs_under_torchrun_and_jobs_get_their_own_devices(
     spec = bench.load_spec(SPEC)
     one = bench.expand(spec, tmp_path)[0]
     assert one.world_size == 1
-    assert bench.train_command(one, tmp_path / "c.yaml", False)[1:3] == ["-m", "advcoreset.cli"]
+    assert runner.train_command(one, tmp_path / "c.yaml", False)[1:3] == ["-m", "advcoreset.cli"]
     spec["world_size"] = 2
     run = bench.expand(spec, tmp_path)[0]
-    cmd = bench.train_command(run, tmp_path / "c.yaml", True)
+    cmd = runner.train_command(run, tmp_path / "c.yaml", True)
     # the launch tests/test_distributed.py runs for --resume under torchrun
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     assert cmd[6:8] == ["advcoreset", "train"] and cmd[-1] == "--resume"
-    assert bench.device_groups(2, 2, ["0", "1", "2", "3"]) == ["0,1", "2,3"]
-    assert bench.device_groups(3, 1, ["4", "6", "7"]) == ["4", "6", "7"]
-    assert bench.device_groups(4, 2, []) is None  # CPU: no devices to hand out
+    assert runner.device_groups(2, 2, ["0", "1", "2", "3"]) == ["0,1", "2,3"]
+    assert runner.device_groups(3, 1, ["4", "6", "7"]) == ["4", "6", "7"]
+    assert runner.device_groups(4, 2, []) is None  # CPU: no devices to hand out
     with pytest.raises(ConfigError, match="lower --jobs"):
-        bench.device_groups(3, 2, ["0", "1", "2", "3"])
+        runner.device_groups(3, 2, ["0", "1", "2", "3"])
     bad = tmp_path / "bad.yaml"
     bad.write_text(SPEC.read_text() + "\nworld_size: 0\n")
     with pytest.raises(ConfigError, match="world_size"):
@@ -261,8 +264,8 @@ def test_time_parts_of_a_run_written_before_evaluations_timed_themselves():
 
 def test_amp_spec_is_the_fullscale_schedule_in_bf16():
     """The bf16 accuracy check trains and evaluates exactly as the committed fp32 rows it is compared with."""
-    amp = bench.load_spec(SPEC.parent / "bench_amp.yaml")
-    fp32 = bench.load_spec(SPEC.parent / "bench_fullscale.yaml")
+    amp = bench.load_spec(SPEC.parent / "amp.yaml")
+    fp32 = bench.load_spec(SPEC.parent / "fullscale.yaml")
     runs = bench.expand(amp, Path("/tmp/advcoreset-amp-check"))
     assert {(r.method, r.fraction, r.seed) for r in runs} == {
         (m, f, s) for m, f in (("full", None), ("gradmatch", 0.3)) for s in (0, 1)}
@@ -275,11 +278,11 @@ def test_amp_spec_is_the_fullscale_schedule_in_bf16():
 
 
 def test_budget_spec_prices_every_row_near_its_budget():
-    """configs/bench_budget.yaml: 24 runs at budgets 2, 4 and 7; each row's nominal cost (PGD-7 epochs:
+    """configs/bench/budget.yaml: 24 runs at budgets 2, 4 and 7; each row's nominal cost (PGD-7 epochs:
     Full 1 per epoch, RS2 0.3, a coreset its warm epoch + 0.3 per coreset epoch + 0.25 per 1-step round,
     a pooled coreset 0.3 + 0.25 x its pool share per epoch, Fast-AT / N-FGSM 0.3) within 10% of its budget,
     Random aside (it skips the rounds' cost)."""
-    spec = bench.load_spec(SPEC.parent / "bench_budget.yaml")
+    spec = bench.load_spec(SPEC.parent / "budget.yaml")
     runs = bench.expand(spec, Path("/tmp/advcoreset-budget-check"))
     assert len(runs) == 24 and {r.budget for r in runs} == {2, 4, 7}
     for r in runs:

@@ -9,10 +9,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from advcoreset import bench_plots, bench_probe, bench_report
-from advcoreset.bench_spec import SpecError, load_spec
+from advcoreset.bench import plots as bench_plots
+from advcoreset.bench import probe as bench_probe
+from advcoreset.bench import report as bench_report
+from advcoreset.bench.spec import SpecError, load_spec
 
-SPEC = Path(__file__).parents[1] / "configs" / "bench_smoke.yaml"
+SPEC = Path(__file__).parents[1] / "configs" / "bench" / "smoke.yaml"
 
 
 def test_probe_times_real_work():
@@ -177,7 +179,7 @@ def test_budget_rows_cost_in_pgd7_epochs_and_the_targets_compare_equal_costs(tmp
     md = bench_report.markdown(table, spec)
     assert "| budget | objective |" in md and "cost (PGD-7 epochs)" in md and "| 2 | fast | full |" in md
     assert "- budget 2: met by pgd_linf craig 0.3, pgd_linf gradmatch 0.3" in md
-    from advcoreset.bench_plots import plot
+    from advcoreset.bench.plots import plot
     paths = plot(table, tmp_path / "plots" if (tmp_path / "plots").mkdir() is None else tmp_path)
     assert [p.name for p in paths] == ["robust_vs_cost.png", "robust_vs_time_runs.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)

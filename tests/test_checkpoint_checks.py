@@ -181,6 +181,7 @@ def test_trainer_checks_before_restoring(finished, tmp_path, monkeypatch):
     """The trainer itself (train(cfg, resume=True), no CLI) refuses before any state is restored."""
     import advcoreset.training.trainer as trainer_mod
     from advcoreset.config import Config
+    from advcoreset.config_checks import validate
 
     run = copy_run(finished, tmp_path, rng("data", torch.empty(0, dtype=torch.uint8)))
 
@@ -189,7 +190,7 @@ def test_trainer_checks_before_restoring(finished, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_mod, "set_rng_state", no_restore)
     before = snapshot(tmp_path)
-    cfg = Config.from_yaml(run / "config.yaml").validate()
+    cfg = validate(Config.from_yaml(run / "config.yaml"))
     cfg.out_dir = str(run)
     with pytest.raises(CheckpointError, match=r"rng\['data'\]") as info:
         trainer_mod.train(cfg, resume=True)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from advcoreset.config import Config, ConfigError, load_config
+from advcoreset.config import Config, ConfigError
+from advcoreset.config_checks import load_config, validate
 
 
 def test_defaults_validate_and_round_trip(tmp_path):
-    cfg = Config().validate()
+    cfg = validate(Config())
     path = tmp_path / "c.yaml"
     cfg.save(path)
     again = Config.from_yaml(path)
@@ -55,15 +56,23 @@ def test_unknown_keys_are_rejected(tmp_path):
 def test_shipped_configs_validate():
     from pathlib import Path
 
-    files = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-    assert files
-    for f in files:
-        if f.name.startswith("bench_"):  # benchmark specs: every run they expand to must validate
-            from advcoreset.bench import expand, load_spec
+    from advcoreset.bench import expand, load_spec
 
-            assert expand(load_spec(f), Path("/tmp/advcoreset-spec-check"))
-        else:
-            load_config(f)
+    configs = Path(__file__).parents[1] / "configs"
+    runs, specs = sorted(configs.glob("*.yaml")), sorted((configs / "bench").glob("*.yaml"))
+    assert runs and specs
+    for f in runs:
+        load_config(f)
+    for f in specs:  # benchmark specs: every run they expand to must validate
+        assert expand(load_spec(f), Path("/tmp/advcoreset-spec-check"))
+
+
+def test_the_public_load_config_validates():
+    import advcoreset
+
+    assert advcoreset.load_config is load_config and advcoreset.Config is Config
+    with pytest.raises(ConfigError, match="objective.attack.eps must be >= 0"):
+        advcoreset.load_config(None, ["objective.attack.eps=-1"])
 
 
 def test_selection_attack_defaults_to_a_longer_step_when_shortened():
@@ -84,7 +93,8 @@ def test_selection_attack_defaults_to_a_longer_step_when_shortened():
 
 
 def test_nfgsm_needs_linf() -> None:
-    from advcoreset.config import ConfigError, load_config
+    from advcoreset.config import ConfigError
+    from advcoreset.config_checks import load_config
 
     assert load_config(None, ["objective.name=nfgsm"]).objective.name == "nfgsm"
     with pytest.raises(ConfigError, match="objective.attack.norm.*linf for objective nfgsm"):

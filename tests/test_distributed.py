@@ -406,7 +406,8 @@ def test_bad_modes_fail_before_any_communication() -> None:
 
 
 def test_distributed_config_fields_are_checked() -> None:
-    from advcoreset.config import ConfigError, load_config
+    from advcoreset.config import ConfigError
+    from advcoreset.config_checks import load_config
 
     cfg = load_config(None, ["selection.distributed=partition", "selection.partition_rounds=2", "optim.sync_bn=false"])
     assert (cfg.selection.distributed, cfg.selection.partition_rounds, cfg.optim.sync_bn) == ("partition", 2, False)

@@ -20,9 +20,10 @@ import yaml
 
 import advcoreset
 from advcoreset import bench
-from advcoreset.bench_spec import SpecError, load_spec
+from advcoreset.bench.spec import SpecError, load_spec
 from advcoreset.cli import main
-from advcoreset.config import Config, ConfigError, load_config
+from advcoreset.config import Config, ConfigError
+from advcoreset.config_checks import load_config
 from advcoreset.data.formats import DataError
 from advcoreset.training.preflight import check_against_data
 from advcoreset.training.run_folder import RunFolderError, finished_results
@@ -141,13 +142,12 @@ def test_good_config_with_every_section_loads(tmp_path: Path) -> None:
 
 
 def test_every_shipped_config_and_spec_loads(tmp_path: Path) -> None:
-    paths = sorted((ROOT / "configs").glob("*.yaml"))
-    assert paths
-    for p in paths:
-        if p.name.startswith("bench_"):
-            bench.expand(bench.load_spec(p), tmp_path)
-        else:
-            load_config(p)
+    runs, specs = sorted((ROOT / "configs").glob("*.yaml")), sorted((ROOT / "configs" / "bench").glob("*.yaml"))
+    assert runs and specs
+    for p in runs:
+        load_config(p)
+    for p in specs:
+        bench.expand(bench.load_spec(p), tmp_path)
 
 
 # ------------------------------------------------------------------------- meaningless combinations

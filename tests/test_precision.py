@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from advcoreset.config import ConfigError, load_config
+from advcoreset.config import ConfigError
+from advcoreset.config_checks import load_config
 from advcoreset.evaluation import accuracy
 from advcoreset.precision import (
     CPU_BF16_BY_DEFAULT,

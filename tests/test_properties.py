@@ -43,9 +43,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from advcoreset import bench
-from advcoreset.bench_spec import SPEC_KEYS, SpecError
+from advcoreset.bench.spec import SPEC_KEYS, SpecError
 from advcoreset.cli import main
-from advcoreset.config import Config, ConfigError, load_config
+from advcoreset.config import Config, ConfigError
+from advcoreset.config_checks import load_config
 from advcoreset.coreset import CoresetLoader, select_coreset
 from advcoreset.selection import available_selectors
 

@@ -13,7 +13,7 @@ import hashlib
 import pytest
 import torch
 
-from advcoreset.config import load_config
+from advcoreset.config_checks import load_config
 from advcoreset.training import train
 from advcoreset.training.checkpoint import load_checkpoint
 

@@ -17,6 +17,7 @@ from scipy.optimize import nnls
 from torch import Tensor
 
 from advcoreset.config import Config, SelectionConfig
+from advcoreset.config_checks import validate
 from advcoreset.selection import (
     Selection,
     approximation_error,
@@ -398,7 +399,7 @@ def test_available_selectors_and_build_from_config():
         assert not build_selector(sel_cfg(method=m), seed=0).needs_grads
     with pytest.raises(KeyError, match="unknown selector"):
         build_selector(sel_cfg(method="kmeans"), seed=0)
-    Config().validate()  # the config validates method names against this registry
+    validate(Config())  # the config validates method names against this registry
 
 
 @pytest.mark.parametrize("method", ["random", "random_fixed", "craig", "gradmatch"])
@@ -662,7 +663,8 @@ def test_rs2_rounds_partition_each_class_before_repeating() -> None:
 
 
 def test_rs2_in_the_loader_draws_a_new_subset_each_epoch_and_resumes(tmp_path) -> None:
-    from advcoreset.config import ConfigError, load_config
+    from advcoreset.config import ConfigError
+    from advcoreset.config_checks import load_config
     from advcoreset.training import Trainer
 
     cfg = load_config(None, ["data.name=digits", "data.test_subset=100", "selection.method=rs2",
@@ -691,7 +693,7 @@ def test_effective_size_is_kish_and_every_round_logs_it(tmp_path) -> None:
     assert effective_size(torch.ones(7)) == pytest.approx(7.0)
     assert effective_size(torch.tensor([1.0, 3.0])) == pytest.approx(16 / 10)
     assert effective_size(torch.tensor([100.0, 1e-6, 1e-6])) == pytest.approx(1.0, abs=1e-6)
-    from advcoreset.config import load_config
+    from advcoreset.config_checks import load_config
     from advcoreset.training import train
 
     train(load_config(None, ["data.name=digits", "data.test_subset=50", "model.width=8", "selection.method=craig",
@@ -750,7 +752,8 @@ class _Counting(torch.utils.data.Dataset):
 
 
 def test_pool_is_refused_where_it_cannot_apply() -> None:
-    from advcoreset.config import ConfigError, load_config
+    from advcoreset.config import ConfigError
+    from advcoreset.config_checks import load_config
 
     with pytest.raises(ConfigError, match="selection.pool.*applies to craig and gradmatch only"):
         load_config(None, ["selection.method=random", "selection.pool=2"])
@@ -760,7 +763,7 @@ def test_pool_is_refused_where_it_cannot_apply() -> None:
 
 
 def test_a_run_with_a_pool_rematches_every_epoch_inside_fresh_pools(tmp_path) -> None:
-    from advcoreset.config import load_config
+    from advcoreset.config_checks import load_config
     from advcoreset.training import train
 
     train(load_config(None, ["data.name=digits", "data.test_subset=50", "model.width=8",

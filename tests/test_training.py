@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from advcoreset.config import Config, load_config
+from advcoreset.config import Config, ConfigError
+from advcoreset.config_checks import load_config
 from advcoreset.training import Trainer, TrainingError, train
 from advcoreset.training.checkpoint import load_checkpoint
 
@@ -208,3 +209,78 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     epochs = [json.loads(x)["epoch"] for x in (b / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["kind"] == "epoch"]
     assert epochs == list(range(1, 11))
+
+
+@pytest.mark.parametrize("rule", ["batch", "epoch"])
+def test_accumulated_steps_equal_one_batch_of_them_all(tmp_path, rule):
+    """optim.accumulate=2 at batch 32 makes the updates of batch 64 with the same weighted examples: the step's
+    loss is normalised by the weight of both mini-batches together (not each by its own), and the schedule
+    moves per optimiser step (onecycle, a short last step included: 160 = 64 + 64 + 32)."""
+    base = ["data.augment=none", "objective.attack.random_start=false", "optim.momentum=0",
+            "optim.schedule=onecycle", f"optim.weight_norm={rule}"]
+    n = 160
+    w = torch.rand(n, generator=torch.Generator().manual_seed(0)) * 5 + 0.1
+    runs = {}
+    for acc, batch in ((1, 64), (2, 32), (1, 32)):
+        t = Trainer(tiny(tmp_path, *base, f"optim.batch_size={batch}", f"optim.accumulate={acc}"))
+        stats = t.train_epoch(torch.arange(n), w)
+        runs[(acc, batch)] = (_weights(t.model), stats["lr"])
+    (big, lr_big), (acc2, lr_acc2), (small, _) = runs[(1, 64)], runs[(2, 32)], runs[(1, 32)]
+    assert lr_acc2 == lr_big
+    for a, b in zip(big, acc2, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert not _same(big, small)  # the comparison can fail: batch 32 alone is another run
+
+
+def test_accumulate_steps_a_users_scheduler_once_per_step(tmp_path):
+    cfg = tiny(tmp_path, "optim.schedule=none", "optim.batch_size=32", "optim.accumulate=3", "model.width=null")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    t = Trainer(cfg, model=model, optimizer=opt, scheduler=sched)
+    t.train_epoch(torch.arange(200), torch.ones(200))  # 7 mini-batches: steps of 3, 3 and 1
+    assert sched.last_epoch == 3
+    with pytest.raises(ConfigError, match="optim.accumulate"):
+        tiny(tmp_path, "optim.accumulate=0")
+
+
+def test_random_selection_records_its_gradient_error_outside_the_training_time(tmp_path):
+    """selection.measure_error (auto: on for random) takes the gradient pass at random's rounds: every selection
+    record and results.json carry grad_error, the pass is timed as time_error_pass and left out of
+    time_train_total (and so of the bench's cost), and the run trains exactly as without the measurement."""
+    base = ["selection.method=random", "selection.fraction=0.3", "selection.warm_epochs=1",
+            "selection.interval=1", "eval.every=0"]
+    res = train(tiny(tmp_path / "on", *base))
+    recs = [json.loads(x) for x in (tmp_path / "on" / "run" / "metrics.jsonl").read_text().splitlines()]
+    sel = [r for r in recs if r["kind"] == "selection"]
+    assert len(sel) == 2 and all(0 < r["grad_error"] < 2 and r["time_error_pass"] > 0 for r in sel)
+    assert res["selection_rounds_with_error"] == 2
+    assert res["grad_error_mean"] == pytest.approx(sum(r["grad_error"] for r in sel) / 2)
+    times = res["times"]
+    assert res["time_error_pass"] == pytest.approx(sum(r["time_error_pass"] for r in sel)) == times["error_pass"]
+    assert res["time_train_total"] == pytest.approx(
+        sum(times[k] for k in ("epoch_wall", "selection_attack", "selection_solver")))
+    assert all(r["time_selection_attack"] < r["time_error_pass"] for r in sel)  # the pass is not selection time
+    off = Trainer(tiny(tmp_path / "off", *base, "selection.measure_error=false"))
+    res_off = off.run()
+    assert res_off["grad_error_mean"] is None and "error_pass" not in res_off["times"]
+    on = load_checkpoint(tmp_path / "on" / "run" / "last.pt")["model"]
+    for k, v in off.model.state_dict().items():
+        assert torch.equal(on[k], v), k  # the measurement drew nothing from the run's random streams
+
+
+def test_measure_error_auto_is_on_for_random_and_off_for_rs2():
+    from advcoreset.config import SelectionConfig
+    from advcoreset.coreset.select import measures_error
+    from advcoreset.selection import build_selector
+
+    def auto(method: str) -> bool:
+        return measures_error("auto", build_selector(SelectionConfig(method=method, interval=1), 0))
+
+    assert auto("random") and auto("random_fixed") and not auto("rs2") and not auto("full")
+    assert not auto("craig")  # its solver's own gradients give the error
+    rs2 = build_selector(SelectionConfig(method="rs2", interval=1), 0)
+    assert measures_error(True, rs2) and not measures_error(False, build_selector(SelectionConfig(), 0))
+    with pytest.raises(ConfigError, match="selection.measure_error"):
+        load_config(None, ["selection.measure_error=sometimes"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advcoreset.config import load_config
+from advcoreset.config_checks import load_config
 from advcoreset.evaluation.run import evaluate_run
 from advcoreset.evaluation.union import ThreatModel, union_accuracy
 from advcoreset.training import train

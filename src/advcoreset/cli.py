@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from advcoreset import __version__, bench
-from advcoreset.config import ConfigError, PATConfig, load_config
+from advcoreset.config import ConfigError, PATConfig
+from advcoreset.config_checks import load_config
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -228,7 +229,7 @@ def _add_config(sub: Any) -> None:
 def _add_bench(sub: Any) -> None:
     """``advcoreset bench``: the harness defines its own flags."""
     b = sub.add_parser("bench", help="the paper's table: Full/Random/CRAIG/GradMatch across objectives",
-                       description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=bench.USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(b)
     b.set_defaults(fn=_bench)
 

@@ -1,7 +1,9 @@
-"""One typed configuration for a run: loadable from YAML, overridable with ``key=value``, validated.
+"""One typed configuration for a run: loadable from YAML, overridable with ``key=value``.
 
-Every knob of a run lives here, grouped by the part of the method it drives. ``Config.validate`` runs
-before any training and names the offending field (``attack.eps must be >= 0, got -1``).
+Every knob of a run lives here, grouped by the part of the method it drives. This module is the ground
+floor: it imports nothing of the package, so every part may import it. The checks that need the registries
+(``advcoreset.config_checks.validate``, run by ``load_config`` before any training) live above it and name
+the offending field (``attack.eps must be >= 0, got -1``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ class ConfigError(ValueError):
 class ConfigTypeError(ConfigError, TypeError):
     """An argument of the Python API is of the wrong kind (``train(config=123)``, ``model=None``): a
     ``TypeError`` for Python callers, a ``ConfigError`` (bad input, exit 2) for the command line."""
+
+
+USER = "user"
+"""``data.name`` / ``model.name`` of a run whose Dataset / model the caller passed to ``train()``; the section's
+``user`` field then records what it was."""
 
 
 @dataclass
@@ -43,6 +50,9 @@ class DataConfig:
     crop_padding: int = 2
     image_size: int | None = None
     """imagefolder only: resize every image to this square size (None: all images must share a size)."""
+    user: dict[str, Any] | None = None
+    """Written by ``train(train_set=...)``, never by hand: with ``name: user``, the caller's Dataset as it ran
+    (class, size, test_class, test_size, shape, num_classes, class_names, keys)."""
 
 
 @dataclass
@@ -52,6 +62,9 @@ class ModelConfig:
     width: int | None = None
     """Width knob: small CNNs' base channels (default 32 -> 32-64), ResNets' base width (64),
     WideResNets' widen factor (10). None = the architecture's default."""
+    user: dict[str, Any] | None = None
+    """Written by ``train(model=...)``, never by hand: with ``name: user``, the caller's module as it ran
+    (class, module, factory "package.module:function" or None, parameters)."""
 
 
 @dataclass
@@ -110,7 +123,7 @@ class SelectionConfig:
     attack_steps: int | None = 1
     """Steps of the selection attack; None = the training attack's. Fewer steps make selection cheaper; 1
     (default) chose coresets as good as the training attack's 7 at a fraction of the cost
-    (``configs/bench_targets_120*.yaml``, benchmarks/README.md)."""
+    (``configs/bench/targets_120*.yaml``, benchmarks/README.md)."""
     attack_alpha: float | None = None
     """Step of the selection attack; None = the training step, or 2.5 eps / attack_steps when attack_steps
     is set (Madry et al.'s rule, so a short attack still reaches the boundary of the ball)."""
@@ -138,6 +151,13 @@ class SelectionConfig:
     partition (GreeDi-style: each rank solves its own slice, only indices and weights travel)."""
     partition_rounds: int = 1
     """partition: 2 adds a second solve on the union of the ranks' candidates (exact budget)."""
+    measure_error: bool | str = "auto"
+    """Also take the gradient pass at the rounds of a selector that reads no gradients (random, rs2), so that
+    every method records its ``grad_error``. The pass is timed as ``time_error_pass``, outside the training
+    and selection time (and the cost), and draws nothing from the run's random streams. auto: on for
+    random and random_fixed (a round every ``interval`` epochs), off for rs2, which re-selects every epoch by
+    design: a whole selection attack pass per epoch would lengthen its run more than its training does and
+    would tell what random's rounds tell (both are uniform subsets). Not under torchrun (auto: off there)."""
 
 
 @dataclass
@@ -168,7 +188,7 @@ class OptimConfig:
     no CPU kernel, so true on CPU ranks is an error."""
     weight_norm: str = "auto"
     """How coreset weights enter the loss. auto (default): the selector's own rule, resample for CRAIG, batch
-    for every other method (the choice measured by ``configs/bench_targets_120_i10*.yaml``).
+    for every other method (the choice measured by ``configs/bench/targets_120_i10*.yaml``).
     batch: sum_j w_j l_j / sum_j w_j over each mini-batch (the
     paper's rule): every step is a convex combination of per-example losses, so a few heavy CRAIG weights
     cannot blow up a step. epoch: sum_j w_j l_j / (B * mean weight of the epoch), unbiased for the epoch's
@@ -177,6 +197,10 @@ class OptimConfig:
     plain mean under both. resample: every epoch draws as many points as the coreset holds, with replacement
     and in proportion to the weights, and trains them with unit weights (same expected loss as epoch, no
     heavy points; uniform weights train the coreset as it is)."""
+    accumulate: int = 1
+    """Gradient accumulation: mini-batches (of ``batch_size``) per optimiser step. The step's loss is
+    normalised by the weight of all of them together, so it equals one batch of accumulate x batch_size with
+    the same weights, at the memory of one mini-batch; the LR schedule and a ``scheduler=`` advance per step."""
 
 
 @dataclass
@@ -275,17 +299,6 @@ class Config:
                                   "quote strings, e.g. --set data.root='my dir'") from None
         return Config.from_dict(d)
 
-    # ------------------------------------------------------------ validation
-    def validate(self) -> Config:
-        """Raise ``ConfigError`` naming the first bad field; return self when all is well. The rules live in
-        ``advcoreset.config_checks`` (imported lazily: it reads the registries, which read configs)."""
-        from advcoreset.config_checks import first_problem
-
-        problem = first_problem(self)
-        if problem:
-            raise ConfigError(problem)
-        return self
-
 
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     if not isinstance(d, dict):
@@ -343,15 +356,6 @@ def _coerce(tp: Any, v: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be a string, got {v!r}")
         return v
     return v
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated."""
-    cfg = Config.from_yaml(path) if path else Config()
-    if overrides:
-        cfg = cfg.with_overrides(overrides)
-    return cfg.validate()
-
 
 
 MAX_YAML_BYTES = 1_000_000

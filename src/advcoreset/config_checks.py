@@ -1,13 +1,23 @@
-"""Every rule ``Config.validate`` checks, so that nothing the config says can fail after training has run: a
-list of (holds, field, value, what it must be) per section. Duck-typed on the config: this module imports
-nothing from ``config``."""
+"""The checks of a ``Config`` that need more than the config: every field's range, the registered names and
+the datasets, so that nothing the config says can fail after training has run. ``validate(cfg)`` applies them
+and ``load_config`` reads a config and validates it. A list of (holds, field, value, what it must be) per
+section. This module sits above both the config (which imports nothing of the package) and the registries.
+"""
 
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any
+
+from advcoreset.config import USER, Config, ConfigError
+from advcoreset.data.datasets import DataError, dataset_record
+from advcoreset.models import available_models
+from advcoreset.objectives import available_objectives
+from advcoreset.optimizers import available_optimizers
+from advcoreset.selection import available_selectors
 
 
 def _non_finite(obj: Any, prefix: str = "") -> tuple[str, Any] | None:
@@ -30,18 +40,13 @@ Rule = tuple[bool, str, Any, str]
 
 def _names(c: Any) -> list[Rule]:
     """Registered names: objectives, models, selectors, optimisers."""
-    # Lazy: the registries' modules read configs by attribute only and never import ``config``.
-    from advcoreset.models import available_models
-    from advcoreset.objectives import available_objectives
-    from advcoreset.optimizers import available_optimizers
-    from advcoreset.selection import available_selectors
-
     rules = []
     for field_name, value, names in (("objective.name", c.objective.name, available_objectives()),
                                      ("model.name", c.model.name, available_models()),
                                      ("selection.method", c.selection.method, available_selectors()),
                                      ("optim.name", c.optim.name, available_optimizers())):
-        rules.append((value in names, field_name, value, f"must be one of {names}"))
+        mine = field_name == "model.name" and value == USER  # a caller's module, recorded by train()
+        rules.append((value in names or mine, field_name, value, f"must be one of {names}"))
     return rules
 
 
@@ -83,6 +88,8 @@ def _selection_rules(c: Any) -> list[Rule]:
         (s.distributed in ("gather", "partition"), "selection.distributed", s.distributed,
          "must be gather or partition"),
         (s.partition_rounds in (1, 2), "selection.partition_rounds", s.partition_rounds, "must be 1 or 2"),
+        (any(s.measure_error is v for v in (True, False)) or s.measure_error == "auto", "selection.measure_error",
+         s.measure_error, "must be auto, true or false"),
         (s.attack_steps is None or s.attack_steps >= 0, "selection.attack_steps", s.attack_steps, "must be >= 0"),
         (s.attack_alpha is None or s.attack_alpha > 0, "selection.attack_alpha", s.attack_alpha, "must be > 0"),
     ]
@@ -103,6 +110,8 @@ def _optim_rules(c: Any) -> list[Rule]:
         (o.weight_norm in ("auto", "batch", "epoch", "resample"), "optim.weight_norm", o.weight_norm,
          "must be auto, batch, epoch or resample"),
         (0 < o.pct_start < 1, "optim.pct_start", o.pct_start, "must be in (0, 1)"),
+        (isinstance(o.accumulate, int) and o.accumulate >= 1, "optim.accumulate", o.accumulate,
+         "must be an integer >= 1 (mini-batches per optimiser step)"),
     ]
 
 
@@ -130,6 +139,10 @@ def _rules(c: Any) -> list[Rule]:
     return [
         (d.crop_padding >= 0, "data.crop_padding", d.crop_padding, "must be >= 0 (0 = no crop)"),
         (d.image_size is None or d.image_size >= 1, "data.image_size", d.image_size, "must be >= 1 or null"),
+        ((d.name == USER) == isinstance(d.user, dict), "data.user", d.user,
+         "is written by train(train_set=...) with data.name user (a mapping), and is null otherwise"),
+        ((c.model.name == USER) == isinstance(c.model.user, dict), "model.user", c.model.user,
+         "is written by train(model=...) with model.name user (a mapping), and is null otherwise"),
         (p.steps >= 1, "objective.pat.steps", p.steps, "must be >= 1"),
         (p.lambda_init > 0, "objective.pat.lambda_init", p.lambda_init, "must be > 0"),
         (p.lambda_growth >= 1, "objective.pat.lambda_growth", p.lambda_growth, "must be >= 1"),
@@ -162,13 +175,12 @@ def _rules(c: Any) -> list[Rule]:
 
 def first_problem(c: Any) -> str | None:
     """The message for the first field of config ``c`` out of range (naming the field), else None."""
-    from advcoreset.data.datasets import DataError, dataset_record
-
     bad = _non_finite(c)
     if bad is not None:
         return f"{bad[0]} must be a finite number, got {bad[1]!r}"
     try:
-        dataset_record(c.data.name)
+        if c.data.name != USER:  # a caller's Dataset, recorded by train()
+            dataset_record(c.data.name)
     except DataError as e:
         return f"data.name: {e}"
     for ok, name, value, msg in (*_names(c), *_objective_rules(c), *_selection_rules(c), *_optim_rules(c),
@@ -176,3 +188,20 @@ def first_problem(c: Any) -> str | None:
         if not ok:
             return f"{name} {msg}, got {value!r}"
     return None
+
+
+def validate(cfg: Config) -> Config:
+    """``cfg`` itself when every field is in range and every name registered; else ``ConfigError`` naming the
+    first bad field (``objective.attack.eps must be >= 0, got -1``)."""
+    problem = first_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated."""
+    cfg = Config.from_yaml(path) if path else Config()
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    return validate(cfg)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from advcoreset.config import OptimConfig
 from advcoreset.registry import Registry
-
-if TYPE_CHECKING:  # read by attribute only, so that the config module may import this one
-    from advcoreset.config import OptimConfig
 
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 

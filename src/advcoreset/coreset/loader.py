@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from advcoreset.coreset.parts import SELECTOR_OPTIONS, resolve_selection_objective, resolve_selector
 from advcoreset.coreset.sampler import WEIGHT_RULES, CoresetBatches, CoresetSampler
-from advcoreset.coreset.select import Autocast, Pool, Progress, check_batch_size, run_selection
+from advcoreset.coreset.select import Autocast, Pool, Progress, check_batch_size, measures_error, run_selection
 from advcoreset.data.datasets import DataError
 from advcoreset.data.loader import Batch
 from advcoreset.data.sources import TensorSource, as_source, check_label_range, collate_items, fetched
@@ -106,6 +106,9 @@ class CoresetLoader:
         pool: pool-then-match (``advcoreset.coreset.select.Pool``): each round attacks and matches only inside
             a fresh random pool of ``pool`` x the budget per class; None: the whole set.
         keys: (image key, label key) for dict items (Hugging Face ``datasets`` style), ``data.keyed``.
+        measure_error: auto, True or False (``selection.measure_error``): also take the gradient pass at the
+            rounds of a gradient-free selector, so that ``stats["grad_error"]`` is set for it too (auto: for
+            random, not for rs2); timed as ``time_error_pass``, drawing nothing from the random streams.
         shuffle, drop_last, rank, world: the ``CoresetSampler``'s (``loader.sampler``): a random order per
             epoch; the last short batch dropped; this rank's share of every epoch (every rank must hold the
             same coreset: same seed, model and random state when it is chosen).
@@ -124,7 +127,7 @@ class CoresetLoader:
                  objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
                  attack_steps: int | None = None, attack_alpha: float | None = None, pool: float | None = None,
                  keys: Sequence[str] | None = None, shuffle: bool = True, drop_last: bool = False, rank: int = 0,
-                 world: int = 1, **options: Any) -> None:
+                 world: int = 1, measure_error: bool | str = "auto", **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_batch_size(batch_size)
@@ -137,6 +140,8 @@ class CoresetLoader:
             raise ValueError(f"pool must be >= 1 and needs a gradient selector (craig, gradmatch), got pool={pool} "
                              f"for {self.selector.name}")
         self.pool = None if pool is None else Pool(float(pool), seed)
+        self.measure_error = measures_error(measure_error, self.selector)
+        """Whether a gradient-free selector's rounds take the gradient pass for ``grad_error``."""
         rule = weight_rule or self.selector.weight_rule
         if rule not in WEIGHT_RULES:
             raise ValueError(f"weight_rule must be one of {WEIGHT_RULES} or None, got {rule!r}")
@@ -257,7 +262,7 @@ class CoresetLoader:
         sel, stats = run_selection(self.selector, self.model, self.objective, self.source, self.generator,
                                    batch_size=self.batch_size, features=self.grad_features, layer=self.layer,
                                    autocast=self.autocast, progress=self.progress, num_classes=self.num_classes,
-                                   round_index=self.round_index(), pool=self.pool)
+                                   round_index=self.round_index(), pool=self.pool, measure_error=self.measure_error)
         self.selection, self.stats = sel, {"epoch": self.epoch + 1, **stats}
         return self.stats
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from advcoreset.coreset.parts import resolve_selection_objective, resolve_selector
-from advcoreset.data.sources import DataSource, as_source, check_label_range
+from advcoreset.data.sources import DataSource, as_source, check_label_range, random_states_kept
 from advcoreset.models.adapter import LastLayer, last_layer
 from advcoreset.objectives import Objective
 from advcoreset.objectives.base import eval_mode
@@ -78,7 +78,8 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
     histogram, weight sum, attack and solver seconds, relative gradient error, solver diagnostics).
 
     ``measure_error``: also take the gradient pass for a selector that needs none (random, rs2), so that
-    ``grad_error`` is reported for it too; that pass's seconds are ``time_error_pass``, not selection time.
+    ``grad_error`` is reported for it too; that pass's seconds are ``time_error_pass``, not selection time,
+    and it leaves the random streams (Python, NumPy, torch's CPU and the device's) as it found them.
     ``pool``: a gradient selector attacks and matches only inside this round's random pool (``Pool``); its
     ``grad_error`` is then the error against the pool's gradient sum."""
     labels = source.labels
@@ -91,8 +92,8 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
                                     autocast=autocast, progress=progress, indices=at) if selector.needs_grads else None
     t1 = time.perf_counter()
     error_grads, t_error = grads, 0.0
-    if grads is None and measure_error:
-        with eval_mode(model):
+    if grads is None and measure_error:  # a measurement only: the run's random streams go on as without it
+        with eval_mode(model), random_states_kept(labels.device):
             error_grads = selection_gradients(model, objective, source, batch_size, features=features,
                                               layer=layer, autocast=autocast, progress=progress)
         t_error = time.perf_counter() - t1
@@ -122,6 +123,17 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
     if t_error:
         stats["time_error_pass"] = t_error
     return sel, stats
+
+
+def measures_error(setting: bool | str, selector: Selector) -> bool:
+    """Whether the rounds of ``selector`` take the gradient pass for ``grad_error`` (``selection.measure_error``):
+    True / False as given; auto: for a gradient-free subset selector whose rounds come every ``interval``
+    epochs (random), not for one that draws a new subset every round by design (rs2, ``per_round``)."""
+    if setting == "auto":
+        return bool(selector.subset and not selector.needs_grads and not getattr(selector, "per_round", False))
+    if setting is True or setting is False:
+        return setting
+    raise ValueError(f"measure_error must be 'auto', True or False, got {setting!r}")
 
 
 @dataclass(frozen=True)

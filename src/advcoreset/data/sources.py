@@ -153,13 +153,19 @@ def _exposed_labels(dataset: Any) -> Tensor | None:
     return None
 
 
+def dataset_labels(dataset: Any) -> Tensor:
+    """(n,) int64 labels of a map-style Dataset of (image, label) pairs, read as a ``DatasetSource`` reads them
+    (exposed labels, else one pass with the random states kept); ``DataError`` when they are not class indices."""
+    return _dataset_labels(dataset, len(dataset))
+
+
 def _dataset_labels(dataset: Dataset[Any], n: int) -> Tensor:
     """(n,) int64 labels without reading images where the dataset exposes them (``_exposed_labels``); else
     one pass over the items, with torch's, Python's and NumPy's random states restored afterwards, so a
     random transform in the dataset does not shift the run's random streams."""
     labels = _exposed_labels(dataset)
     if labels is None:
-        with _random_states_kept():
+        with random_states_kept():
             labels = torch.as_tensor([dataset[i][1] for i in range(n)])
     if labels.shape != (n,) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise DataError(f"dataset labels must be n={n} integers, got {labels.dtype} {tuple(labels.shape)}: a "
@@ -204,9 +210,13 @@ def _collated(loader: DataLoader[Any], where: str) -> Iterator[tuple[Tensor, Ten
 
 
 @contextmanager
-def _random_states_kept() -> Iterator[None]:
+def random_states_kept(device: torch.device | str | None = None) -> Iterator[None]:
+    """Python's, NumPy's and torch's random states (the CPU's, and ``device``'s when it is a CUDA device) as
+    they were before the block: whatever it draws shifts none of the run's streams."""
     py, npy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    dev = torch.device(device) if device is not None else None
+    cuda = [dev] if dev is not None and dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, **({"device_type": "cuda"} if cuda else {})):
         yield
     random.setstate(py)
     np.random.set_state(npy)
@@ -231,19 +241,25 @@ def _check_item(item: Any) -> None:
 class DatasetSource:
     """A map-style Dataset of (image (C, H, W) uint8 or float in [0, 1], int label), read through DataLoaders.
 
-    ``num_workers``: DataLoader worker processes; batches come back in the order asked for either way."""
+    ``num_workers``: DataLoader worker processes; batches come back in the order asked for either way.
+    ``padding``, ``flip``: the built-in augmentation (``random_crop_flip``) of every training batch, drawn
+    from the loader's generator (``data.augment`` crop / crop_flip); the selection pass reads no augmentation.
+    ``labels``: (n,) the dataset's labels when the caller already holds them (no second read)."""
 
     def __init__(self, dataset: Dataset[Any], device: torch.device | str = "cpu", *, num_workers: int = 0,
                  memory_format: torch.memory_format = torch.contiguous_format,
-                 selection_view: Dataset[Any] | None = None) -> None:
+                 selection_view: Dataset[Any] | None = None, padding: int = 0, flip: bool = False,
+                 labels: Tensor | None = None) -> None:
         n = len(dataset)  # type: ignore[arg-type]
         if n == 0:
             raise DataError("the dataset is empty: coreset selection needs at least one example")
-        with _random_states_kept():  # reading an item may draw a random augmentation
+        with random_states_kept():  # reading an item may draw a random augmentation
             _check_item(dataset[0])
         self.dataset, self.device, self.num_workers = dataset, torch.device(device), num_workers
-        self.memory_format = memory_format
-        self.labels = _dataset_labels(dataset, n).to(self.device)
+        self.memory_format, self.padding, self.flip = memory_format, padding, flip
+        if labels is not None and tuple(labels.shape) != (n,):
+            raise DataError(f"labels= must be the dataset's (n,) = ({n},) labels, got {tuple(labels.shape)}")
+        self.labels = (_dataset_labels(dataset, n) if labels is None else labels.long()).to(self.device)
         self.view = dataset if selection_view is None else selection_view
         """What ``ordered`` and ``sample`` read (the selection pass): the same items without random
         augmentation, when the caller gives such a view."""
@@ -252,7 +268,7 @@ class DatasetSource:
             if m != n:
                 raise DataError(f"the selection view has {m} items, the training set {n}: give the same dataset "
                                 "without its random augmentation")
-            with _random_states_kept():
+            with random_states_kept():
                 _check_item(selection_view[0])
             exposed = _exposed_labels(selection_view)
             if exposed is not None and not torch.equal(exposed.long().cpu(), self.labels.cpu()):
@@ -266,7 +282,7 @@ class DatasetSource:
         return to_float(x.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
 
     def sample(self, n: int = 2) -> Tensor:
-        with _random_states_kept():  # a dry run's read draws nothing from the run's streams
+        with random_states_kept():  # a dry run's read draws nothing from the run's streams
             return self._to_device(torch.stack([self.view[i][0] for i in range(min(n, len(self)))]))
 
     def ordered(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -284,9 +300,13 @@ class DatasetSource:
         return self.dataset
 
     def finish(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Checked as the first item was (``_batch``), on the device; the dataset's transforms augmented it."""
+        """Checked as the first item was (``_batch``), on the device; augmented by the dataset's transforms and,
+        with ``padding`` / ``flip``, by ``random_crop_flip`` from ``generator``."""
         x, y = _batch(x, y, "the training set")
-        return self._to_device(x), y.to(self.device, non_blocking=True)
+        x = self._to_device(x)
+        if self.padding or self.flip:
+            x = random_crop_flip(x, self.padding, self.flip, generator).contiguous(memory_format=self.memory_format)
+        return x, y.to(self.device, non_blocking=True)
 
 
 def check_label_range(source: DataSource, outputs: int) -> None:

@@ -37,6 +37,27 @@ def _take(a: ImageArrays, idx: Tensor) -> ImageArrays:
     return ImageArrays(a.images[idx], a.labels[idx], a.classes)
 
 
+def split_train(labels: Tensor, val_size: int, train_subset: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """(validation positions, training positions), each ascending, of a training set with ``labels`` (n,):
+    ``val_size`` held out and the first ``train_subset`` (None: all) of the rest kept, along one seeded
+    class-stratified order (``stratified_order``), the same for the built-in data and a caller's Dataset."""
+    order = stratified_order(labels, torch.Generator().manual_seed(seed + 12345))
+    if val_size >= order.numel():
+        raise DataError(f"data.val_size={val_size} leaves no training images (train has {order.numel()})")
+    rest = order[val_size:]
+    if train_subset is not None:
+        rest = rest[:train_subset]
+    return order[:val_size].sort().values, rest.sort().values
+
+
+def fixed_test_positions(labels: Tensor, test_subset: int | None) -> Tensor | None:
+    """Ascending positions of the first ``test_subset`` test images of a fixed class-balanced order that does
+    not depend on the run's seed; None: all (``test_subset`` None or at least the set's size)."""
+    if test_subset is None or test_subset >= labels.numel():
+        return None
+    return stratified_order(labels, torch.Generator().manual_seed(0))[:test_subset].sort().values
+
+
 def prepare_data(cfg: DataConfig, seed: int) -> DataSplits:
     """Load train and test, carve ``val_size`` validation images out of train (stratified, seeded),
     keep ``train_subset`` of the rest, and the first ``test_subset`` test images (fixed order)."""
@@ -44,17 +65,10 @@ def prepare_data(cfg: DataConfig, seed: int) -> DataSplits:
     test = load_dataset(cfg.name, cfg.root, train=False, image_size=cfg.image_size)
     if train.shape != test.shape:
         raise DataError(f"{cfg.name}: train images are {train.shape} but test images are {test.shape}")
-    g = torch.Generator().manual_seed(seed + 12345)
-    order = stratified_order(train.labels, g)
-    if cfg.val_size >= order.numel():
-        raise DataError(f"data.val_size={cfg.val_size} leaves no training images (train has {order.numel()})")
-    val = _take(train, order[:cfg.val_size].sort().values) if cfg.val_size else None
-    rest = order[cfg.val_size:]
-    if cfg.train_subset is not None:
-        rest = rest[:cfg.train_subset]
-    train = _take(train, rest.sort().values)
-    if cfg.test_subset is not None:
-        # a fixed, class-balanced subset that does not depend on the run's seed
-        t_order = stratified_order(test.labels, torch.Generator().manual_seed(0))[:cfg.test_subset]
-        test = _take(test, t_order.sort().values)
+    val_idx, keep = split_train(train.labels, cfg.val_size, cfg.train_subset, seed)
+    val = _take(train, val_idx) if cfg.val_size else None
+    train = _take(train, keep)
+    at = fixed_test_positions(test.labels, cfg.test_subset)
+    if at is not None:
+        test = _take(test, at)
     return DataSplits(train, val, test)

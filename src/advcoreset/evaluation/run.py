@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from advcoreset.attacks.lpips import LPIPS, alexnet_lpips
-from advcoreset.config import Config
+from advcoreset.config import USER, Config
+from advcoreset.config_checks import validate
 from advcoreset.data import prepare_data
 from advcoreset.data.datasets import dataset_record
 from advcoreset.device import resolve_device
@@ -43,18 +44,18 @@ def load_run_model(run: str | Path, checkpoint: str = "last.pt",
     )
 
     run = Path(run)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: {run} is not an advcoreset run folder")
-    cfg = Config.from_yaml(cfg_path).validate()  # a tampered config.yaml is refused, named
+    cfg = run_config(run)
     ckpt_path = run / CHECKPOINTS.get(checkpoint, checkpoint)
     ckpt = load_checkpoint(ckpt_path, device)
     state = ckpt["model"]
     if cfg.model.name not in available_models():
+        spec = (cfg.model.user or {}).get("factory") or "package.module:factory"
+        how = (f"`advcoreset eval --model {spec} --weights {run / 'model.safetensors'} --data {cfg.data.name} "
+               f"--norm {cfg.objective.attack.norm} --eps {cfg.objective.attack.eps}`" if cfg.data.name != USER
+               else "advcoreset.evaluation.evaluate(model, images, labels, norm=..., eps=...) in your code, where its "
+               "Dataset lives")
         raise ValueError(f"{run} was trained with a model advcoreset cannot rebuild (model.name "
-                         f"{cfg.model.name!r}); evaluate it with `advcoreset eval --model package.module:factory "
-                         f"--weights {run / 'model.safetensors'} --data {cfg.data.name} --norm "
-                         f"{cfg.objective.attack.norm} --eps {cfg.objective.attack.eps}`")
+                         f"{cfg.model.name!r}); evaluate it with {how}")
     if not (all(isinstance(state.get(k), torch.Tensor) for k in ("mean", "std", "head.weight"))
             and state["mean"].dim() == 4 and state["head.weight"].dim() == 2):
         raise CheckpointError(f"checkpoint {ckpt_path} is not a model of this run (no mean/std/head entries); "
@@ -73,12 +74,24 @@ def load_run_model(run: str | Path, checkpoint: str = "last.pt",
     return model.to(device).eval(), cfg
 
 
+def run_config(run: str | Path) -> Config:
+    """The validated ``config.yaml`` of run folder ``run`` (a tampered one is refused, the field named)."""
+    cfg_path = Path(run) / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: {run} is not an advcoreset run folder")
+    return validate(Config.from_yaml(cfg_path))
+
+
 def _data_signature(cfg: Config) -> tuple[int | None, int | None]:
     """(channels, classes) of the run's data, read from its test split; where its files cannot be read (an
-    export on another machine), the channels of the dataset's record and classes None (not checked)."""
+    export on another machine), the channels of the dataset's record and classes None (not checked). A
+    caller's Dataset: as config.yaml recorded it."""
     from advcoreset.data import load_dataset
     from advcoreset.data.datasets import DataError
 
+    if cfg.data.name == USER:
+        rec = cfg.data.user or {}
+        return int(rec["shape"][0]), int(rec["num_classes"])
     try:
         test = load_dataset(cfg.data.name, cfg.data.root, train=False, image_size=cfg.data.image_size)
     except (DataError, OSError):
@@ -88,7 +101,10 @@ def _data_signature(cfg: Config) -> tuple[int | None, int | None]:
 
 
 def _input_size(cfg: Config, channels: int) -> int:
-    """The run's square image size: from the dataset's record, else (imagefolder) from its files."""
+    """The run's square image size: from the dataset's record, else (imagefolder) from its files; a caller's
+    Dataset: its recorded height."""
+    if cfg.data.name == USER:
+        return int((cfg.data.user or {})["shape"][1])
     shape = dataset_record(cfg.data.name).shape
     return shape[1] if shape is not None else prepare_data(cfg.data, cfg.seed).train.shape[1]
 
@@ -107,6 +123,10 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
             raise ValueError(f"{flag} must be >= 1 or None (the run's config), got {value}")
     dev = resolve_device(device or "auto")
     model, cfg = load_run_model(run, checkpoint, dev)
+    if cfg.data.name == USER:
+        raise ValueError(f"{run} was trained on a Dataset passed to train() ({(cfg.data.user or {}).get('class')}), "
+                         "which the command line cannot load: evaluate in Python with advcoreset.evaluation."
+                         "evaluate(advcoreset.load_model(RUN), images, labels, norm=..., eps=...)")
     if n is not None:
         cfg.data.test_subset = n
     data = prepare_data(cfg.data, cfg.seed)
@@ -160,23 +180,22 @@ def union_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, c
 def export_run(run: str | Path, out: str | Path, checkpoint: str = "last") -> Path:
     """``advcoreset export``: write a run's ``checkpoint`` (last or best) as model.safetensors + model.json
     (+ model_arch.py) into ``out``. Accuracies come from results.json for ``last`` and from the checkpoint's
-    validation score for ``best``."""
+    validation score for ``best``. A run of a caller's own module (``model.name: user``) exports its weights
+    with model.json naming no architecture (the module's class and factory, and a note on rebuilding it)."""
     import json
 
-    from advcoreset.data import load_dataset
-    from advcoreset.data.datasets import DataError
     from advcoreset.models.export import export_run_model
 
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint must be one of {sorted(CHECKPOINTS)}, got {checkpoint!r}")
-    model, cfg = load_run_model(run, checkpoint)
-    c = cast(torch.Tensor, model.mean).shape[1]  # a buffer: load_run_model checked its shape
-    size = _input_size(cfg, c)
-    try:
-        classes: list[str] | None = load_dataset(cfg.data.name, cfg.data.root, train=False,
-                                                 image_size=cfg.data.image_size).classes
-    except (DataError, FileNotFoundError):
-        classes = None  # the weights are still exportable; model.json then says class_names: null
+    cfg = run_config(run)
+    model: nn.Module | dict[str, torch.Tensor]
+    if cfg.model.name == USER:
+        model, shape = _own_weights(run, checkpoint), _run_shape(cfg)
+    else:
+        model, cfg = load_run_model(run, checkpoint)
+        c = cast(torch.Tensor, model.mean).shape[1]  # a buffer: load_run_model checked its shape
+        shape = (c, _input_size(cfg, c), _input_size(cfg, c))
     results: dict[str, object] = {}
     res_path = Path(run) / "results.json"
     if checkpoint == "last" and res_path.is_file():
@@ -187,4 +206,44 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "last") -> Pa
         best = load_checkpoint(Path(run) / CHECKPOINTS["best"])
         if "val_robust_acc" in best:
             results = {"val_robust_acc": best["val_robust_acc"]}
-    return export_run_model(run, model, cfg, (c, size, size), classes, results, out=out, checkpoint=checkpoint)
+    return export_run_model(run, model, cfg, shape, _class_names(cfg), results, out=out, checkpoint=checkpoint,
+                            num_classes=_data_signature(cfg)[1] if cfg.model.name == USER else None)
+
+
+def _class_names(cfg: Config) -> list[str] | None:
+    """The run's class names: a caller's Dataset's as recorded, a built-in dataset's from its test split (None
+    where its files cannot be read: model.json then says class_names: null)."""
+    from advcoreset.data import load_dataset
+    from advcoreset.data.datasets import DataError
+
+    if cfg.data.name == USER:
+        return (cfg.data.user or {}).get("class_names")
+    try:
+        return load_dataset(cfg.data.name, cfg.data.root, train=False, image_size=cfg.data.image_size).classes
+    except (DataError, FileNotFoundError):
+        return None
+
+
+def _run_shape(cfg: Config) -> tuple[int, int, int]:
+    """(C, H, W) of the run's images: a caller's Dataset's as recorded, else the built-in dataset's."""
+    if cfg.data.name == USER:
+        c, h, w = (cfg.data.user or {})["shape"]
+        return int(c), int(h), int(w)
+    channels = _data_signature(cfg)[0]
+    if channels is None:
+        raise ValueError(f"the channel count of {cfg.data.name} is unknown without its files: set data.root")
+    size = _input_size(cfg, channels)
+    return channels, size, size
+
+
+def _own_weights(run: str | Path, checkpoint: str) -> dict[str, torch.Tensor]:
+    """The state dict of a caller's own module in the run's ``checkpoint``, checked (every entry a finite
+    floating tensor) before it is written anywhere."""
+    from advcoreset.training.checkpoint import CheckpointError, check_weights, load_checkpoint
+
+    path = Path(run) / CHECKPOINTS[checkpoint]
+    state = load_checkpoint(path).get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds no model state dict; give the run's own last.pt or best.pt")
+    check_weights(state, path)
+    return state

@@ -23,18 +23,16 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from advcoreset.config import USER, Config
 from advcoreset.fileperm import as_created
 from advcoreset.models import MODELS, create_model
 from advcoreset.objectives import threat_model
 from advcoreset.safeload import CheckpointError, check_state_dict, check_weights, load_weights_only
-
-if TYPE_CHECKING:
-    from advcoreset.config import Config
 
 WEIGHTS, META, ARCH = "model.safetensors", "model.json", "model_arch.py"
 FORMAT = "advcoreset-model/1"
@@ -105,17 +103,35 @@ def _fits(architecture: str | None, args: dict[str, Any], state: dict[str, torch
     return want == {k: tuple(v.shape) for k, v in state.items()}
 
 
-def export_model(model: nn.Module, out: str | Path, *, architecture: str | None, arguments: dict[str, Any],
-                 input_shape: Sequence[int], class_names: Sequence[str] | None = None,
+def _rebuild_note(architecture: str | None, given: dict[str, Any] | None) -> str | None:
+    """model.json's note for weights ``model_arch.py`` cannot rebuild: a caller's own module (``given``: its
+    class, module and factory) or weights that do not fit the built-in ``architecture``; None otherwise."""
+    if given is not None:
+        factory = given.get("factory")
+        how = f"{factory}() builds it" if factory else "no factory was recorded: train(..., model_factory=...)"
+        return (f"a model of your own ({given.get('class')} from {given.get('module')}), not an advcoreset "
+                f"architecture: rebuild it with your own code ({how}), then load {WEIGHTS} into it")
+    if architecture is not None:
+        return (f"the weights are not those of advcoreset's built-in {architecture!r}: rebuild the model "
+                f"with your own code, then load {WEIGHTS}")
+    return None
+
+
+def export_model(model: nn.Module | dict[str, torch.Tensor], out: str | Path, *, architecture: str | None,
+                 arguments: dict[str, Any], input_shape: Sequence[int], class_names: Sequence[str] | None = None,
                  threat_model: dict[str, Any] | None = None, accuracy: dict[str, float] | None = None,
-                 source: dict[str, Any] | None = None) -> Path:
+                 source: dict[str, Any] | None = None, num_classes: int | None = None,
+                 given: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors``, ``model.json`` and (for a built-in architecture) ``model_arch.py``.
 
     Args:
-        model: maps (B, *input_shape) pixels in [0, 1] to (B, num_classes) logits.
+        model: maps (B, *input_shape) pixels in [0, 1] to (B, num_classes) logits; or its state dict.
         architecture: registered name, or None for a model advcoreset cannot rebuild.
         arguments: keyword arguments of the architecture's factory (``create_model`` minus the name).
         input_shape: (C, H, W).
+        num_classes: the logits' width when ``arguments`` do not say it (a model of the caller's).
+        given: a caller's own module as ``config.yaml`` records it (class, module, factory): written as
+            model.json's ``model``, with a note saying how to rebuild it; the architecture is then null.
     Returns the folder."""
     from safetensors.torch import save_file
 
@@ -123,22 +139,26 @@ def export_model(model: nn.Module, out: str | Path, *, architecture: str | None,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = plain_state_dict(model)
+    state = plain_state_dict(model) if isinstance(model, nn.Module) else \
+        {k: v.detach().cpu().contiguous() for k, v in model.items()}
     save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT})
     as_created(out / WEIGHTS)  # safetensors writes 0600
     args = dict(arguments)
-    fits = is_exportable_architecture(architecture) and _fits(architecture, args, state)
+    fits = given is None and is_exportable_architecture(architecture) and _fits(architecture, args, state)
     meta: dict[str, Any] = {
         "format": FORMAT, "advcoreset_version": __version__,
         "architecture": architecture if fits else None,
         "arguments": args, "input_shape": [int(s) for s in input_shape], "input_range": [0.0, 1.0],
-        "mean": args.get("mean"), "std": args.get("std"), "num_classes": args.get("num_classes"),
+        "mean": args.get("mean"), "std": args.get("std"),
+        "num_classes": num_classes if num_classes is not None else args.get("num_classes"),
         "class_names": list(class_names) if class_names is not None else None,
         "threat_model": threat_model or {}, "accuracy": accuracy or {}, "source": source or {},
     }
-    if architecture is not None and meta["architecture"] is None:
-        meta["note"] = (f"the weights are not those of advcoreset's built-in {architecture!r}: rebuild the model "
-                        f"with your own code, then load {WEIGHTS}")
+    if given is not None:
+        meta["model"] = dict(given)
+    note = None if fits else _rebuild_note(architecture, given)
+    if note is not None:
+        meta["note"] = note
     (out / META).write_text(json.dumps(meta, indent=2) + "\n")
     if meta["architecture"] is not None:
         (out / ARCH).write_text(standalone_source())
@@ -157,13 +177,8 @@ def run_accuracy(results: dict[str, Any]) -> dict[str, float]:
             if k.startswith(("test_", "val_")) and k.endswith("_acc") and isinstance(v, (int, float))}
 
 
-def export_run_model(run_dir: str | Path, model: nn.Module, cfg: Config, input_shape: Sequence[int],
-                     class_names: Sequence[str] | None, results: dict[str, Any] | None = None,
-                     out: str | Path | None = None, checkpoint: str = "last") -> Path:
-    """Export a run's model into ``out`` (default: the run folder itself).
-
-    model: the run's classifier (an ``ImageClassifier`` for built-in architectures: mean/std are read from
-    its buffers); input_shape: (C, H, W); results: the run's final metrics (``results.json``)."""
+def _builtin_arguments(model: nn.Module, cfg: Config, input_shape: Sequence[int]) -> dict[str, Any]:
+    """The factory arguments of a built-in ``ImageClassifier`` (mean/std read from its buffers)."""
     c, h, _ = input_shape
     inner = _unwrap(model)
     args: dict[str, Any] = {"in_channels": int(c), "num_classes": int(getattr(inner, "num_classes", 0)) or None,
@@ -173,10 +188,30 @@ def export_run_model(run_dir: str | Path, model: nn.Module, cfg: Config, input_s
         args[key] = buf.flatten().tolist() if isinstance(buf, torch.Tensor) else None
     if cfg.model.width is not None:
         args["width"] = cfg.model.width
-    source = {"run": str(run_dir), "checkpoint": checkpoint, "dataset": cfg.data.name}
-    return export_model(model, out if out is not None else run_dir, architecture=cfg.model.name, arguments=args,
-                        input_shape=input_shape, class_names=class_names, threat_model=threat_model_of(cfg),
-                        accuracy=run_accuracy(results or {}), source=source)
+    return args
+
+
+def export_run_model(run_dir: str | Path, model: nn.Module | dict[str, torch.Tensor], cfg: Config,
+                     input_shape: Sequence[int], class_names: Sequence[str] | None,
+                     results: dict[str, Any] | None = None, out: str | Path | None = None, checkpoint: str = "last",
+                     num_classes: int | None = None) -> Path:
+    """Export a run's model into ``out`` (default: the run folder itself).
+
+    model: the run's classifier (an ``ImageClassifier`` for built-in architectures: mean/std are read from
+    its buffers), or, for a caller's own module (``model.name: user``), it or its state dict: model.json then
+    names no architecture and records the module (class, factory) with a note on rebuilding it.
+    input_shape: (C, H, W); results: the run's final metrics (``results.json``); num_classes: the logits' width.
+    A caller's Dataset (``data.name: user``) is recorded in ``source.data``."""
+    mine = cfg.model.name == USER
+    if not mine and not isinstance(model, nn.Module):
+        raise TypeError("a built-in architecture is exported from its module (mean/std are read from it)")
+    args = {} if mine or not isinstance(model, nn.Module) else _builtin_arguments(model, cfg, input_shape)
+    source = {"run": str(run_dir), "checkpoint": checkpoint, "dataset": cfg.data.name,
+              **({"data": cfg.data.user} if cfg.data.name == USER else {})}
+    return export_model(model, out if out is not None else run_dir, architecture=None if mine else cfg.model.name,
+                        arguments=args, input_shape=input_shape, class_names=class_names,
+                        threat_model=threat_model_of(cfg), accuracy=run_accuracy(results or {}), source=source,
+                        num_classes=num_classes, given=cfg.model.user if mine else None)
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -221,9 +256,12 @@ def check_meta(meta: dict[str, Any], path: str | Path) -> tuple[str, dict[str, A
 
     arch = meta.get("architecture")
     if arch is None:
+        given = meta.get("model")
+        factory = given.get("factory") if isinstance(given, dict) else None
+        how = f" ({factory}() builds it)" if isinstance(factory, str) else ""
         raise CheckpointError(f"{path} names no built-in architecture (the model was not built by "
-                              f"advcoreset): rebuild it with your own code and load {Path(path).parent / WEIGHTS} "
-                              "with safetensors.torch.load_file")
+                              f"advcoreset): rebuild it with your own code{how} and load "
+                              f"{Path(path).parent / WEIGHTS} with safetensors.torch.load_file")
     if not isinstance(arch, str) or not is_exportable_architecture(arch):
         names = [n for n in MODELS.names() if is_exportable_architecture(n)]
         raise refuse("architecture", f"is {arch!r}, not a built-in architecture (one of {', '.join(names)})")

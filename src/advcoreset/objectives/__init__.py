@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from advcoreset.config import ObjectiveConfig, SelectionConfig
 from advcoreset.objectives.base import Objective, ObjectiveOutput, eval_mode, weighted_mean
 from advcoreset.objectives.lp import NFGSM, PGDAT, TRADES, FastAT, Standard
 from advcoreset.registry import Registry
-
-if TYPE_CHECKING:  # configs are read by attribute only, so that the config module may import this package
-    from advcoreset.config import ObjectiveConfig, SelectionConfig
 
 OBJECTIVES: Registry[Objective] = Registry("objective")
 

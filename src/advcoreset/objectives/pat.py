@@ -12,16 +12,14 @@ they are the CE gradients at the perceptual adversarial points, as ACS prescribe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
 from advcoreset.attacks.lpips import LPIPS, SelfLPIPS, alexnet_lpips
 from advcoreset.attacks.perceptual import fast_lpa, perceptual_accuracy
+from advcoreset.config import ObjectiveConfig
 from advcoreset.objectives.base import Objective, eval_mode
-
-if TYPE_CHECKING:  # read by attribute only, so that the config module may import this package
-    from advcoreset.config import ObjectiveConfig
 
 
 class PAT(Objective):

@@ -35,19 +35,17 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from advcoreset.config import SelectionConfig
 from advcoreset.progress import Task
 from advcoreset.registry import Registry
 from advcoreset.selection.base import Selection, Selector, approximation_error
 from advcoreset.selection.craig import craig
 from advcoreset.selection.gradmatch import gradmatch_solve, ridge
-
-if TYPE_CHECKING:  # the config is read by attribute only: no run-time import, so config may import us
-    from advcoreset.config import SelectionConfig
 
 SELECTORS: Registry[Selector] = Registry("selector")
 
@@ -313,7 +311,7 @@ class CraigSelector(_SolverSelector):
     """CRAIG (facility location, lazy greedy) per class; weights are cluster sizes."""
 
     name = "craig"
-    # Resampling measured better for CRAIG (configs/bench_targets_120_i10*.yaml, benchmarks/README.md): a
+    # Resampling measured better for CRAIG (configs/bench/targets_120_i10*.yaml, benchmarks/README.md): a
     # medoid can stand for a large share of its class, and drawing in proportion to the weights keeps such
     # points out of any single step's weighted mean.
     weight_rule = "resample"

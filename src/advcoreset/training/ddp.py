@@ -35,7 +35,7 @@ from advcoreset.training.distributed import (
     shard_range,
     sum_counts,
 )
-from advcoreset.training.evaluate import evaluate_model
+from advcoreset.training.evaluate import HeldOut, evaluate_model
 
 
 class ShardedCoresetLoader(CoresetLoader):
@@ -134,7 +134,7 @@ def _rank_rows(n: int, first: int, env: DistEnv) -> Tensor:
 
 
 def evaluate_sharded(model: nn.Module, objective: Objective, cfg: Config, test: tuple[Tensor, Tensor],
-                     val: ImageArrays | None, env: DistEnv, final: bool = False) -> dict[str, Any]:
+                     val: ImageArrays | HeldOut | None, env: DistEnv, final: bool = False) -> dict[str, Any]:
     """``evaluate_model`` with the test (and validation) set split over the ranks and the correct counts
     summed: every ``*_acc`` is the whole set's; ``test_n`` counts every rank's examples. The same on every
     rank (a collective). AutoAttack runs on the first ``eval.autoattack_n`` test examples, split too."""

@@ -1,20 +1,23 @@
-"""One training epoch over weighted batches, with per-section timing that syncs the device once per epoch."""
+"""One training epoch over weighted batches (an optimiser step every ``optim.accumulate`` of them), with
+per-section timing that syncs the device once per epoch."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from advcoreset.config import OptimConfig
 from advcoreset.data.loader import Batch
 from advcoreset.objectives import Objective
+from advcoreset.objectives.base import ObjectiveOutput
 from advcoreset.progress import Task
 from advcoreset.training.schedule import lr_at
 
@@ -90,19 +93,45 @@ class EpochContext:
     """The caller's LR scheduler, stepped after every optimiser step (the loop then sets no rate)."""
 
 
-def _step(ctx: EpochContext, b: Batch, norm: Tensor | float | None, timer: StepTimer) -> Any:
+Micro = tuple[Batch, Tensor | float | None, bool]
+"""A fetched mini-batch, its loss normaliser (None: its weight sum) and whether it counts in the statistics."""
+
+
+def _step_norm(micro: list[Micro]) -> Tensor | float | None:
+    """The normaliser of an optimiser step over ``micro``: one mini-batch keeps its own (None: its weight sum);
+    accumulated ones share the sum of theirs, so the step's loss is sum_j w_j l_j over all of them divided by
+    their total weight (batch rule), exactly one batch of them all."""
+    if len(micro) == 1:
+        return micro[0][1]
+    total: Tensor | float = 0.0
+    for b, n, _ in micro:
+        total = total + (b.w.sum() if n is None else n)
+    return total
+
+
+def _step(ctx: EpochContext, micro: list[Micro], timer: StepTimer) -> list[ObjectiveOutput]:
+    """One optimiser step over the mini-batches ``micro`` (gradients accumulated); their objective outputs."""
     model, opt = ctx.model, ctx.optimizer
-    with timer.section("attack"), ctx.autocast():
-        x_adv = ctx.objective.attack(model, b.x, b.y)
+    norm, outs = _step_norm(micro), []
+    for k, (b, _, _) in enumerate(micro):
+        with timer.section("attack"), ctx.autocast():
+            x_adv = ctx.objective.attack(model, b.x, b.y)
+        with timer.section("update"):
+            last = k == len(micro) - 1
+            # DDP reduces gradients once per step: at the last mini-batch's backward
+            sync = cast(DDP, ctx.ddp).no_sync() if ctx.ddp is not None and not last else nullcontext()
+            with sync:
+                with ctx.autocast():
+                    out = ctx.objective.loss_at(ctx.ddp or model, b.x, x_adv, b.y, b.w, norm=norm)
+                if k == 0:
+                    opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+            outs.append(out)
     with timer.section("update"):
-        with ctx.autocast():
-            out = ctx.objective.loss_at(ctx.ddp or model, b.x, x_adv, b.y, b.w, norm=norm)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
         if ctx.optim.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), ctx.optim.grad_clip)
         opt.step()
-    return out
+    return outs
 
 
 def _set_lr(ctx: EpochContext, progress: float) -> float:
@@ -128,11 +157,28 @@ def _totals(ctx: EpochContext, loss_sum: Tensor, correct: Tensor, seen: int) -> 
     return float(t[0]), float(t[1]), int(t[2])
 
 
+def _check_and_note(ctx: EpochContext, i: int, n_batches: int, loss_sum: Tensor, correct: Tensor, seen: int,
+                    lr: float) -> str:
+    """After mini-batch ``i`` (1-based): every 50 and at the end (the loop's only host syncs) the running loss,
+    adversarial accuracy and LR as a progress note, after checking that the loss is finite; else ""."""
+    if i % 50 and i != n_batches:
+        return ""
+    tot_loss, tot_correct, tot_seen = _totals(ctx, loss_sum, correct, seen)
+    avg = tot_loss / max(tot_seen, 1)
+    if not math.isfinite(avg):
+        raise TrainingError(
+            f"the training loss became {avg} in epoch {ctx.epoch + 1} (batch {i}); the last good "
+            f"checkpoint {ctx.checkpoint} (epoch {ctx.epoch}) is untouched. Lower optim.lr, or check "
+            "the data for NaN/inf pixels.")
+    return f"loss {avg:.3f}, adv-acc {tot_correct / max(tot_seen, 1):.3f}, lr {lr:.3g}"
+
+
 def train_epoch(ctx: EpochContext, batches: Iterator[Batch], n_batches: int,
                 loss_norm: Callable[[Batch], Tensor | float | None], progress: Task | None = None,
                 counted: Callable[[Batch], bool] | None = None) -> dict[str, float]:
-    """One pass over ``batches`` (``n_batches`` of them); ``loss_norm(batch)`` is the weighted loss's
-    normaliser (None: the batch's weight sum); ``counted(batch)`` False leaves a batch (a rank's weight-0
+    """One pass over ``batches`` (``n_batches`` of them), an optimiser step every ``optim.accumulate`` of them;
+    ``loss_norm(batch)`` is the weighted loss's normaliser (None: the batch's weight sum; a step over several
+    sums theirs); ``counted(batch)`` False leaves a batch (a rank's weight-0
     stand-in) out of the epoch's statistics; ``progress`` is told of every batch (with the running loss,
     accuracy and LR every 50). Returns the epoch's loss, adversarial accuracy, examples seen (all ranks),
     last LR and ``time_*`` seconds (data, attack, update, epoch_wall)."""
@@ -142,30 +188,29 @@ def train_epoch(ctx: EpochContext, batches: Iterator[Batch], n_batches: int,
     correct = torch.zeros((), device=ctx.device)
     seen, lr = 0, 0.0
     t_start = time.perf_counter()
-    for i in range(n_batches):
+    acc = ctx.optim.accumulate
+    n_steps = -(-n_batches // acc)  # = ceil(k / (acc x batch)): the steps of one batch of them all
+    i = 0
+    while i < n_batches:
+        micro: list[Micro] = []
         with timer.section("data"):
-            b = next(batches)
-        lr = _set_lr(ctx, (ctx.epoch + i / n_batches) / ctx.optim.epochs)
-        out = _step(ctx, b, loss_norm(b), timer)
+            for _ in range(min(acc, n_batches - i)):
+                b = next(batches)
+                micro.append((b, loss_norm(b), counted is None or counted(b)))
+        # the schedule moves per optimiser step, as it would for one batch of accumulate x batch_size
+        lr = _set_lr(ctx, (ctx.epoch + (i // acc) / n_steps) / ctx.optim.epochs)
+        outs = _step(ctx, micro, timer)
         if ctx.scheduler is not None:
             ctx.scheduler.step()
-        if counted is None or counted(b):
-            loss_sum += out.per_example.float().sum()
-            correct += (out.logits.argmax(1) == b.y).sum()
-            seen += b.y.numel()
-        if (i + 1) % 50 == 0 or i + 1 == n_batches:  # the only host syncs of the loop
-            tot_loss, tot_correct, tot_seen = _totals(ctx, loss_sum, correct, seen)
-            avg = tot_loss / max(tot_seen, 1)
-            if not math.isfinite(avg):
-                raise TrainingError(
-                    f"the training loss became {avg} in epoch {ctx.epoch + 1} (batch {i + 1}); the last good "
-                    f"checkpoint {ctx.checkpoint} (epoch {ctx.epoch}) is untouched. Lower optim.lr, or check "
-                    "the data for NaN/inf pixels.")
-            note = f"loss {avg:.3f}, adv-acc {tot_correct / max(tot_seen, 1):.3f}, lr {lr:.3g}"
-        else:
-            note = ""
-        if progress is not None:
-            progress.update(1, note=note)
+        for (b, _, counts), out in zip(micro, outs, strict=True):
+            if counts:
+                loss_sum += out.per_example.float().sum()
+                correct += (out.logits.argmax(1) == b.y).sum()
+                seen += b.y.numel()
+            i += 1
+            note = _check_and_note(ctx, i, n_batches, loss_sum, correct, seen, lr)
+            if progress is not None:
+                progress.update(1, note=note)
     times = timer.totals()
     times["epoch_wall"] = time.perf_counter() - t_start
     tot_loss, tot_correct, tot_seen = _totals(ctx, loss_sum, correct, seen)

@@ -3,6 +3,7 @@ robust validation accuracy (per epoch, when a split exists), AutoAttack and the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,8 +18,17 @@ from advcoreset.objectives import Objective
 from advcoreset.progress import Reporter
 
 
+@dataclass
+class HeldOut:
+    """Validation images of a caller's Dataset, held in memory: (N, C, H, W) uint8 or float in [0, 1] and
+    (N,) int64 labels (the built-in data's are ``ImageArrays``)."""
+
+    images: Tensor
+    labels: Tensor
+
+
 def evaluate_model(model: nn.Module, objective: Objective, cfg: Config, test: tuple[Tensor, Tensor],
-                   val: ImageArrays | None, device: torch.device, final: bool = False,
+                   val: ImageArrays | HeldOut | None, device: torch.device, final: bool = False,
                    progress: Reporter | None = None) -> dict[str, Any]:
     """``test_*`` metrics (and ``val_pgd{k}_acc`` per epoch). ``final``: PGD with eval.pgd_steps and
     restarts, AutoAttack if asked, and the objective's ``extra_evaluation`` (PAT: PPGD and LPA).

@@ -24,4 +24,6 @@ def final_line(r: dict[str, Any]) -> str:
     if r.get("grad_error_mean") is not None:
         n = r["selection_rounds_with_error"]
         line += f" | coreset gradient error {r['grad_error_mean']:.4f} (mean of {n} round{'s' if n != 1 else ''})"
+    if r.get("time_error_pass"):
+        line += f" (its measuring pass {r['time_error_pass']:.1f}s, not in the train time)"
     return line

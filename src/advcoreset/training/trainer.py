@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from advcoreset.config import Config, ConfigError, ConfigTypeError
+from advcoreset.config_checks import validate
 from advcoreset.coreset import CoresetLoader, run_selection, selection_gradients
 from advcoreset.data import DataSplits
 from advcoreset.data.sources import TensorSource
@@ -53,6 +54,7 @@ from advcoreset.training.distributed import (
 )
 from advcoreset.training.epoch import EpochContext, TrainingError, train_epoch
 from advcoreset.training.evaluate import evaluate_model
+from advcoreset.training.given import check_given, record_given
 from advcoreset.training.logging import MetricsLog, progress_mode
 from advcoreset.training.preflight import check_against_data, check_model_and_optimizer
 from advcoreset.training.report import epoch_line, final_line
@@ -77,7 +79,8 @@ class RunState:
     """Epochs completed."""
     best_val: float = -1.0
     times: dict[str, float] = field(default_factory=dict)
-    """Cumulative seconds: attack, update, data, selection_attack, selection_solver, eval."""
+    """Cumulative seconds: attack, update, data, selection_attack, selection_solver, eval, error_pass (the
+    ``grad_error`` pass of a gradient-free selector: measured, not part of training)."""
     grad_errors: list[float] = field(default_factory=list)
     """The coreset's relative gradient error of every selection round so far (rounds without gradients,
     e.g. random, add none)."""
@@ -90,12 +93,15 @@ class Trainer:
     Datasets of (image, int label)) and ``optimizer`` (over ``model``'s parameters) replace the parts the
     config would build; ``data`` replaces the dataset the config names with in-memory splits;
     ``selection_set``: ``train_set`` without its random augmentation, which the selection pass reads;
-    ``keys``: (image key, label key) when those datasets' items are dicts (``data.keyed``)."""
+    ``keys``: (image key, label key) when those datasets' items are dicts (``data.keyed``); ``model_factory``:
+    the "package.module:function" that builds ``model``, recorded in config.yaml and model.json. The saved
+    config names a caller's Dataset / model ``user`` and describes it (``training.given``)."""
 
     def __init__(self, cfg: Config, data: DataSplits | None = None, *, model: nn.Module | None = None,
                  train_set: Any = None, test_set: Any = None, optimizer: torch.optim.Optimizer | None = None,
-                 selection_set: Any = None, scheduler: Any = None, keys: Any = None) -> None:
-        self.cfg = cfg.validate()
+                 selection_set: Any = None, scheduler: Any = None, keys: Any = None,
+                 model_factory: str | None = None) -> None:
+        self.cfg = validate(cfg)
         if optimizer is not None and model is None:
             raise ConfigError("an optimizer was given without its model: pass model=... too")
         if scheduler is not None and (optimizer is None or cfg.optim.schedule != "none"):
@@ -105,6 +111,7 @@ class Trainer:
             raise ConfigError("pass either data (DataSplits) or train_set/test_set (Datasets), not both")
         if keys is not None and train_set is None:
             raise ConfigError("keys= names the fields of dict items of train_set/test_set: pass those Datasets too")
+        check_given(cfg, model=model, train_set=train_set, data=data, factory=model_factory)
         self.device = resolve_device(cfg.device)
         self.env = init_distributed(cfg.device)
         if self.env.is_distributed:  # one device per local rank
@@ -122,7 +129,7 @@ class Trainer:
         fast_layout = self.cuda or self.precision.dtype is not None
         self.memory_format = torch.channels_last if (fast_layout and cfg.channels_last) else torch.contiguous_format
         rd: RunData = (builtin_data(cfg, self.device, self.memory_format, data) if train_set is None
-                       else user_data(train_set, test_set, self.device, self.memory_format, selection_set, keys))
+                       else user_data(cfg, train_set, test_set, self.device, self.memory_format, selection_set, keys))
         self.run_data = rd
         check_against_data(cfg, rd.source.labels.cpu(), rd.shape, rd.num_classes)  # before any training
         check_agreement(self.env, cfg.to_dict(), rd.source.labels)  # torchrun: every rank runs the same job
@@ -133,6 +140,9 @@ class Trainer:
         self.model: nn.Module = (model if model is not None else builtin_model(cfg, rd)).to(self.device)
         if model is not None:  # a caller's model and optimiser, checked on a sample before any training
             check_model_and_optimizer(self.model, optimizer, rd.source.sample(2), rd.num_classes)
+        # what config.yaml records: a caller's Dataset / model as such (data.name, model.name user), never a default
+        self.cfg = record_given(cfg, model=model, factory=model_factory, train_set=train_set, test_set=test_set,
+                                keys=keys, rd=rd)
         # Module.to takes memory_format (it forwards **kwargs to torch._C._nn._parse_to); its stubs omit it
         self.model = convert_sync_bn(self.model.to(memory_format=self.memory_format),  # type: ignore[call-overload]
                                      self.env, cfg.optim.sync_bn)
@@ -155,9 +165,13 @@ class Trainer:
             batch_size=cfg.optim.batch_size, grad_features=s.grad_features, generator=self.generator,
             **({} if s.pool is None else {"pool": s.pool}),
             device=self.device, autocast=self._autocast, num_classes=rd.num_classes,
-            progress=lambda desc, total: self.progress(desc, total))
+            progress=lambda desc, total: self.progress(desc, total), measure_error=s.measure_error)
         if self.env.is_distributed:
             from advcoreset.training.ddp import ShardedCoresetLoader
+            if s.measure_error is True:
+                raise ConfigError("selection.measure_error=true is not supported under torchrun yet: set it to auto "
+                                  "(off there) or false, or measure in one process")
+            kw["measure_error"] = False
             self.loader: CoresetLoader = ShardedCoresetLoader(self.env, s, cfg.seed, rd.source, self.model,
                                                               sel_objective, amp=self.precision, **kw)
         else:
@@ -301,6 +315,9 @@ class Trainer:
             self._add_times({"selection_attack": srec["time_selection_attack"],
                              "selection_solver": srec["time_selection_solver"]})
             record.update({k: srec[k] for k in ("time_selection_attack", "time_selection_solver", "grad_error")})
+            if "time_error_pass" in srec:  # measured, not trained: outside train_seconds() and the cost
+                self._add_times({"error_pass": srec["time_error_pass"]})
+                record["time_error_pass"] = srec["time_error_pass"]
             if srec["grad_error"] is not None:
                 self.state.grad_errors.append(float(srec["grad_error"]))
         record["phase"] = ld.phase
@@ -349,6 +366,7 @@ class Trainer:
         results: dict[str, Any] = {"kind": "final", "epoch": self.state.epoch, **final,
                                    "time_train_total": self.train_seconds(), "time_final_eval": final_time,
                                    "time_selection": self.selection_seconds(), **self._grad_error_summary(),
+                                   "time_error_pass": self.state.times.get("error_pass", 0.0),
                                    **self._selection_summary(),
                                    "times": dict(self.state.times), "device": str(self.device),
                                    "precision": precision_record(self.precision),
@@ -357,7 +375,8 @@ class Trainer:
         if self.env.is_main:
             write_json_atomic(self.out / "results.json", results)
             # model.safetensors + model.json (+ model_arch.py): the model, loadable without advcoreset
-            export_run_model(self.out, self.model, self.cfg, self.run_data.shape, self.run_data.classes, results)
+            export_run_model(self.out, self.model, self.cfg, self.run_data.shape, self.run_data.classes, results,
+                             num_classes=self.run_data.num_classes)
         if mode in ("line", "bar") and self.env.is_main:
             print(final_line(results), flush=True)
         return results
@@ -405,7 +424,8 @@ class Trainer:
                 "grad_error_mean": sum(errs) / len(errs) if errs else None}
 
     def train_seconds(self) -> float:
-        """Training wall-clock so far: attack + update + data + selection (warm start included), no eval."""
+        """Training wall-clock so far: attack + update + data + selection (warm start included); no evaluation
+        and no ``grad_error`` measuring pass of a gradient-free selector (``times["error_pass"]``)."""
         t = self.state.times
         return sum(t.get(k, 0.0) for k in ("epoch_wall", "selection_attack", "selection_solver"))
 
@@ -413,11 +433,11 @@ class Trainer:
 def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, data: DataSplits | None = None,
           model: nn.Module | None = None, train_set: Any = None, test_set: Any = None,
           optimizer: torch.optim.Optimizer | None = None, selection_set: Any = None,
-          scheduler: Any = None, keys: Any = None) -> dict[str, Any]:
+          scheduler: Any = None, keys: Any = None, model_factory: str | None = None) -> dict[str, Any]:
     """Train (and finally evaluate) the run described by ``cfg``, with any parts the caller brings; see
     ``Trainer`` and ``Trainer.run``."""
     trainer = Trainer(cfg, data, model=model, train_set=train_set, test_set=test_set, optimizer=optimizer,
-                      selection_set=selection_set, scheduler=scheduler, keys=keys)
+                      selection_set=selection_set, scheduler=scheduler, keys=keys, model_factory=model_factory)
     try:
         results = trainer.run(resume=resume, stop_after=stop_after)
     except BaseException:

@@ -1,16 +1,6 @@
-"""``advcoreset bench``: the paper's table, measured. Full / Random / CRAIG / GradMatch (sample- and
-batch-wise) for every objective and coreset fraction, over several seeds, with a Markdown table, JSON and
-plots under ``benchmarks/results/<name>/``.
-
-    advcoreset bench configs/bench_quick.yaml            # CPU, Fashion-MNIST subset, ~1 hour
-    advcoreset bench configs/bench_full.yaml --jobs 1    # GPU, all data
-    advcoreset bench configs/bench_quick.yaml --report   # only re-aggregate finished runs
-
-Every run is an ordinary ``advcoreset train`` in its own folder, so a killed benchmark continues where it
-stopped: finished runs (``results.json``) are kept, interrupted ones resume from their ``last.pt``. A run
-recorded in the results folder's ``table.json`` counts as finished even without its folder (a committed study
-in a fresh checkout); to run one again, remove its folder and ``table.json`` (rebuilt from the run folders).
-"""
+"""The ``advcoreset bench`` command: a spec expanded into runs (``expand``), each an ``advcoreset train``
+child in its own folder, run a few at a time and resumed (``run_all``), then reported (``report``).
+``USAGE`` is the command's help."""
 
 from __future__ import annotations
 
@@ -28,17 +18,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from advcoreset.bench_evals import run_extra_evals
-from advcoreset.bench_plots import plot
-from advcoreset.bench_probe import record_probe
-from advcoreset.bench_report import aggregate, check_targets, collect, is_recorded, markdown, recorded
-from advcoreset.bench_spec import ENTRY_KEYS, METHODS, SpecError, load_spec
+from advcoreset.bench.evals import run_extra_evals
+from advcoreset.bench.plots import plot
+from advcoreset.bench.probe import record_probe
+from advcoreset.bench.report import aggregate, check_targets, collect, is_recorded, markdown, recorded
+from advcoreset.bench.spec import ENTRY_KEYS, METHODS, SpecError, load_spec
 from advcoreset.config import Config, ConfigError
+from advcoreset.config_checks import validate
 from advcoreset.progress import make_progress
 from advcoreset.training.run_folder import PARENT_ENV, check_writable, run_lock
 
-__all__ = ["METHODS", "Run", "aggregate", "check_targets", "expand", "load_spec", "main", "markdown", "plot",
-           "report", "run"]
+__all__ = ["METHODS", "USAGE", "Run", "aggregate", "check_targets", "expand", "load_spec", "main", "markdown",
+           "plot", "report", "run"]
+
+USAGE = """``advcoreset bench``: the paper's table, measured. Full / Random / CRAIG / GradMatch (sample- and
+batch-wise) for every objective and coreset fraction, over several seeds, with a Markdown table, JSON and
+plots under ``benchmarks/results/<name>/``.
+
+    advcoreset bench configs/bench/quick.yaml            # CPU, Fashion-MNIST subset, ~1 hour
+    advcoreset bench configs/bench/full.yaml --jobs 1    # GPU, all data
+    advcoreset bench configs/bench/quick.yaml --report   # only re-aggregate finished runs
+
+Every run is an ordinary ``advcoreset train`` in its own folder, so a killed benchmark continues where it
+stopped: finished runs (``results.json``) are kept, interrupted ones resume from their ``last.pt``. A run
+recorded in the results folder's ``table.json`` counts as finished even without its folder (a committed study
+in a fresh checkout); to run one again, remove its folder and ``table.json`` (rebuilt from the run folders).
+"""
 
 
 @dataclass
@@ -98,7 +103,7 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
                     if threads:
                         cfg["threads"] = threads
                     try:
-                        c = Config.from_dict(cfg).validate()  # fail before any run starts
+                        c = validate(Config.from_dict(cfg))  # fail before any run starts
                     except ConfigError as e:
                         raise SpecError(f"benchmark spec, objective {obj_name!r}, method {method!r}: {e}") from None
                     if method != "full" and c.selection.warm_epochs >= c.optim.epochs:  # a row labelled wrongly
@@ -145,7 +150,7 @@ def _execute(run: Run, log_dir: Path, devices: queue.Queue[str] | None,
     Config.from_dict(run.config).save(req)
     resume = (run.folder / "last.pt").exists()
     cmd = train_command(run, req, resume)
-    if probe:  # the machine's speed as this run starts (advcoreset.bench_probe)
+    if probe:  # the machine's speed as this run starts (advcoreset.bench.probe)
         record_probe(run.folder, "resume" if resume else "start", run.config.get("threads"))
     t0 = time.perf_counter()
     log = log_dir / (run.key.replace("/", "__") + ".log")
@@ -231,7 +236,7 @@ def report(runs: list[Run], spec: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The bench command's arguments, for its own parser and for ``advcoreset bench``'s subparser."""
-    ap.add_argument("spec", help="benchmark YAML (configs/bench_quick.yaml, configs/bench_full.yaml)")
+    ap.add_argument("spec", help="benchmark YAML (configs/bench/quick.yaml, configs/bench/full.yaml)")
     ap.add_argument("--out", help="results folder (default benchmarks/results/<name>)")
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the spec's, else 1)")
     ap.add_argument("--report", action="store_true", help="only aggregate finished runs")
@@ -241,7 +246,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="advcoreset bench", description=__doc__,
+    """``advcoreset bench`` as a program of its own (``python -m advcoreset.bench SPEC``)."""
+    ap = argparse.ArgumentParser(prog="advcoreset bench", description=USAGE,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)
     return run(ap.parse_args(argv))
@@ -278,8 +284,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(failed)} runs failed: {failed}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-

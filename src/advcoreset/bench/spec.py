@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from advcoreset.bench_evals import check_extra_evals
+from advcoreset.bench.evals import check_extra_evals
 from advcoreset.config import ConfigError, read_yaml
 
 METHODS: dict[str, dict[str, Any]] = {

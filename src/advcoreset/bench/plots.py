@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from advcoreset.bench_report import BASES
+from advcoreset.bench.report import BASES
 
 MARKERS: dict[float | None, str] = {None: "*", 0.1: "v", 0.3: "o", 0.5: "s"}
 SEED_MARKERS = "o^sDvP*Xh"

@@ -3,7 +3,7 @@
 A run's record comes from its folder (``results.json``, ``metrics.jsonl`` and any ``eval_<name>.json``
 of the spec's ``extra_evals``). Run folders are not committed, so where a folder is gone the record is
 taken from the results folder's previous ``table.json``: ``advcoreset bench SPEC --report`` re-renders a
-committed study without its runs. The plots are in ``advcoreset.bench_plots``.
+committed study without its runs. The plots are in ``advcoreset.bench.plots``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from advcoreset.bench_probe import probe_median
+from advcoreset.bench.probe import probe_median
 
 METRICS = ("clean", "pgd", "autoattack", "ppgd", "lpa", "time", "selection_time", "grad_error", "cost", "epochs",
            "cost_epochs")
@@ -81,7 +81,7 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
         "autoattack": res.get("test_autoattack_acc"),
         "ppgd": res.get("test_ppgd_acc"), "lpa": res.get("test_lpa_acc"),
         "time": total,
-        # training time in units of the machine-speed probe (advcoreset.bench_probe) and in units of the
+        # training time in units of the machine-speed probe (advcoreset.bench.probe) and in units of the
         # run's own full-data epoch: both compare runs made at different machine speeds
         "probe": probe, "cost": total / probe if probe and total else None,
         "full_epoch": epoch_s, "epochs": total / epoch_s if epoch_s and total else None,
@@ -374,7 +374,7 @@ def _row_cells(r: dict[str, Any], ref: str | None, perceptual: bool, names: list
 def _basis_note(table: dict[str, Any]) -> str:
     basis = table.get("speedup_basis")
     if basis == BASES["probe"][1]:
-        return (", from train times divided by each run's machine-speed probe (advcoreset.bench_probe; the "
+        return (", from train times divided by each run's machine-speed probe (advcoreset.bench.probe; the "
                 "train-time column is as measured, on the day each run ran)")
     if basis == BASES["epoch"][1]:
         return (", from train times divided by the mean time of the run's own full-data epochs (Full's "
