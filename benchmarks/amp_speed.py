@@ -6,7 +6,7 @@ Three ``Trainer``s on the same data and initial weights: ``amp=false`` (fp32, co
 CPU run), the same in channels_last (what the layout alone buys), and ``amp=true`` (bf16 autocast in
 channels_last; refused on a CPU without native bf16). Each repeat times, in alternating order so that a drift of the
 machine's speed falls on both alike: one PGD-7 training epoch (``Trainer.train_epoch`` on ``n`` images) and
-one selection pass (``Trainer.selection_grads``: the 1-step selection attack and last-layer gradients of
+one selection pass (``CoresetLoader.gradients``: the 1-step selection attack and last-layer gradients of
 the full-scale study). The fastest repeat of each counts. Also written: how far the bf16 selection
 gradients are from the fp32 ones (relative Frobenius error) and the overlap of the GradMatch coresets
 chosen from each. Writes ``speed.json`` and ``speed.md`` under ``--out``. Run it alone on the machine.
@@ -71,13 +71,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for p in order:
             t = trainers[p]
             times[p]["epoch"].append(_timed(lambda t=t: t.train_epoch(idx, w), args.device))
-            times[p]["selection"].append(_timed(lambda t=t: t.selection_grads(), args.device))
+            times[p]["selection"].append(_timed(lambda t=t: t.loader.gradients(), args.device))
     # gradients of one and the same model in both precisions
     trainers["bf16"].model.load_state_dict(trainers["fp32"].model.state_dict())
     torch.manual_seed(0)
-    g32 = trainers["fp32"].selection_grads()
+    g32 = trainers["fp32"].loader.gradients()
     torch.manual_seed(0)
-    g16 = trainers["bf16"].selection_grads()
+    g16 = trainers["bf16"].loader.gradients()
     best = {p: {k: min(v) for k, v in d.items()} for p, d in times.items()}
     return {
         "what": f"small_cnn, Fashion-MNIST {n} images, batch {args.batch_size}, PGD-7 training epoch and "

@@ -2,7 +2,7 @@
 
 Volume (default, computed, no training): for Fashion-MNIST / small CNN, CIFAR-10 / ResNet-18 and
 ImageNet / ResNet-50, per world size, gradient features and mode (gather, partition, partition with a
-second round), the payload bytes one round sends by ``advcoreset.selection.distributed.round_bytes``
+second round), the payload bytes one round sends by ``advcoreset.selection.sharded.round_bytes``
 (the accounting the library's own counters use; tests/test_distributed.py checks they agree), beside
 one coreset epoch of DDP gradient all-reduce for scale. Writes benchmarks/results/distributed/volume.{json,md}.
 
@@ -50,7 +50,7 @@ def volume_rows(worlds: tuple[int, ...] = (2, 4, 8)) -> list[dict[str, Any]]:
     """One row per (setup, features, world, mode); classes taken as equal-sized (ImageNet's vary 732-1300
     per class, which changes k by well under 1%)."""
     from advcoreset.selection import class_budget
-    from advcoreset.selection.distributed import round_bytes
+    from advcoreset.selection.sharded import round_bytes
 
     rows = []
     for name, model, cin, classes, size, n, batch in SETUPS:
@@ -103,13 +103,13 @@ def worker(n: int, threads: int, device: str, model_name: str, dest: Path) -> No
     """One rank of a measured layout (run under torchrun): a selection round per mode, then an epoch."""
     import torch
 
+    from advcoreset import world as D
     from advcoreset.config import DataConfig, ObjectiveConfig, SelectionConfig
-    from advcoreset.data import prepare_data
-    from advcoreset.data.loader import to_float
+    from advcoreset.coreset.select import selection_gradients
+    from advcoreset.data import TensorSource, iterate_batches, prepare_data
     from advcoreset.models import create_model
     from advcoreset.objectives import build_objective
-    from advcoreset.selection.distributed import select_sharded, shard_grads
-    from advcoreset.training import distributed as D
+    from advcoreset.selection import ShardedSelector, build_selector
 
     torch.set_num_threads(threads)
     env = D.init_distributed(device)
@@ -117,25 +117,25 @@ def worker(n: int, threads: int, device: str, model_name: str, dest: Path) -> No
     images, labels = data.train.images.to(env.device), data.train.labels.to(env.device)
     torch.manual_seed(0)
     model = D.convert_sync_bn(create_model(model_name, 1, 10, 28), env).to(env.device)
-    D.seed_rank(0, env, epoch=0)
+    env.seed_epoch(0, epoch=0)
     obj = build_objective(ObjectiveConfig())
     res: dict[str, Any] = {"world_size": env.world_size, "threads": threads, "n": n, "device": str(env.device),
                            "model": model_name}
-    shard, t_grad = shard_grads(model, obj, images, labels, env.rank, env.world_size, 128)
+    t_grad = {"attack": 0.0, "gradient": 0.0}
+    rows = D.shard_range(labels.numel(), env.rank, env.world_size)
+    grads = selection_gradients(model, obj, TensorSource(images, labels, env.device), 128, rows=rows, times=t_grad)
     for mode, second in MODES:
-        r = select_sharded(mode, SelectionConfig(method="craig", fraction=FRACTION), 0, shard, labels.cpu(),
-                           torch.Generator().manual_seed(0), 1, second_round=second)
-        res[mode + ("+round2" if second else "")] = {**t_grad, **r.times, "bytes_total": r.bytes_total,
-                                                     "grad_error": r.grad_error, "k": r.selection.indices.numel()}
+        sharded = ShardedSelector(build_selector(SelectionConfig(method="craig", fraction=FRACTION), 0), env, mode,
+                                  second_round=second, solver_seed=lambda r: 1)
+        sel = sharded.select(grads, labels, torch.Generator().manual_seed(0))
+        res[mode + ("+round2" if second else "")] = {**t_grad, **sel.record["time_selection_split"],
+                                                     "bytes_total": sel.record["bytes_total"],
+                                                     "grad_error": sel.record["grad_error"], "k": sel.indices.numel()}
     ddp, opt = D.wrap_ddp(model, env), torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    sel = r.selection
     t0 = time.perf_counter()
-    for b in D.rank_batches(sel.indices.cpu(), sel.weights.cpu(), torch.Generator().manual_seed(0), env.rank,
-                            env.world_size, 128):
-        i = b.indices.to(env.device)
-        x, y = to_float(images[i]), labels[i]
-        out = obj.loss_at(ddp, x, obj.attack(model, x, y), y, b.weights.to(env.device), norm=D.loss_norm(
-            b, env.world_size))
+    for b in iterate_batches(images, labels, sel.indices.to(env.device), sel.weights.to(env.device), 128,
+                             torch.Generator().manual_seed(0), rank=env.rank, world=env.world_size):
+        out = obj.loss_at(ddp, b.x, obj.attack(model, b.x, b.y), b.y, b.w, norm=b.norm)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()

@@ -93,7 +93,7 @@ def parts(device: str, repeats: int, n: int, root: str | None = None) -> list[di
         if fp32_trainer is None:
             fp32_trainer = t
         for name, fn in (("train_step", lambda t=t: t.train_epoch(torch.arange(n), torch.ones(n))),
-                         ("selection", lambda t=t: t.selection_grads())):
+                         ("selection", lambda t=t: t.loader.gradients())):
             rows.append({"part": name, "precision": prec, "images": n, "flops": count_flops(fn),
                          "seconds": best_seconds(fn, device, repeats)})
     assert fp32_trainer is not None

@@ -63,7 +63,7 @@ def main() -> None:
     # the attack pass of a selection round, exactly as the trainer does it
     tr.model.eval()
     t0 = time.perf_counter()
-    grads = tr.selection_grads()
+    grads = tr.loader.gradients()
     attack_s = time.perf_counter() - t0
 
     rows = []

@@ -1,11 +1,12 @@
 """The multi-rank half of tests/test_distributed.py: ``torchrun ... distributed_worker.py OUT [KILL_RANK]``.
 
-Every rank trains the tiny problems through ``advcoreset.training.distributed`` and runs the sharded
-selections, then saves what it got to OUT/rank<r>.pt; the test compares that with single-process runs
-of the same problems (defined here, so both sides build exactly the same data and model). Then the real
-trainer runs ``trainer_config`` to the end in OUT/whole. With KILL_RANK, the same run starts again in
-OUT/killed and that rank dies by SIGKILL after epoch ``KILL_AFTER``, while the others enter the next
-epoch's collectives: they must notice (and write OUT/peer_lost_rank<r>) instead of waiting forever.
+Every rank trains the tiny problems on its part of every global batch (``data.iterate_batches`` with
+``rank, world``) and runs the sharded selections (``selection.ShardedSelector``), then saves what it got to
+OUT/rank<r>.pt; the test compares that with single-process runs of the same problems (defined here, so both
+sides build exactly the same data and model). Then the real trainer runs ``trainer_config`` to the end in
+OUT/whole. With KILL_RANK, the same run starts again in OUT/killed and that rank dies by SIGKILL after epoch
+``KILL_AFTER``, while the others enter the next epoch's collectives: they must notice (and write
+OUT/peer_lost_rank<r>) instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -20,21 +21,12 @@ from torch import Tensor, nn
 
 from advcoreset.config import AttackConfig, Config, ObjectiveConfig, SelectionConfig
 from advcoreset.config_checks import load_config
-from advcoreset.data.loader import to_float
+from advcoreset.data import iterate_batches
 from advcoreset.evaluation.robust import accuracy
 from advcoreset.objectives import Objective, build_objective
-from advcoreset.selection.distributed import GradShard, select_sharded
+from advcoreset.selection import GradShard, Selection, ShardedSelector, build_selector
 from advcoreset.training import Trainer
-from advcoreset.training.distributed import (
-    DistEnv,
-    init_distributed,
-    loss_norm,
-    rank_batches,
-    reduce_accuracies,
-    shard_range,
-    shutdown,
-    wrap_ddp,
-)
+from advcoreset.world import World, init_distributed, reduce_accuracies, shard_range, shutdown, wrap_ddp
 
 N, CLASSES, SIDE = 96, 3, 8
 EPOCHS = 2
@@ -76,17 +68,16 @@ def train_runs() -> dict[str, tuple[Tensor, Tensor, int]]:
             "coreset": (core, 0.5 + 2.5 * torch.rand(41, generator=g), 16)}
 
 
-def train_ranked(env: DistEnv, indices: Tensor, weights: Tensor, batch: int) -> nn.Module:
+def train_ranked(env: World, indices: Tensor, weights: Tensor, batch: int) -> nn.Module:
     """EPOCHS epochs on this rank's slices of every global batch, through DDP."""
     images, labels = images_labels()
     model = tiny_model()
     ddp, opt, obj = wrap_ddp(model, env), optimizer(model), objective()
     gen = torch.Generator().manual_seed(3)
     for _ in range(EPOCHS):
-        for b in rank_batches(indices, weights, gen, env.rank, env.world_size, batch):
-            x, y = to_float(images[b.indices]), labels[b.indices]
-            x_adv = obj.attack(model, x, y)
-            out = obj.loss_at(ddp, x, x_adv, y, b.weights, norm=loss_norm(b, env.world_size))
+        for b in iterate_batches(images, labels, indices, weights, batch, gen, rank=env.rank, world=env.world_size):
+            x_adv = obj.attack(model, b.x, b.y)
+            out = obj.loss_at(ddp, b.x, x_adv, b.y, b.w, norm=b.norm)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()
@@ -135,6 +126,20 @@ PARTITION = ["selection.distributed=partition", "selection.partition_rounds=2", 
              "optim.epochs=2", "eval.every=0"]
 
 
+def sharded_selection(env: World, grads: Tensor, labels: Tensor, mode: str, cfg: SelectionConfig,
+                      second: bool) -> dict[str, object]:
+    """This rank's result of a ``ShardedSelector`` round over its strided rows (``rank_rows``)."""
+    sharded = ShardedSelector(build_selector(cfg, SELECTION_SEED), env, mode, second_round=second,
+                              solver_seed=lambda r: SOLVER_SEED)
+    gen = torch.Generator().manual_seed(GENERATOR_SEED)
+    rows = rank_rows(env.rank, env.world_size)
+    sel: Selection = (sharded.select_shard(GradShard(grads[rows], labels[rows], rows), labels, gen)
+                      if sharded.needs_grads else sharded.select(None, labels, gen))
+    rec = sel.record
+    return {"indices": sel.indices, "weights": sel.weights, "bytes_sent": rec["bytes_sent_rank"],
+            "bytes_total": rec["bytes_total"], "grad_error": rec["grad_error"], "times": rec["time_selection_split"]}
+
+
 def trainer_config(out_dir: Path) -> Config:
     return load_config(None, [*TRAINER_OVERRIDES, f"out_dir={out_dir}"])
 
@@ -152,14 +157,8 @@ def main(out: Path, kill_rank: int | None) -> None:
             res["eval_clean_acc"] = reduce_accuracies(
                 {"clean_acc": accuracy(model, images[lo:hi], labels[lo:hi])}, hi - lo, env)["clean_acc"]
     grads, labels = grad_problem()
-    rows = rank_rows(env.rank, env.world_size)
     for name, (mode, cfg, second) in SELECTIONS.items():
-        gen = torch.Generator().manual_seed(GENERATOR_SEED)
-        r = select_sharded(mode, cfg, SELECTION_SEED, GradShard(grads[rows], labels[rows], rows), labels, gen,
-                           SOLVER_SEED, second_round=second)
-        res[f"sel_{name}"] = {"indices": r.selection.indices, "weights": r.selection.weights,
-                              "bytes_sent": r.bytes_sent, "bytes_total": r.bytes_total,
-                              "grad_error": r.grad_error, "times": r.times}
+        res[f"sel_{name}"] = sharded_selection(env, grads, labels, mode, cfg, second)
     torch.save(res, out / f"rank{env.rank}.pt")
     Trainer(trainer_config(out / "whole")).run()  # Trainer.run keeps the process group (train() ends it)
     Trainer(load_config(None, [*TRAINER_OVERRIDES, *PARTITION, f"out_dir={out / 'partition'}"])).run()
@@ -173,11 +172,11 @@ class _DiesAfter(Trainer):
 
     kill_rank = 1
 
-    def _epoch(self, mode: str) -> None:
-        super()._epoch(mode)
+    def _epoch(self) -> None:
+        super()._epoch()
         if self.state.epoch == KILL_AFTER:
             torch.distributed.barrier()  # rank 0 has written this epoch's last.pt
-            if self.env.rank == self.kill_rank:
+            if self.world.rank == self.kill_rank:
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -187,7 +186,7 @@ def _die_or_notice(kill_rank: int, out: Path) -> None:
     try:
         trainer.run()
     except Exception as e:  # noqa: BLE001 - any failure of the next collective is the expected outcome
-        (out / f"peer_lost_rank{trainer.env.rank}").write_text(type(e).__name__)
+        (out / f"peer_lost_rank{trainer.world.rank}").write_text(type(e).__name__)
         sys.exit(3)
 
 

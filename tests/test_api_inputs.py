@@ -113,3 +113,12 @@ def test_a_foreign_loader_state_is_refused_before_anything_changes():
         with pytest.raises(ValueError, match=match):
             loader.load_state_dict(bad)
         assert loader.epoch == 0
+
+
+def test_selector_options_with_a_selector_object_are_refused_not_dropped():
+    from advcoreset.selection import RandomSelector
+
+    with pytest.raises(ValueError, match=r"\['lam'\] apply to a selector given by name"):
+        CoresetLoader(toy(16), mlp(), "standard", method=RandomSelector(0.5), lam=0.1)
+    with pytest.raises(ValueError, match=r"\['tol'\] apply to a selector given by name"):
+        select_coreset(mlp(), toy(16), "standard", method=RandomSelector(0.5), tol=0.1)

@@ -18,11 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from advcoreset.checkpoint import check_resumable, load_checkpoint
 from advcoreset.cli import main
 from advcoreset.evaluation.outside import build_outside_model
-from advcoreset.models.export import load_model
+from advcoreset.export import load_model
 from advcoreset.safeload import CheckpointError, check_coreset_state, check_state_dict
-from advcoreset.training.checkpoint import check_resumable, load_checkpoint
 
 TINY = ["--set", "data.name=digits", "--set", "data.test_subset=32", "--set", "model.width=8",
         "--set", "objective.attack.steps=1", "--set", "optim.epochs=1", "--set", "eval.pgd_steps=1",
@@ -179,6 +179,7 @@ def test_a_non_tensor_model_entry_is_refused(kind, finished, tmp_path, capsys):
 
 def test_trainer_checks_before_restoring(finished, tmp_path, monkeypatch):
     """The trainer itself (train(cfg, resume=True), no CLI) refuses before any state is restored."""
+    import advcoreset.training.run_folder as run_folder
     import advcoreset.training.trainer as trainer_mod
     from advcoreset.config import Config
     from advcoreset.config_checks import validate
@@ -188,7 +189,7 @@ def test_trainer_checks_before_restoring(finished, tmp_path, monkeypatch):
     def no_restore(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("RNG state restored before the checkpoint was checked")
 
-    monkeypatch.setattr(trainer_mod, "set_rng_state", no_restore)
+    monkeypatch.setattr(run_folder, "set_rng_state", no_restore)
     before = snapshot(tmp_path)
     cfg = validate(Config.from_yaml(run / "config.yaml"))
     cfg.out_dir = str(run)

@@ -17,23 +17,29 @@ import torch.distributed as dist
 from torch import nn
 
 from advcoreset.config import SelectionConfig
-from advcoreset.data.loader import iterate_batches, random_crop_flip
+from advcoreset.coreset import CoresetLoader, CoresetSampler
+from advcoreset.coreset.sampler import CoresetBatches
+from advcoreset.coreset.select import selection_gradients
+from advcoreset.data import Part, TensorSource, iterate_batches, random_crop_flip, rank_part
 from advcoreset.evaluation.robust import accuracy
-from advcoreset.selection import RandomSelector, approximation_error, build_selector, class_budget
-from advcoreset.selection.distributed import GradShard, class_owners, round_bytes, select_sharded, shard_range
-from advcoreset.training.distributed import (
-    DistEnv,
+from advcoreset.selection import (
+    GradShard,
+    RandomSelector,
+    ShardedSelector,
+    approximation_error,
+    build_selector,
+    class_budget,
+)
+from advcoreset.selection.sharded import class_owners, round_bytes
+from advcoreset.world import (
     DistributedError,
+    World,
     convert_sync_bn,
     init_distributed,
-    iterate_rank_batches,
     launch_info,
-    loss_norm,
-    rank_batches,
-    rank_crop_flip,
     rank_device,
     reduce_accuracies,
-    seed_rank,
+    shard_range,
     use_sync_bn,
 )
 
@@ -288,74 +294,114 @@ def test_without_torchrun_the_world_is_one_process(monkeypatch: pytest.MonkeyPat
             rank_device("cuda", 0, 2)
 
 
-def test_one_rank_batches_are_the_single_process_batches() -> None:
+def test_a_world_of_one_keeps_the_whole_batch() -> None:
+    idx, w = torch.arange(5), torch.rand(5)
+    mine, weights, part = rank_part(idx, w, 0, 1)
+    assert mine is idx and weights is w and part is None
     images, labels = W.images_labels()
     idx, w, _ = W.train_runs()["coreset"]
     want = list(iterate_batches(images, labels, idx, w, 16, torch.Generator().manual_seed(9)))
-    got = list(rank_batches(idx, w, torch.Generator().manual_seed(9), 0, 1, 16))
-    assert [b.indices.tolist() for b in got] == [b.idx.tolist() for b in want]
+    got = list(iterate_batches(images, labels, idx, w, 16, torch.Generator().manual_seed(9), rank=0, world=1))
     for g, b in zip(got, want, strict=True):
-        assert torch.equal(g.weights, b.w) and g.global_weight == b.w.sum() and loss_norm(g, 1) == b.w.sum()
+        assert all(torch.equal(getattr(g, f), getattr(b, f)) for f in ("x", "y", "w", "idx"))
+        assert g.part is None and g.norm is None and g.counted
 
 
-def test_rank_loader_is_the_loader_for_one_rank_and_splits_it_for_two() -> None:
+def test_ranks_split_each_global_batch_and_its_augmentation() -> None:
     images, labels = W.images_labels()
     idx, w, _ = W.train_runs()["coreset"]
     want = list(iterate_batches(images, labels, idx, w, 16, torch.Generator().manual_seed(9), padding=2, flip=True))
-    one = list(iterate_rank_batches(images, labels, idx, w, 16, torch.Generator().manual_seed(9), DistEnv(),
-                                    padding=2, flip=True))
-    two = [list(iterate_rank_batches(images, labels, idx, w, 16, torch.Generator().manual_seed(9),
-                                     DistEnv(r, 2, r, torch.device("cpu"), "gloo"), padding=2, flip=True))
-           for r in range(2)]
+    two = [list(iterate_batches(images, labels, idx, w, 16, torch.Generator().manual_seed(9), padding=2, flip=True,
+                                rank=r, world=2)) for r in range(2)]
     for step, b in enumerate(want):
-        got = one[step][0]
-        assert all(torch.equal(getattr(got, f), getattr(b, f)) for f in ("x", "y", "w", "idx"))
-        assert torch.equal(torch.cat([two[r][step][0].x for r in range(2)]), b.x)
+        for f in ("x", "y", "w", "idx"):
+            assert torch.equal(torch.cat([getattr(two[r][step], f) for r in range(2)]), getattr(b, f))
+        assert all(two[r][step].norm == b.w.sum() / 2 for r in range(2))
+
+
+def _global_batches(idx: torch.Tensor, w: torch.Tensor, rank: int, world: int, batch: int, seed: int = 0
+                    ) -> list[tuple[torch.Tensor, torch.Tensor, Part | None]]:
+    """The trainer's batch plan: a CoresetBatches of split global_batch over a sampler of this rank."""
+    sampler = CoresetSampler(idx, w, generator=torch.Generator().manual_seed(seed), rank=rank, world=world)
+    batches = CoresetBatches(sampler, batch, split="global_batch")
+    fetched = list(batches)
+    assert [torch.tensor(f, dtype=torch.long).tolist() for f in fetched] == [p[0].tolist() for p in batches.pending]
+    return list(batches.pending)
 
 
 def test_ranks_split_each_global_batch_disjointly() -> None:
     idx, w = torch.arange(100, 141), torch.rand(41)
-    per_rank = [list(rank_batches(idx, w, torch.Generator().manual_seed(0), r, 3, 16)) for r in range(3)]
-    one = list(rank_batches(idx, w, torch.Generator().manual_seed(0), 0, 1, 16))
-    for step, whole in enumerate(one):
+    per_rank = [_global_batches(idx, w, r, 3, 16) for r in range(3)]
+    one = _global_batches(idx, w, 0, 1, 16)
+    for step, (whole, whole_w, none) in enumerate(one):
+        assert none is None
         parts = [p[step] for p in per_rank]
-        real = torch.cat([p.indices for p in parts if not p.padded])
-        assert real.tolist() == whole.indices.tolist()
-        assert all(p.global_weight == whole.global_weight for p in parts)
-        assert sum(float(p.weights.sum()) for p in parts) == pytest.approx(float(whole.weights.sum()))
-    last = [p[-1] for p in per_rank]  # a global batch of 41 - 32 = 9 over 3 ranks: 3 each
-    assert [p.indices.numel() for p in last] == [3, 3, 3]
-    tiny = [list(rank_batches(idx[:2], w[:2], torch.Generator(), r, 3, 16))[0] for r in range(3)]
-    assert [p.padded for p in tiny] == [True, False, False] and float(tiny[0].weights.sum()) == 0.0
+        assert all(part is not None for _, _, part in parts)
+        real = torch.cat([i for i, _, part in parts if part is not None and not part.padded])
+        assert real.tolist() == whole.tolist()
+        assert all(part is not None and part.weight == whole_w.sum() for _, _, part in parts)
+        assert sum(float(pw.sum()) for _, pw, _ in parts) == pytest.approx(float(whole_w.sum()))
+    last = [p[-1][0] for p in per_rank]  # a global batch of 41 - 32 = 9 over 3 ranks: 3 each
+    assert [i.numel() for i in last] == [3, 3, 3]
+    tiny = [_global_batches(idx[:2], w[:2], r, 3, 16)[0] for r in range(3)]
+    assert [p is not None and p.padded for _, _, p in tiny] == [True, False, False]
+    assert float(tiny[0][1].sum()) == 0.0
 
 
 @pytest.mark.parametrize(("padding", "flip"), [(2, True), (2, False), (0, True)])
 def test_rank_augmentation_is_the_global_batch_augmentation(padding: int, flip: bool) -> None:
     images = torch.rand(41, 1, 6, 6)
     idx, w = torch.arange(41), torch.ones(41)
-    one = [random_crop_flip(images[b.indices], padding, flip, g) for g in [torch.Generator().manual_seed(4)]
-           for b in list(rank_batches(idx, w, g, 0, 1, 32))]
+    one = [random_crop_flip(images[b.idx], padding, flip, g) for g in [torch.Generator().manual_seed(4)]
+           for b in list(iterate_batches(images, w, idx, w, 32, g))]
     for world in (2, 3):
         per_rank = []
         for r in range(world):
             g = torch.Generator().manual_seed(4)
-            per_rank.append([rank_crop_flip(images[b.indices], b, padding, flip, g)
-                             for b in list(rank_batches(idx, w, g, r, world, 32))])
+            per_rank.append([random_crop_flip(images[b.idx], padding, flip, g, b.part)
+                             for b in list(iterate_batches(images, w, idx, w, 32, g, rank=r, world=world))])
         for step, whole in enumerate(one):
             assert torch.equal(torch.cat([p[step] for p in per_rank]), whole)
-    tiny = list(rank_batches(idx[:1], w[:1], torch.Generator(), 1, 2, 32))[0]  # a padded stand-in
-    assert rank_crop_flip(images[tiny.indices], tiny, padding, flip, torch.Generator()).shape == (1, 1, 6, 6)
+    tiny = list(iterate_batches(images, w, idx[:1], w[:1], 32, torch.Generator(), rank=0, world=2))[0]
+    assert tiny.part is not None and tiny.part.padded and not tiny.counted  # a stand-in
+    assert random_crop_flip(images[tiny.idx], padding, flip, torch.Generator(), tiny.part).shape == (1, 1, 6, 6)
 
 
-def test_seed_rank_separates_ranks_and_epochs_and_leaves_one_process_alone() -> None:
+@pytest.mark.parametrize("rule", ["batch", "epoch", "resample"])
+def test_the_loader_of_two_ranks_is_the_loader_of_one_process(rule: str) -> None:
+    """The trainer's path (CoresetLoader, split global_batch, a DataLoader over the in-memory source): two ranks'
+    batches together are one process's, augmentation included, and their loss normalisers make DDP's average
+    one process's weighted mean."""
+    images, labels = W.images_labels()
+    idx, w, _ = W.train_runs()["coreset"]
+
+    def loader(rank: int, world: int) -> CoresetLoader:
+        source = TensorSource(images, labels, padding=1, flip=True)
+        return CoresetLoader(source, W.tiny_model(), "standard", method="full", batch_size=16, weight_rule=rule,
+                             generator=torch.Generator().manual_seed(6), rank=rank, world=world, split="global_batch")
+
+    one = loader(0, 1)
+    want = [(b, one.loss_norm(b)) for b in one.batches_for(idx, w)]
+    two = [loader(r, 2) for r in range(2)]
+    got = [[(b, ld.loss_norm(b)) for b in ld.batches_for(idx, w)] for ld in two]
+    assert len(want) == len(got[0]) == len(got[1]) == one.count_batches(41) == two[1].count_batches(41)
+    for step, (b, norm) in enumerate(want):
+        parts = [got[r][step] for r in range(2)]
+        for f in ("x", "y", "w", "idx"):
+            assert torch.equal(torch.cat([getattr(p, f) for p, _ in parts]), getattr(b, f))
+        whole = b.w.sum() if norm is None else norm
+        assert all(torch.allclose(torch.as_tensor(n) * 2, torch.as_tensor(whole)) for _, n in parts)
+
+
+def test_seed_epoch_separates_ranks_and_epochs_and_leaves_one_process_alone() -> None:
     torch.manual_seed(5)
     want = torch.rand(3)
     torch.manual_seed(5)
-    seed_rank(0, DistEnv(), epoch=3)
+    World().seed_epoch(0, epoch=3)
     assert torch.equal(torch.rand(3), want)
     draws = {}
     for r, epoch in [(0, 0), (1, 0), (0, 1), (0, 0)]:
-        seed_rank(0, DistEnv(r, 2, r, torch.device("cpu"), "gloo"), epoch)
+        World(r, 2, r, torch.device("cpu"), "gloo").seed_epoch(0, epoch)
         draws.setdefault((r, epoch), []).append(torch.rand(3))
     assert torch.equal(*draws[(0, 0)])  # the same (seed, epoch, rank): the same stream, as after a resume
     assert not torch.equal(draws[(0, 0)][0], draws[(1, 0)][0])
@@ -363,9 +409,9 @@ def test_seed_rank_separates_ranks_and_epochs_and_leaves_one_process_alone() -> 
 
 
 def test_sync_bn_is_on_for_cuda_ranks_only() -> None:
-    cpu2 = DistEnv(0, 2, 0, torch.device("cpu"), "gloo")
-    cuda2 = DistEnv(0, 2, 0, torch.device("cuda", 0), "nccl")
-    assert not use_sync_bn(None, DistEnv()) and not use_sync_bn(True, DistEnv())
+    cpu2 = World(0, 2, 0, torch.device("cpu"), "gloo")
+    cuda2 = World(0, 2, 0, torch.device("cuda", 0), "nccl")
+    assert not use_sync_bn(None, World()) and not use_sync_bn(True, World())
     assert not use_sync_bn(None, cpu2) and use_sync_bn(None, cuda2) and not use_sync_bn(False, cuda2)
     with pytest.raises(DistributedError, match="sync_bn"):
         use_sync_bn(True, cpu2)
@@ -377,7 +423,7 @@ def test_sync_bn_is_on_for_cuda_ranks_only() -> None:
 
 
 def test_reduce_and_owners_single_process() -> None:
-    assert reduce_accuracies({"a": 0.75}, 8, DistEnv()) == {"a": 0.75}
+    assert reduce_accuracies({"a": 0.75}, 8, World()) == {"a": 0.75}
     owners = class_owners(torch.tensor([100, 90, 10, 10, 10]), 2)
     assert owners.tolist() == [0, 1, 1, 1, 1]  # 100^2 alone outweighs the rest
     assert shard_range(10, 2, 3) == (6, 10) and shard_range(10, 0, 3) == (0, 3)
@@ -387,20 +433,39 @@ def test_reduce_and_owners_single_process() -> None:
 def test_a_world_of_one_selects_exactly_like_the_selector(mode: str) -> None:
     grads, labels = W.grad_problem()
     cfg = SelectionConfig(method="gradmatch", fraction=0.2)
+    sharded = ShardedSelector(build_selector(cfg, 0), World(), mode)
     perm = torch.randperm(150, generator=torch.Generator().manual_seed(0))  # shard rows in any order
-    got = select_sharded(mode, cfg, 0, GradShard(grads[perm], labels[perm], perm), labels,
-                         torch.Generator().manual_seed(1), 0)
     ref = build_selector(cfg, 0).select(grads, labels, torch.Generator().manual_seed(1))
-    assert torch.equal(got.selection.indices, ref.indices) and torch.equal(got.selection.weights, ref.weights)
-    assert got.bytes_total == 0 and got.grad_error == approximation_error(grads, ref.indices, ref.weights)
+    for got in (sharded.select_shard(GradShard(grads[perm], labels[perm], perm), labels,
+                                     torch.Generator().manual_seed(1)),
+                sharded.select(grads, labels, torch.Generator().manual_seed(1))):
+        assert torch.equal(got.indices, ref.indices) and torch.equal(got.weights, ref.weights)
+        assert got.record["bytes_total"] == 0
+        assert got.record["grad_error"] == approximation_error(grads, ref.indices, ref.weights)
+
+
+class _Unweighted:
+    """A gradient selector that takes no point weights."""
+
+    name, needs_grads, subset, weight_rule = "mine", True, True, "batch"
+
+    def select(self, grads: Any, labels: torch.Tensor, generator: torch.Generator, progress: Any = None) -> Any:
+        raise AssertionError("not called")
 
 
 def test_bad_modes_fail_before_any_communication() -> None:
     labels = torch.tensor([0, 1])
+    craig = build_selector(SelectionConfig(method="craig"), 0)
     with pytest.raises(ValueError, match="selection.distributed"):
-        select_sharded("scatter", SelectionConfig(method="craig"), 0, None, labels, torch.Generator(), 0)
-    with pytest.raises(ValueError, match="gradient shard"):
-        select_sharded("gather", SelectionConfig(method="craig"), 0, None, labels, torch.Generator(), 0)
+        ShardedSelector(craig, World(), "scatter")
+    with pytest.raises(ValueError, match="gradient rows"):
+        ShardedSelector(craig, World(), "gather").select(None, labels, torch.Generator())
+    with pytest.raises(ValueError, match="point weights"):
+        ShardedSelector(_Unweighted(), World(), "partition", second_round=True)
+    with pytest.raises(ValueError, match="single examples"):
+        ShardedSelector(build_selector(SelectionConfig(method="craig", batchwise=True), 0), World(), "partition",
+                        second_round=True)
+    ShardedSelector(_Unweighted(), World(), "gather", second_round=True)  # gather has no second round
     with pytest.raises(ValueError, match="mode must be"):
         round_bytes("ring", 2, 10, 5, 2, 0)
 
@@ -431,16 +496,22 @@ class _Counted:
     def write(self, message: str) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 def test_sharded_selection_reports_its_attack_pass_and_solver() -> None:
-    from advcoreset.selection.distributed import shard_grads
-
     images, labels = W.images_labels()
     model, attack = W.tiny_model(), _Counted()
-    shard, _ = shard_grads(model, W.objective(), images, labels, rank=1, world=2, batch_size=20, progress=attack)
     lo, hi = shard_range(W.N, 1, 2)
-    assert sum(attack.updates) == hi - lo == shard.labels.numel() and len(attack.updates) == -(-(hi - lo) // 20)
+    times = {"attack": 0.0, "gradient": 0.0}
+    grads = selection_gradients(model, W.objective(), TensorSource(images, labels), 20, rows=(lo, hi),
+                                progress=lambda desc, total: attack, times=times)
+    assert sum(attack.updates) == hi - lo == grads.shape[0] and len(attack.updates) == -(-(hi - lo) // 20)
+    assert times["attack"] > 0 and times["gradient"] > 0
+    whole = selection_gradients(model, W.objective(), TensorSource(images, labels), 20)
+    assert torch.equal(grads, whole[lo:hi])  # the row range is those rows of the whole pass
     solver = _Counted()  # a world of one: the plain selector, one update per class
-    r = select_sharded("gather", SelectionConfig(method="craig", fraction=0.3), 0, shard, labels, torch.Generator(),
-                       7, progress=solver)
-    assert solver.updates == [1] * int(shard.labels.unique().numel()) and r.selection.indices.numel() > 0
+    sel = ShardedSelector(build_selector(SelectionConfig(method="craig", fraction=0.3), 0), World()).select_shard(
+        GradShard(grads, labels[lo:hi], torch.arange(lo, hi)), labels, torch.Generator(), progress=solver)
+    assert solver.updates == [1] * int(labels[lo:hi].unique().numel()) and sel.indices.numel() > 0

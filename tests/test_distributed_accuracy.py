@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from advcoreset.config_checks import load_config
 from advcoreset.training import Trainer
-from advcoreset.training.distributed import init_distributed, shutdown
+from advcoreset.world import init_distributed, shutdown
 out, seeds, overrides = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
 env = init_distributed("cpu", timeout_s=120)
 for seed in seeds:  # one launch for every seed: the job starts once

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from advcoreset.cli import main
 from advcoreset.config import Config
+from advcoreset.export import export_model, load_model
 from advcoreset.models import available_models, create_model
-from advcoreset.models.export import export_model, load_model
 from advcoreset.training import train
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "export.md"

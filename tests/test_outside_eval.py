@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import save_file
 
 import advcoreset.evaluation.outside as outside
+from advcoreset.checkpoint import save_atomic
 from advcoreset.cli import main
 from advcoreset.config import Config
 from advcoreset.evaluation import evaluate
 from advcoreset.evaluation.outside import build_outside_model, eval_images
-from advcoreset.training.checkpoint import save_atomic
 
 tests_helpers = pytest.importorskip("tests_helpers")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from advcoreset.checkpoint import load_checkpoint, save_atomic
 from advcoreset.config import ConfigError
 from advcoreset.config_checks import load_config
 from advcoreset.evaluation import accuracy
@@ -21,7 +22,6 @@ from advcoreset.precision import (
     resolve_precision,
 )
 from advcoreset.training import Trainer, TrainingError
-from advcoreset.training.checkpoint import load_checkpoint, save_atomic
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 needs_bf16 = pytest.mark.skipif(not cpu_bf16_native(), reason="this CPU has no native bf16")
@@ -94,7 +94,7 @@ def test_bf16_training_computes_in_bf16_and_evaluates_in_fp32(tmp_path: Path) ->
     assert t.precision.name == "bf16"
     assert t.model.stages[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     x = t.loader.source.sample(4)
-    with t._autocast():
+    with t.parts.autocast():
         assert t.model(x).dtype == torch.bfloat16  # the training step's forward runs in bf16
     res = t.run()
     assert res["precision"] == {"train": "bf16", "selection": "bf16", "eval": "fp32"}

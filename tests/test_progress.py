@@ -88,7 +88,7 @@ def test_selection_pass_reports_attack_pass_and_solver(tmp_path):
     tr = Trainer(cfg)
     buf = io.StringIO()
     tr.progress = make_progress("line", interval=0, stream=buf)
-    sel, _ = tr.select()
+    sel, _ = tr.loader.choose()
     out = lines(buf)
     attack = [ln for ln in out if ln.startswith("selection: attack pass")]
     assert [ln.split(" (")[0].split(": ")[-1] for ln in attack[:3]] == ["64/150", "128/150", "150/150"]

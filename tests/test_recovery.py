@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from advcoreset import cli
+from advcoreset.checkpoint import load_checkpoint
 from advcoreset.cli import main
-from advcoreset.training.checkpoint import load_checkpoint
 from advcoreset.training.run_folder import lock_holder, run_lock
 from advcoreset.training.trainer import Trainer
 

@@ -13,9 +13,9 @@ import hashlib
 import pytest
 import torch
 
+from advcoreset.checkpoint import load_checkpoint
 from advcoreset.config_checks import load_config
 from advcoreset.training import train
-from advcoreset.training.checkpoint import load_checkpoint
 
 RECORDED_TORCH = "2.13.0+cpu"
 RECORDED_CPU = "AVX2"

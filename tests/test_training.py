@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from advcoreset.checkpoint import load_checkpoint
 from advcoreset.config import Config, ConfigError
 from advcoreset.config_checks import load_config
 from advcoreset.training import Trainer, TrainingError, train
-from advcoreset.training.checkpoint import load_checkpoint
 
 
 def tiny(tmp_path, *overrides: str) -> Config:

@@ -90,7 +90,7 @@ def train(config: Config | str | Path | dict[str, Any] | None = None, *, model: 
 
 def load_model(folder: Any, device: Any = "cpu") -> nn.Module:
     """Rebuild an exported model (a run folder, or ``advcoreset export``'s --out) with its weights, in eval
-    mode: (B, C, H, W) pixels in [0, 1] -> (B, num_classes) logits. See ``advcoreset.models.export``."""
-    from advcoreset.models.export import load_model as _load
+    mode: (B, C, H, W) pixels in [0, 1] -> (B, num_classes) logits. See ``advcoreset.export``."""
+    from advcoreset.export import load_model as _load
 
     return _load(folder, device)

@@ -25,11 +25,11 @@ from advcoreset.config_checks import load_config
 
 
 def _train(args: argparse.Namespace) -> int:
+    from advcoreset.checkpoint import check_resumable, load_checkpoint
     from advcoreset.training import train
-    from advcoreset.training.checkpoint import check_resumable, load_checkpoint
-    from advcoreset.training.distributed import launch_info
     from advcoreset.training.preflight import check_device
     from advcoreset.training.run_folder import check_start, check_writable, finished_results, run_lock
+    from advcoreset.world import launch_info
 
     overrides = list(args.set or [])
     if args.resume and args.config is None and args.out:

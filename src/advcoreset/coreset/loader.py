@@ -35,7 +35,15 @@ from torch.utils.data import DataLoader
 
 from advcoreset.coreset.parts import SELECTOR_OPTIONS, resolve_selection_objective, resolve_selector
 from advcoreset.coreset.sampler import WEIGHT_RULES, CoresetBatches, CoresetSampler
-from advcoreset.coreset.select import Autocast, Pool, Progress, check_batch_size, measures_error, run_selection
+from advcoreset.coreset.select import (
+    Autocast,
+    Pool,
+    Progress,
+    check_batch_size,
+    measures_error,
+    run_selection,
+    selection_gradients,
+)
 from advcoreset.data.datasets import DataError
 from advcoreset.data.loader import Batch
 from advcoreset.data.sources import TensorSource, as_source, check_label_range, collate_items, fetched
@@ -111,7 +119,11 @@ class CoresetLoader:
             random, not for rs2); timed as ``time_error_pass``, drawing nothing from the random streams.
         shuffle, drop_last, rank, world: the ``CoresetSampler``'s (``loader.sampler``): a random order per
             epoch; the last short batch dropped; this rank's share of every epoch (every rank must hold the
-            same coreset: same seed, model and random state when it is chosen).
+            same coreset: same seed, model and random state when it is chosen, or a ``ShardedSelector``).
+        split: how the ranks share an epoch (``CoresetBatches``): ``stride`` (``DistributedSampler``'s: each rank
+            its own batches of ``batch_size``) or ``global_batch`` (each global batch of ``batch_size`` drawn and
+            augmented as one process does, each rank its contiguous slice; ``loss_norm`` then makes DDP's
+            average of the ranks' gradients one process's step: the trainer's).
         **options: ``DataLoader`` arguments (``DATALOADER_OPTIONS``: num_workers, pin_memory, collate_fn,
             persistent_workers, prefetch_factor, worker_init_fn, ...), passed through as they are (a
             ``collate_fn`` gets (image, label) items and returns (x, y); ``num_workers`` also reads the
@@ -127,7 +139,7 @@ class CoresetLoader:
                  objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
                  attack_steps: int | None = None, attack_alpha: float | None = None, pool: float | None = None,
                  keys: Sequence[str] | None = None, shuffle: bool = True, drop_last: bool = False, rank: int = 0,
-                 world: int = 1, measure_error: bool | str = "auto", **options: Any) -> None:
+                 world: int = 1, split: str = "stride", measure_error: bool | str = "auto", **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_batch_size(batch_size)
@@ -164,7 +176,7 @@ class CoresetLoader:
         self.sampler = CoresetSampler(len(self.source), weight_rule=rule, shuffle=shuffle, generator=self.generator,
                                       rank=rank, world=world, drop_last=drop_last)
         """The current coreset as a ``torch.utils.data.Sampler`` (this rank's share of each epoch)."""
-        self.batch_sampler = CoresetBatches(self.sampler, batch_size, drop_last)
+        self.batch_sampler = CoresetBatches(self.sampler, batch_size, drop_last, split)
         self.dataloader = self._dataloader(loader_options, seed)
         self._init_state()
 
@@ -259,12 +271,23 @@ class CoresetLoader:
         self.sampler.set_epoch(self.epoch)
         if not self.selects_at():
             return None
-        sel, stats = run_selection(self.selector, self.model, self.objective, self.source, self.generator,
-                                   batch_size=self.batch_size, features=self.grad_features, layer=self.layer,
-                                   autocast=self.autocast, progress=self.progress, num_classes=self.num_classes,
-                                   round_index=self.round_index(), pool=self.pool, measure_error=self.measure_error)
+        sel, stats = self.choose()
         self.selection, self.stats = sel, {"epoch": self.epoch + 1, **stats}
         return self.stats
+
+    def choose(self) -> tuple[Selection, dict[str, Any]]:
+        """The selection round due at the start of the next epoch (attack pass, then the selector), with its
+        statistics (``run_selection``), without making it the coreset."""
+        return run_selection(self.selector, self.model, self.objective, self.source, self.generator,
+                             batch_size=self.batch_size, features=self.grad_features, layer=self.layer,
+                             autocast=self.autocast, progress=self.progress, num_classes=self.num_classes,
+                             round_index=self.round_index(), pool=self.pool, measure_error=self.measure_error)
+
+    def gradients(self) -> Tensor:
+        """(n, D) last-layer gradients of the selection objective at its adversarial points, for every training
+        example in order, as a selection round computes them."""
+        return selection_gradients(self.model, self.objective, self.source, self.batch_size,
+                                   features=self.grad_features, layer=self.layer, autocast=self.autocast)
 
     def epoch_batches(self) -> Iterator[Batch]:
         """The current epoch's batches under the weight rule (``start_epoch`` first, ``end_epoch`` after)."""
@@ -279,12 +302,13 @@ class CoresetLoader:
 
     def _iterate(self) -> Iterator[Batch]:
         """The DataLoader's batches of the sampler's epoch, each made a training batch by the source (device,
-        augmentation from the generator, in batch order) and given the weights the sampler planned for it."""
+        augmentation from the generator, in batch order) and given the weights (and the part of its global batch)
+        the batch sampler planned for it."""
         pending = self.batch_sampler.pending
         for out in fetched(self.dataloader, "the training set"):
-            x, y = self.source.finish(*_pair(out), self.generator)
-            idx, w = pending.popleft()
-            yield Batch(x, y, w.to(y.device), idx)
+            idx, w, part = pending.popleft()
+            x, y = self.source.finish(*_pair(out), self.generator, part)
+            yield Batch(x, y, w.to(y.device), idx, part)
 
     def end_epoch(self) -> None:
         """Count the current epoch as done (iteration does this itself)."""
@@ -303,8 +327,17 @@ class CoresetLoader:
 
     def loss_norm(self, batch: Batch) -> Tensor | float | None:
         """The loss normaliser of ``batch`` under the weight rule: None (the batch's own weight sum) or, for
-        ``epoch``, B * the epoch's mean weight."""
-        return None if self._wbar is None else batch.y.numel() * self._wbar
+        ``epoch``, B * the epoch's mean weight. A rank's part of a global batch (``batch.part``) is normalised by
+        the global batch's (its weight sum, or its size * the mean weight) over the world, so that DDP's average
+        of the ranks' gradients is the gradient of one process's weighted mean over the whole global batch."""
+        p = batch.part
+        if self._wbar is None:
+            return batch.norm
+        return batch.y.numel() * self._wbar if p is None else p.size * self._wbar / p.world
+
+    def count_batches(self, k: int) -> int:
+        """Batches this rank gets of an epoch over ``k`` indices (a coreset, a resampled draw, or all)."""
+        return self.batch_sampler.count(k)
 
     def __iter__(self) -> Iterator[Batch]:
         """One epoch. The epoch counts from the moment iteration starts: a loop that stops early (``break``,
@@ -323,7 +356,7 @@ class CoresetLoader:
         start is made now (iteration then uses it). During an epoch (an iteration under way): that epoch's."""
         if not self._open:
             self.start_epoch()
-        return self.batch_sampler.count(self.sampler.count(self._plan()[0].numel()))
+        return self.batch_sampler.count(self._plan()[0].numel())
 
     # --------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -64,7 +64,8 @@ def resolve_selection_objective(spec: str | Objective, options: dict[str, Any] |
 
 
 def resolve_selector(method: str | Selector, fraction: float, seed: int = 0, **options: Any) -> Selector:
-    """A selector: ``method`` itself when it is one, else the registered selector of that name (full, random,
+    """A selector: ``method`` itself when it is one (``fraction`` and ``seed`` are then its own, and options are
+    refused), else the registered selector of that name (full, random,
     random_fixed, rs2, craig, gradmatch) for ``fraction`` of every class, with the config's defaults overridden by
     ``options`` (batchwise, selection_batch_size, lam, tol, max_class_size). ``seed`` fixes batch splits and
     the fixed random subset."""
@@ -72,6 +73,9 @@ def resolve_selector(method: str | Selector, fraction: float, seed: int = 0, **o
         if not (hasattr(method, "select") and hasattr(method, "needs_grads")):
             raise ValueError(f"method must be a selector name {available_selectors()} or a Selector, got "
                              f"{type(method).__name__}")
+        if options:  # they would be silently dropped: the object selects as it was built
+            raise ValueError(f"selector options {sorted(options)} apply to a selector given by name, not to the "
+                             f"{type(method).__name__} object passed")
         return method
     if method not in available_selectors():
         raise ValueError(f"unknown selection method {method!r}; available: {available_selectors()}")

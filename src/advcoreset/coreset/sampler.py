@@ -8,8 +8,13 @@ which rank, and with which weights.
         ...
 
 ``CoresetLoader`` holds one (``loader.sampler``), re-points it at every new coreset and reads it through a
-``DataLoader`` whose batches carry the weights. Selection itself (warm start, rounds, the selector) is the
-loader's; the sampler only orders the current coreset.
+``DataLoader`` whose batches (``CoresetBatches``) carry the weights. Selection itself (warm start, rounds, the
+selector) is the loader's; the sampler only orders the current coreset.
+
+Two ways to share an epoch among ranks (``CoresetBatches``' ``split``): ``stride``, ``DistributedSampler``'s (each
+rank its own indices, its own batches of ``batch_size``); and ``global_batch``, the trainer's (every global batch
+of ``batch_size`` drawn as one process draws it, each rank its contiguous slice; ``data.loader.rank_part``), which
+makes N ranks take exactly one process's steps.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from advcoreset.data.loader import Part, rank_part
+
 WEIGHT_RULES = ("batch", "epoch", "resample")
+SPLITS = ("stride", "global_batch")
 
 
 class CoresetSampler(Sampler[int]):
@@ -102,14 +110,20 @@ class CoresetSampler(Sampler[int]):
             idx, w = idx[draw], torch.ones_like(w)
         return idx, w
 
-    def epoch_plan(self) -> tuple[Tensor, Tensor]:
-        """This rank's (indices (m,), weights (m,)) of the epoch, in order, m = ``len(self)``. Draws from the
-        generator (the resampled draw, then the permutation), as the loader's batches always have."""
+    def epoch_order(self) -> tuple[Tensor, Tensor]:
+        """The whole epoch's (indices (k,), weights (k,)) in order, every rank's, the same on every rank. Draws
+        from the generator (the resampled draw, then the permutation), as the loader's batches always have."""
         g = self._gen()
         idx, w = self.drawn(g)
         k = idx.numel()
         order = (torch.randperm(k, generator=g) if self.shuffle else torch.arange(k)).to(idx.device)
-        return self._share(idx[order]), self._share(w[order])
+        return idx[order], w[order]
+
+    def epoch_plan(self) -> tuple[Tensor, Tensor]:
+        """This rank's (indices (m,), weights (m,)) of the epoch, in order, m = ``len(self)`` (``epoch_order``
+        split as ``DistributedSampler`` splits)."""
+        idx, w = self.epoch_order()
+        return self._share(idx), self._share(w)
 
     def _share(self, t: Tensor) -> Tensor:
         """This rank's entries of the epoch's order ``t`` (k,), as ``DistributedSampler`` splits indices."""
@@ -154,26 +168,41 @@ class CoresetSampler(Sampler[int]):
 
 class CoresetBatches(Sampler[list[int]]):
     """A ``DataLoader``'s ``batch_sampler`` over a ``CoresetSampler``'s epoch: index lists of ``batch_size``
-    (the last one shorter, or dropped with ``drop_last``). Each batch's (indices (b,), weights (b,)) tensors
-    wait in ``pending``, oldest first, until the reader takes them with the batch the DataLoader fetched for
-    them (batches come back in order, with or without workers)."""
+    (the last one shorter, or dropped with ``drop_last``). Each batch's (indices (b,), weights (b,), part) wait in
+    ``pending``, oldest first, until the reader takes them with the batch the DataLoader fetched for them
+    (batches come back in order, with or without workers).
 
-    def __init__(self, sampler: CoresetSampler, batch_size: int, drop_last: bool = False) -> None:
-        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
-        self.pending: deque[tuple[Tensor, Tensor]] = deque()
+    ``split``: how the sampler's ``rank`` of ``world`` shares the epoch: ``stride``, as ``DistributedSampler``
+    (``CoresetSampler.epoch_plan``; part None); ``global_batch``, every global batch of ``batch_size`` cut into
+    contiguous per-rank slices (``data.loader.rank_part``; a world of one: the whole batch, part None)."""
 
-    def count(self, m: int) -> int:
-        """Batches of an epoch of ``m`` indices on this rank."""
+    def __init__(self, sampler: CoresetSampler, batch_size: int, drop_last: bool = False,
+                 split: str = "stride") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.sampler, self.batch_size, self.drop_last, self.split = sampler, batch_size, drop_last, split
+        self.pending: deque[tuple[Tensor, Tensor, Part | None]] = deque()
+
+    def count(self, k: int) -> int:
+        """Batches this rank gets of an epoch over ``k`` indices (all ranks' together)."""
+        m = self.sampler.count(k) if self.split == "stride" else k
         return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
 
     def __len__(self) -> int:
-        return self.count(len(self.sampler))
+        return self.count(self.sampler.indices.numel())
 
     def __iter__(self) -> Iterator[list[int]]:
         self.pending.clear()
-        idx, w = self.sampler.epoch_plan()
+        stride = self.split == "stride"
+        idx, w = self.sampler.epoch_plan() if stride else self.sampler.epoch_order()
         host = idx.cpu()  # one copy per epoch: index lists for the fetch, no device sync per batch
-        for start in range(0, self.count(idx.numel()) * self.batch_size, self.batch_size):
-            stop = start + self.batch_size
-            self.pending.append((idx[start:stop], w[start:stop]))
-            yield host[start:stop].tolist()
+        m, b = idx.numel(), self.batch_size
+        for start in range(0, (m // b if self.drop_last else -(-m // b)) * b, b):
+            stop = start + b
+            if stride:
+                self.pending.append((idx[start:stop], w[start:stop], None))
+                yield host[start:stop].tolist()
+                continue
+            mine, weights, part = rank_part(idx[start:stop], w[start:stop], self.sampler.rank, self.sampler.world)
+            self.pending.append((mine, weights, part))
+            yield host[start:stop][part.rows if part is not None else slice(None)].tolist()

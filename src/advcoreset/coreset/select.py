@@ -26,8 +26,10 @@ from advcoreset.selection import (
     RS2Selector,
     Selection,
     Selector,
+    ShardedSelector,
     approximation_error,
     last_layer_grads,
+    last_layer_grads_at,
     select_round,
 )
 
@@ -40,11 +42,16 @@ Autocast = Callable[[], AbstractContextManager[Any]]
 def selection_gradients(model: nn.Module, objective: Objective, source: DataSource, batch_size: int, *,
                         features: str = "last_layer", layer: LastLayer | None = None,
                         autocast: Autocast | None = None, progress: Progress | None = None,
-                        indices: Tensor | None = None) -> Tensor:
+                        indices: Tensor | None = None, rows: tuple[int, int] | None = None,
+                        times: dict[str, float] | None = None) -> Tensor:
     """(n, D) last-layer gradients of ``objective`` at its adversarial points for every example of
-    ``source`` (or only those at ``indices`` (k,), in that order), on the very pixels the attack ran on (no
-    augmentation), in index order. The batch size is the training batch, so per image the pass costs what
-    the training attack costs."""
+    ``source`` (or only those at ``indices`` (k,), in that order, or in the row range ``rows`` = [start, stop):
+    a rank's share of the pass), on the very pixels the attack ran on (no augmentation), in index order. The
+    batch size is the training batch, so per image the pass costs what the training attack costs. ``times``: add
+    the attack's and the gradients' seconds to ``times["attack"]`` and ``times["gradient"]`` (timed apart, with a
+    device sync after each)."""
+    if rows is not None:
+        indices = torch.arange(*rows)
     n = len(source) if indices is None else int(indices.numel())
     layer = layer or last_layer(model, source.sample())
     grads: Tensor | None = None
@@ -53,7 +60,8 @@ def selection_gradients(model: nn.Module, objective: Objective, source: DataSour
     batches = source.ordered(batch_size) if indices is None else source.ordered_at(indices, batch_size)
     for x, y in batches:
         with autocast() if autocast is not None else nullcontext():
-            g = last_layer_grads(model, objective, x, y, features, layer)
+            g = (last_layer_grads(model, objective, x, y, features, layer) if times is None
+                 else _timed_grads(model, objective, x, y, features, layer, times))
         if grads is None:
             # One (n, D) buffer: keeping every chunk alive until a final cat interleaved live blocks with the
             # attack's temporaries in the CPU heap, and the pass slowed down as it went.
@@ -69,6 +77,24 @@ def selection_gradients(model: nn.Module, objective: Objective, source: DataSour
     return grads
 
 
+def _timed_grads(model: nn.Module, objective: Objective, x: Tensor, y: Tensor, features: str, layer: LastLayer,
+                 times: dict[str, float]) -> Tensor:
+    """``last_layer_grads`` of the batch (x (B, C, H, W), y (B,)) -> (B, D), the attack's and the gradients'
+    seconds added to ``times`` (a device sync after each, so the seconds are theirs)."""
+    t0 = time.perf_counter()
+    with eval_mode(model):
+        x_adv = objective.attack(model, x, y)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    g = last_layer_grads_at(model, objective, x, x_adv, y, features, layer)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    times["attack"] += t1 - t0
+    times["gradient"] += time.perf_counter() - t1
+    return g
+
+
 def run_selection(selector: Selector, model: nn.Module, objective: Objective, source: DataSource,
                   generator: torch.Generator, *, batch_size: int, features: str = "last_layer",
                   layer: LastLayer | None = None, autocast: Autocast | None = None,
@@ -81,15 +107,20 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
     ``grad_error`` is reported for it too; that pass's seconds are ``time_error_pass``, not selection time,
     and it leaves the random streams (Python, NumPy, torch's CPU and the device's) as it found them.
     ``pool``: a gradient selector attacks and matches only inside this round's random pool (``Pool``); its
-    ``grad_error`` is then the error against the pool's gradient sum."""
+    ``grad_error`` is then the error against the pool's gradient sum. A ``ShardedSelector``: the pass covers this
+    rank's rows only (``rows``), and the round reports its own error, bytes and seconds (``Selection.record``)."""
     labels = source.labels
     t0 = time.perf_counter()
     at = None
     if pool is not None and selector.needs_grads:
         at, selector = pool.draw(labels, round_index, selector)
+    sharded = selector if isinstance(selector, ShardedSelector) else None
+    rows = None if sharded is None else sharded.rows(len(source))
+    times = {"attack": 0.0, "gradient": 0.0}
     with eval_mode(model):
         grads = selection_gradients(model, objective, source, batch_size, features=features, layer=layer,
-                                    autocast=autocast, progress=progress, indices=at) if selector.needs_grads else None
+                                    autocast=autocast, progress=progress, indices=at, rows=rows,
+                                    times=None if sharded is None else times) if selector.needs_grads else None
     t1 = time.perf_counter()
     error_grads, t_error = grads, 0.0
     if grads is None and measure_error:  # a measurement only: the run's random streams go on as without it
@@ -105,24 +136,36 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
     if sel.indices.is_cuda:
         torch.cuda.synchronize()
     t2 = time.perf_counter()
-    error = approximation_error(error_grads, sel.indices, sel.weights) if error_grads is not None else None
+    if "grad_error" in sel.record:
+        error = sel.record["grad_error"]
+    else:
+        error = approximation_error(error_grads, sel.indices, sel.weights) if error_grads is not None else None
     if at is not None:
         sel = from_pool(sel, at, labels)
+    stats = _stats(selector, sel, labels, num_classes, t1 - t0 - t_error, t2 - t1, error)
+    if at is not None:
+        stats.update(pool_size=int(at.numel()), grad_error_of="pool")
+    if t_error:
+        stats["time_error_pass"] = t_error
+    if sharded is not None:  # a sharded round: its own fields, this rank's seconds split by kind
+        stats.update({"world_size": sharded.world.world_size, **sel.record, "time_selection_solver": t2 - t1,
+                      "time_selection_split": {**times, **sel.record.get("time_selection_split", {})}})
+    return sel, stats
+
+
+def _stats(selector: Selector, sel: Selection, labels: Tensor, num_classes: int | None, attack_s: float,
+           solver_s: float, error: float | None) -> dict[str, Any]:
+    """The selection record of a round that chose ``sel`` among ``labels`` (N,)."""
     k = num_classes if num_classes is not None else int(labels.max()) + 1
-    stats: dict[str, Any] = {
+    return {
         "method": selector.name, "batchwise": bool(getattr(selector, "batchwise", False)),
         "coreset_size": int(sel.indices.numel()), "train_size": int(labels.numel()),
         "class_histogram": torch.bincount(labels[sel.indices], minlength=k).tolist(),
         "weight_sum": float(sel.weights.sum()),
         "effective_size": effective_size(sel.weights),
-        "time_selection_attack": t1 - t0 - t_error, "time_selection_solver": t2 - t1,
+        "time_selection_attack": attack_s, "time_selection_solver": solver_s,
         "grad_error": error, "solver_stats": sel.stats,
     }
-    if at is not None:
-        stats.update(pool_size=int(at.numel()), grad_error_of="pool")
-    if t_error:
-        stats["time_error_pass"] = t_error
-    return sel, stats
 
 
 def measures_error(setting: bool | str, selector: Selector) -> bool:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default
 
 from advcoreset.data.datasets import DataError
 from advcoreset.data.keyed import KeyedDataset
-from advcoreset.data.loader import random_crop_flip, to_float
+from advcoreset.data.loader import Part, random_crop_flip, to_float
 
 
 class DataSource(Protocol):
@@ -54,9 +54,11 @@ class DataSource(Protocol):
         """The map-style Dataset a training ``DataLoader`` reads (collated by ``collate_items``)."""
         ...
 
-    def finish(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def finish(self, x: Tensor, y: Tensor, generator: torch.Generator,
+               part: Part | None = None) -> tuple[Tensor, Tensor]:
         """A fetched batch (x (B, C, H, W), y (B,)) as a training batch on the device: x float in [0, 1],
-        augmented (random draws from ``generator``), y int64."""
+        augmented (random draws from ``generator``; ``part``: for the whole global batch, this rank's rows
+        kept), y int64."""
         ...
 
 
@@ -92,11 +94,12 @@ class TensorSource:
     def items(self) -> TensorItems:
         return TensorItems(self.images, self.labels)
 
-    def finish(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def finish(self, x: Tensor, y: Tensor, generator: torch.Generator,
+               part: Part | None = None) -> tuple[Tensor, Tensor]:
         """The batched ``random_crop_flip`` of ``data.loader.iterate_batches``, with the same random draws."""
         x = to_float(x.to(self.images.device, non_blocking=True))
         if self.padding or self.flip:
-            x = random_crop_flip(x, self.padding, self.flip, generator)
+            x = random_crop_flip(x, self.padding, self.flip, generator, part)
         return x.contiguous(memory_format=self.memory_format), y.to(self.labels.device, non_blocking=True)
 
 
@@ -299,13 +302,15 @@ class DatasetSource:
     def items(self) -> Dataset[Any]:
         return self.dataset
 
-    def finish(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def finish(self, x: Tensor, y: Tensor, generator: torch.Generator,
+               part: Part | None = None) -> tuple[Tensor, Tensor]:
         """Checked as the first item was (``_batch``), on the device; augmented by the dataset's transforms and,
-        with ``padding`` / ``flip``, by ``random_crop_flip`` from ``generator``."""
+        with ``padding`` / ``flip``, by ``random_crop_flip`` from ``generator`` (``part``: of a global batch)."""
         x, y = _batch(x, y, "the training set")
         x = self._to_device(x)
         if self.padding or self.flip:
-            x = random_crop_flip(x, self.padding, self.flip, generator).contiguous(memory_format=self.memory_format)
+            x = random_crop_flip(x, self.padding, self.flip, generator, part).contiguous(
+                memory_format=self.memory_format)
         return x, y.to(self.device, non_blocking=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -9,12 +10,14 @@ import torch
 from torch import nn
 
 from advcoreset.attacks.lpips import LPIPS, alexnet_lpips
+from advcoreset.checkpoint import CheckpointError, check_fits_data, check_state_dict, check_weights, load_checkpoint
 from advcoreset.config import USER, Config
 from advcoreset.config_checks import validate
 from advcoreset.data import prepare_data
 from advcoreset.data.datasets import dataset_record
 from advcoreset.device import resolve_device
 from advcoreset.evaluation.robust import default_pgd_alpha
+from advcoreset.export import export_run_model
 from advcoreset.models import available_models, create_model
 from advcoreset.objectives import threat_model
 from advcoreset.progress import Reporter
@@ -34,15 +37,6 @@ def load_run_model(run: str | Path, checkpoint: str = "last.pt",
     """The model of run folder ``run`` with the weights of ``checkpoint`` (last, best, or a file name in the
     run; read with weights_only=True). ValueError pointing to ``--model`` when the run's model is not one
     of advcoreset's architectures."""
-    # the checkpoint format is training's (to move below both parts with the run folder's other rules)
-    from advcoreset.training.checkpoint import (
-        CheckpointError,
-        check_fits_data,
-        check_state_dict,
-        check_weights,
-        load_checkpoint,
-    )
-
     run = Path(run)
     cfg = run_config(run)
     ckpt_path = run / CHECKPOINTS.get(checkpoint, checkpoint)
@@ -182,10 +176,6 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "last") -> Pa
     (+ model_arch.py) into ``out``. Accuracies come from results.json for ``last`` and from the checkpoint's
     validation score for ``best``. A run of a caller's own module (``model.name: user``) exports its weights
     with model.json naming no architecture (the module's class and factory, and a note on rebuilding it)."""
-    import json
-
-    from advcoreset.models.export import export_run_model
-
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint must be one of {sorted(CHECKPOINTS)}, got {checkpoint!r}")
     cfg = run_config(run)
@@ -201,8 +191,6 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "last") -> Pa
     if checkpoint == "last" and res_path.is_file():
         results = json.loads(res_path.read_text())
     elif checkpoint == "best":
-        from advcoreset.training.checkpoint import load_checkpoint
-
         best = load_checkpoint(Path(run) / CHECKPOINTS["best"])
         if "val_robust_acc" in best:
             results = {"val_robust_acc": best["val_robust_acc"]}
@@ -239,8 +227,6 @@ def _run_shape(cfg: Config) -> tuple[int, int, int]:
 def _own_weights(run: str | Path, checkpoint: str) -> dict[str, torch.Tensor]:
     """The state dict of a caller's own module in the run's ``checkpoint``, checked (every entry a finite
     floating tensor) before it is written anywhere."""
-    from advcoreset.training.checkpoint import CheckpointError, check_weights, load_checkpoint
-
     path = Path(run) / CHECKPOINTS[checkpoint]
     state = load_checkpoint(path).get("model")
     if not isinstance(state, dict):

@@ -19,13 +19,21 @@ class Selection:
     """(k,) float32 weights, > 0; sum equals the number of points represented (n for full coverage)."""
     stats: dict[str, Any] = field(default_factory=dict)
     """Solver diagnostics (e.g. per-class residuals); JSON-serialisable values only."""
+    record: dict[str, Any] = field(default_factory=dict)
+    """Fields of the round's selection record beside the solver's diagnostics, for a selector that measures its
+    own round (``ShardedSelector``: its mode, bytes sent, seconds and the whole set's ``grad_error``)."""
 
 
 class Selector(Protocol):
     """A coreset selector. ``needs_grads`` tells the caller whether to pay for the gradient pass; ``subset``
     is False for a selector that always returns every example (no warm start or schedule then);
     ``weight_rule`` is how its weights enter training by default (``batch``, ``epoch`` or ``resample``, see
-    ``advcoreset.coreset.loader``)."""
+    ``advcoreset.coreset.loader``).
+
+    Optional, declared by the selectors that have them: ``per_round`` (``select`` takes the schedule's
+    ``round_index``, e.g. RS2), ``batchwise`` (whole mini-batches are chosen), ``weighted`` (``select`` takes
+    ``point_weights`` and ``class_sizes``: rows that stand for several examples, as the partition mode's second
+    round passes them; CRAIG and GradMatch)."""
 
     name: str
     needs_grads: bool

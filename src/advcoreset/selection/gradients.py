@@ -30,9 +30,19 @@ def last_layer_grads(model: nn.Module, objective: Objective, x: Tensor, y: Tenso
     """
     if layer is None:
         layer = last_layer(model, x)
-    head = layer.linear
     with eval_mode(model):
         x_adv = objective.attack(model, x, y)
+    return last_layer_grads_at(model, objective, x, x_adv, y, features, layer)
+
+
+def last_layer_grads_at(model: nn.Module, objective: Objective, x: Tensor, x_adv: Tensor, y: Tensor,
+                        features: str = "last_layer", layer: LastLayer | None = None) -> Tensor:
+    """``last_layer_grads`` at adversarial inputs ``x_adv`` (B, C, H, W) already found by ``objective.attack``, so
+    that a caller can time the attack apart from the gradients. Returns (B, D) float32 gradients, detached."""
+    if layer is None:
+        layer = last_layer(model, x)
+    head = layer.linear
+    with eval_mode(model):
         pts = objective.points(x, x_adv)
         with torch.no_grad():
             hs = list(layer.features(torch.cat(pts)).float().split(x.shape[0]))

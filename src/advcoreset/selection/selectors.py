@@ -225,6 +225,8 @@ class _SolverSelector:
     needs_grads = True
     subset = True
     weight_rule = "batch"
+    weighted = True
+    """``select`` takes ``point_weights`` and ``class_sizes`` (rows standing for several examples)."""
 
     def __init__(self, fraction: float, batchwise: bool = False, batch_size: int = 32, seed: int = 0,
                  solver_threads: int | None = None) -> None:
@@ -246,9 +248,16 @@ class _SolverSelector:
         raise NotImplementedError
 
     def select(self, grads: Tensor | None, labels: Tensor, generator: torch.Generator,
-               progress: Task | None = None) -> Selection:
+               progress: Task | None = None, *, point_weights: Tensor | None = None,
+               class_sizes: Tensor | None = None) -> Selection:
+        """``Selector.select``. ``point_weights``: (n,) how many examples each row stands for (proposals of an
+        earlier round): CRAIG weighs its facility-location points by them, GradMatch matches sum_i u_i g_i;
+        ``class_sizes``: (C,) how many examples each class stands for, of which its budget is ``fraction``
+        (default: its rows). Batch-wise selection takes neither."""
         _check_inputs(grads, labels, self.name, True)
         assert grads is not None
+        if self.batchwise and (point_weights is not None or class_sizes is not None):
+            raise ValueError(f"{self.name}: batch-wise selection takes no point weights or class sizes")
         # The batch split is fixed across calls: its own generator, seeded by the selector's seed and
         # consumed class by class in ascending class order.
         batch_gen = torch.Generator().manual_seed(self.seed)
@@ -263,8 +272,9 @@ class _SolverSelector:
                 if self.batchwise:
                     local, w, info = self._select_batches(g_c, generator, batch_gen)
                 else:
-                    k = class_budget(self.fraction, n_c)
-                    local, w, solver_info = self._solve(g_c, k, generator, None)
+                    k = class_budget(self.fraction, n_c if class_sizes is None else int(class_sizes[c]))
+                    u = None if point_weights is None else point_weights[members.to(point_weights.device)]
+                    local, w, solver_info = self._solve(g_c, k, generator, u)
                     info = {"budget": k, **solver_info}
             solver_seconds += time.perf_counter() - t0
             local = local.cpu()

@@ -1,10 +1,11 @@
-"""Sharded coreset selection: each rank attacks and differentiates only its slice of the training set.
+"""Sharded coreset selection: ``ShardedSelector`` wraps any ``Selector`` for a world of ranks that each attack
+and differentiate only their slice of the training set (``shard_range``: the selection pass's row range).
 
 Two modes (``selection.distributed``), both ending with the same ``Selection`` (global positions, sorted)
 on every rank:
 
 - ``gather`` (exact): classes are spread over the ranks (``class_owners``); every rank sends the rows of
-  a class to the class's owner (one all-to-all), the registered selector (``build_selector``) runs there
+  a class to the class's owner (one all-to-all), the wrapped selector runs there
   on the class's rows in global order, and only indices and weights come back (an all-gather). Per class
   the solver sees the very matrix one process sees, so the coreset is the single-process one whenever
   the solver draws no randomness (CRAIG on classes <= ``max_class_size``, GradMatch without random fill)
@@ -13,8 +14,9 @@ on every rank:
 - ``partition`` (GreeDi-style, no gradient moves): each rank runs the selector on its own slice, so each
   class gets ceil(fraction * its rows on the rank) there; only indices and weights travel. With
   ``second_round=True`` each rank first proposes up to a whole class budget (fraction * world), the
-  proposals' gradients and weights go to the class owners, and a weighted solve there (CRAIG with the
-  proposals' weights as point weights, GradMatch matching their weighted sum) keeps ceil(fraction * n_c).
+  proposals' gradients and weights go to the class owners, and the wrapped selector runs there with the
+  proposals' weights as point weights (``weighted``: CRAIG weighs its facility-location points by them,
+  GradMatch matches their weighted sum) and keeps ceil(fraction * n_c) of each class.
 
 Bytes are counted as the payload each rank sends to other ranks: all-to-all rows addressed elsewhere,
 all-gather ``size * (world - 1)``, all-reduce ``2 (world - 1) / world * size`` (a ring's send volume).
@@ -22,36 +24,22 @@ all-gather ``size * (world - 1)``, all-reduce ``2 (world - 1) / world * size`` (
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import math
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
-from advcoreset.config import SelectionConfig
-from advcoreset.data.loader import to_float
-from advcoreset.objectives.base import Objective, eval_mode
 from advcoreset.progress import Task
-from advcoreset.selection.base import Selection, approximation_error, select_round
-from advcoreset.selection.craig import craig
-from advcoreset.selection.gradients import last_layer_grads
-from advcoreset.selection.gradmatch import gradmatch_solve, ridge
-from advcoreset.selection.selectors import build_selector, class_budget
+from advcoreset.selection.base import Selection, Selector, approximation_error, select_round
+from advcoreset.world import World, shard_range
 
 MODES = ("gather", "partition")
-
-
-def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous share of n items; shares differ by at most one, in rank order."""
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not in a world of {world}")
-    return rank * n // world, (rank + 1) * n // world
 
 
 @dataclass
@@ -64,28 +52,6 @@ class GradShard:
     """(n_r,) int64 classes in [0, num_classes)."""
     indices: Tensor
     """(n_r,) int64 global positions in the training set (disjoint across ranks)."""
-
-
-@dataclass
-class ShardedSelection:
-    selection: Selection
-    """The coreset over global positions, identical on every rank."""
-    mode: str
-    bytes_sent: int
-    """Payload this rank sent to other ranks during the round."""
-    bytes_total: int
-    """Payload all ranks sent together."""
-    times: dict[str, float] = field(default_factory=dict)
-    """Seconds on this rank: ``communication`` and ``solver`` (plus ``attack`` and ``gradient`` once the
-    caller merges ``shard_grads``' times)."""
-    grad_error: float | None = None
-    """||sum_i g_i - sum_j w_j g_j|| / ||sum_i g_i|| over the whole training set."""
-
-    def record(self) -> dict[str, Any]:
-        """JSON-serialisable fields for the selection record of ``metrics.jsonl``."""
-        return {"distributed_mode": self.mode, "bytes_sent_rank": self.bytes_sent,
-                "bytes_total": self.bytes_total, "grad_error": self.grad_error,
-                **{f"time_selection_{k}": v for k, v in self.times.items()}}
 
 
 class _Comm:
@@ -240,173 +206,145 @@ def _grad_error(comm: _Comm, shard: GradShard, sel: Selection, block: int = 1024
 
 
 def _finish(comm: _Comm, mode: str, shard: GradShard, sel: Selection, solver_s: float,
-            local_stats: dict[str, Any]) -> ShardedSelection:
+            local_stats: dict[str, Any]) -> Selection:
+    """The round's Selection on every rank: solver stats merged over the ranks, ``record`` with the whole set's
+    gradient error and the bytes sent."""
     err = _grad_error(comm, shard, sel)
     sel.stats = _merge_stats(local_stats, mode)
     sent = comm.bytes
     total = torch.tensor([float(sent)], dtype=torch.float64, device=comm.device)
     dist.all_reduce(total)
-    return ShardedSelection(sel, mode, sent, int(total[0]), {"communication": comm.seconds, "solver": solver_s},
-                            err)
+    sel.record = _record(mode, sent, int(total[0]), {"communication": comm.seconds, "solver": solver_s}, err)
+    return sel
 
 
-def gather_select(cfg: SelectionConfig, seed: int, shard: GradShard, num_classes: int,
-                  solver_seed: int, progress: Task | None = None) -> ShardedSelection:
-    """``gather`` mode (see the module docstring); collective: every rank calls it with its own shard."""
-    _check_shard(shard, num_classes)
-    selector = build_selector(cfg, seed)
-    comm = _Comm(shard.grads.device if dist.get_backend() == "nccl" else torch.device("cpu"))
-    shard = _sorted(shard)
-    sizes = comm.all_reduce(torch.bincount(shard.labels, minlength=num_classes).to(comm.device))
-    owned, _ = _send_to_owners(comm, shard, class_owners(sizes.cpu(), comm.world))
-    t0 = time.perf_counter()
-    picks, weights, stats = owned.indices[:0], torch.empty(0), {"method": cfg.method}
-    if owned.labels.numel():
-        sel = selector.select(owned.grads, owned.labels, torch.Generator().manual_seed(solver_seed), progress=progress)
-        picks, weights, stats = owned.indices[sel.indices.to(owned.indices.device)], sel.weights, sel.stats
-    solver_s = time.perf_counter() - t0
-    return _finish(comm, "gather", shard, _share(comm, picks, weights), solver_s, stats)
+def _record(mode: str, sent: int, total: int, times: dict[str, float], error: float | None) -> dict[str, Any]:
+    """A sharded round's fields of the selection record: ``bytes_sent_rank`` (payload this rank sent to other
+    ranks), ``bytes_total`` (all ranks together), ``grad_error`` (||sum_i g_i - sum_j w_j g_j|| / ||sum_i g_i||
+    over the whole training set), this rank's seconds (``time_selection_split``: communication, solver)."""
+    return {"distributed_mode": mode, "bytes_sent_rank": sent, "bytes_total": total, "grad_error": error,
+            **{f"time_selection_{k}": v for k, v in times.items()}, "time_selection_split": dict(times)}
 
 
-def partition_select(cfg: SelectionConfig, seed: int, shard: GradShard, num_classes: int, solver_seed: int,
-                     second_round: bool = False, progress: Task | None = None) -> ShardedSelection:
-    """``partition`` mode (see the module docstring); collective: every rank calls it with its own shard."""
-    _check_shard(shard, num_classes)
-    if second_round and cfg.method not in ("craig", "gradmatch"):
-        raise ValueError(f"selection.method={cfg.method!r}: the partition second round needs craig or gradmatch")
-    if second_round and cfg.batchwise:
-        raise ValueError("the partition second round chooses single examples; set selection.batchwise=false "
-                         "or drop the second round")
-    comm = _Comm(shard.grads.device if dist.get_backend() == "nccl" else torch.device("cpu"))
-    shard = _sorted(shard)
-    first = dataclasses.replace(cfg, fraction=min(1.0, cfg.fraction * comm.world)) if second_round else cfg
-    gen = torch.Generator().manual_seed(solver_seed + comm.rank)
-    t0 = time.perf_counter()
-    sel = build_selector(first, seed).select(shard.grads, shard.labels, gen, progress=progress)
-    solver_s = time.perf_counter() - t0
-    local = sel.indices.to(shard.indices.device)
-    if not second_round:
-        return _finish(comm, "partition", shard, _share(comm, shard.indices[local], sel.weights), solver_s,
-                       sel.stats)
-    sizes = comm.all_reduce(torch.bincount(shard.labels, minlength=num_classes).to(comm.device))
-    cand = GradShard(shard.grads[local], shard.labels[local], shard.indices[local])
-    owned, w1 = _send_to_owners(comm, cand, class_owners(sizes.cpu(), comm.world),
-                                sel.weights.to(shard.grads.device, torch.float32))
-    assert w1 is not None
-    t0 = time.perf_counter()
-    picks, weights = _weighted_round(cfg, owned, w1, sizes.cpu(), gen)
-    solver_s += time.perf_counter() - t0
-    return _finish(comm, "partition", shard, _share(comm, picks, weights), solver_s,
-                   {"method": cfg.method, "second_round": True})
+class ShardedSelector:
+    """Any ``Selector`` (``inner``) for the ranks of ``world``, behind the same ``select``: each rank passes the
+    selection gradients of its rows ``rows(n)`` and all n labels, and every rank gets the same ``Selection`` over
+    positions 0..n-1, its ``record`` the round's distributed fields (mode, bytes, seconds, ``grad_error``).
 
+    ``mode``: gather or partition (module docstring); ``second_round``: partition's weighted second round (needs a
+    ``weighted`` selector, not batch-wise). A selector without gradients runs on every rank over all labels with
+    the run's generator (the same draw everywhere, nothing moves); a gradient selector's owners draw from a
+    generator seeded ``solver_seed(round_index)`` (partition: plus the rank), never from the run's generator,
+    which must stay in step on every rank. A world of one is the wrapped selector itself."""
 
-def _weighted_round(cfg: SelectionConfig, cand: GradShard, w1: Tensor, sizes: Tensor,
-                    gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Per owned class: keep ceil(fraction * n_c) of the proposals, weighted to stand for the whole class.
-    cand: proposals (m, d) in global order, w1: (m,) their first-round weights."""
-    picks, weights = [cand.indices[:0]], [torch.empty(0)]
-    for c in torch.unique(cand.labels).tolist():
-        rows = torch.nonzero(cand.labels == c).squeeze(1)
-        g, u = cand.grads[rows], w1[rows]
-        k = class_budget(cfg.fraction, int(sizes[c]))
-        if cfg.method == "craig":
-            i, w = craig(g, k, max_size=cfg.max_class_size, generator=gen, point_weights=u)
-        else:
-            target = (u.unsqueeze(1) * g.float()).sum(0)
-            if k >= g.shape[0]:
-                i, w = torch.arange(g.shape[0]), u.float().cpu()
-            else:
-                res = gradmatch_solve(g, k, lam=ridge(g, cfg.lam, cfg.lam_relative), tol=cfg.tol, generator=gen,
-                                      target=target)
-                i, w = res.indices, res.weights
-        picks.append(cand.indices[rows[i.to(rows.device)]])
-        weights.append(w.float().cpu())
-    return torch.cat(picks), torch.cat(weights)
+    per_round = True
+    """``select`` takes the ``round_index`` of the schedule (for ``solver_seed``, and a ``per_round`` selector)."""
 
+    def __init__(self, inner: Selector, world: World, mode: str = "gather", *, second_round: bool = False,
+                 solver_seed: Callable[[int], int] | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"selection.distributed must be one of {MODES}, got {mode!r}")
+        if mode == "partition" and second_round and inner.needs_grads:
+            if not getattr(inner, "weighted", False):
+                raise ValueError(f"selection.method={inner.name!r}: the partition second round needs a selector "
+                                 "that takes point weights (craig, gradmatch)")
+            if getattr(inner, "batchwise", False):
+                raise ValueError("the partition second round chooses single examples; set selection.batchwise="
+                                 "false or drop the second round")
+        self.inner, self.world, self.mode, self.second_round = inner, world, mode, second_round
+        self.solver_seed = solver_seed or (lambda r: r)
+        self.name, self.needs_grads, self.subset = inner.name, inner.needs_grads, inner.subset
+        self.weight_rule = inner.weight_rule
+        self.batchwise = bool(getattr(inner, "batchwise", False))
 
-def select_sharded(mode: str, cfg: SelectionConfig, seed: int, shard: GradShard | None, all_labels: Tensor,
-                   generator: torch.Generator, solver_seed: int, second_round: bool = False,
-                   progress: Task | None = None, round_index: int = 0) -> ShardedSelection:
-    """The one call for the trainer: a selector without gradients (full, random, random_fixed, rs2) runs on
-    every rank over ``all_labels`` (N,) with the shared ``generator`` (same draw everywhere, nothing
-    moves); a gradient selector runs in ``mode`` on this rank's ``shard`` (``shard_grads``). ``progress``:
-    a task this rank's per-class solvers advance by one per class (the classes it owns in ``gather``)."""
-    if mode not in MODES:
-        raise ValueError(f"selection.distributed must be one of {MODES}, got {mode!r}")
-    num_classes = int(all_labels.max()) + 1 if all_labels.numel() else 0
-    selector = build_selector(cfg, seed)
-    if not selector.needs_grads:
-        sel = select_round(selector, None, all_labels, generator, round_index=round_index)
-        return ShardedSelection(sel, mode, 0, 0, {"solver": 0.0})
-    if shard is None:
-        raise ValueError(f"selection.method={cfg.method!r} needs this rank's gradient shard, got None")
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return _one_process(selector, mode, _sorted(shard), generator, progress)
-    if mode == "gather":
-        return gather_select(cfg, seed, shard, num_classes, solver_seed, progress)
-    return partition_select(cfg, seed, shard, num_classes, solver_seed, second_round, progress)
+    def rows(self, n: int) -> tuple[int, int]:
+        """[start, stop) of the n examples whose selection gradients this rank computes."""
+        return shard_range(n, self.world.rank, self.world.world_size)
 
+    def select(self, grads: Tensor | None, labels: Tensor, generator: torch.Generator,
+               progress: Task | None = None, round_index: int = 0) -> Selection:
+        """grads: (stop - start, d) this rank's rows ``rows(n)`` (None for a selector without gradients); labels:
+        (n,) every example's class, the same on every rank -> the Selection over 0..n-1, on ``labels``' device.
+        Collective: every rank calls it. ``progress``: a task this rank's per-class solvers advance."""
+        if not self.inner.needs_grads:
+            sel = select_round(self.inner, None, labels, generator, round_index=round_index)
+            sel.record = _record(self.mode, 0, 0, {"solver": 0.0}, None)
+            return sel
+        if grads is None:
+            raise ValueError(f"selection.method={self.name!r} needs this rank's gradient rows, got None")
+        lo, hi = self.rows(labels.numel())
+        if grads.shape[0] != hi - lo:
+            raise ValueError(f"this rank's gradients must be its rows [{lo}, {hi}) of the {labels.numel()} examples, "
+                             f"got {grads.shape[0]} rows")
+        shard = GradShard(grads, labels[lo:hi], torch.arange(lo, hi, device=labels.device))
+        sel = self.select_shard(shard, labels, generator, progress, round_index)
+        dev = labels.device
+        return Selection(sel.indices.to(dev), sel.weights.to(dev), sel.stats, sel.record)
 
-def _one_process(selector: Any, mode: str, shard: GradShard, generator: torch.Generator,
-                 progress: Task | None = None) -> ShardedSelection:
-    """A world of one: the plain selector on the whole (sorted) shard with the run's generator, exactly
-    the single-process selection; nothing moves."""
-    t0 = time.perf_counter()
-    sel = selector.select(shard.grads, shard.labels, generator, progress=progress)
-    solver_s = time.perf_counter() - t0
-    err = approximation_error(shard.grads, sel.indices.to(shard.grads.device), sel.weights.to(shard.grads.device))
-    glob = Selection(shard.indices[sel.indices.to(shard.indices.device)], sel.weights, sel.stats)
-    return ShardedSelection(glob, mode, 0, 0, {"communication": 0.0, "solver": solver_s}, err)
+    def select_shard(self, shard: GradShard, labels: Tensor, generator: torch.Generator,
+                     progress: Task | None = None, round_index: int = 0) -> Selection:
+        """``select`` of a shard whose rows are any global positions (``shard.indices``, disjoint across ranks)."""
+        num_classes = int(labels.max()) + 1 if labels.numel() else 0
+        if self.world.world_size == 1 or not dist.is_initialized() or dist.get_world_size() == 1:
+            return self._one_process(_sorted(shard), generator, progress)
+        _check_shard(shard, num_classes)
+        seed = self.solver_seed(round_index)
+        if self.mode == "gather":
+            return self._gather(shard, num_classes, seed, progress)
+        return self._partition(shard, num_classes, seed, progress)
 
-
-class _GivenPoints(Objective):
-    """An objective whose attack returns precomputed adversarial inputs, so the gradient pass can be
-    timed apart from the attack without re-implementing ``last_layer_grads``."""
-
-    def __init__(self, inner: Objective, x_adv: Tensor) -> None:
-        super().__init__()
-        self.inner, self.x_adv = inner, x_adv
-
-    def attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return self.x_adv
-
-    def points(self, x: Tensor, x_adv: Tensor) -> list[Tensor]:
-        return self.inner.points(x, x_adv)
-
-    def loss_from_logits(self, logits: list[Tensor], y: Tensor) -> Tensor:
-        return self.inner.loss_from_logits(logits, y)
-
-
-def shard_grads(model: nn.Module, objective: Objective, images: Tensor, labels: Tensor, rank: int, world: int,
-                batch_size: int, features: str = "last_layer",
-                autocast: Callable[[], AbstractContextManager[Any]] | None = None, progress: Task | None = None
-                ) -> tuple[GradShard, dict[str, float]]:
-    """This rank's ``shard_range`` of the training set: selection attack, then last-layer gradients.
-
-    images: (N, C, H, W) uint8 or float in [0, 1] on the model's device (unaugmented); labels: (N,).
-    ``progress``: a task advanced by the images of each batch done. Returns the shard and its seconds
-    {"attack", "gradient"}."""
-    lo, hi = shard_range(labels.numel(), rank, world)
-    cuda = images.device.type == "cuda"
-    cast = autocast or nullcontext
-    times = {"attack": 0.0, "gradient": 0.0}
-    parts = []
-    for s in range(lo, hi, batch_size):
-        x, y = to_float(images[s:min(s + batch_size, hi)]), labels[s:min(s + batch_size, hi)]
+    def _one_process(self, shard: GradShard, generator: torch.Generator, progress: Task | None) -> Selection:
+        """A world of one: the wrapped selector on the whole (sorted) shard with the run's generator, exactly the
+        single-process selection; nothing moves."""
         t0 = time.perf_counter()
-        with eval_mode(model), cast():
-            x_adv = objective.attack(model, x, y)
-        if cuda:
-            torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        with cast():
-            parts.append(last_layer_grads(model, _GivenPoints(objective, x_adv), x, y, features))
-        if cuda:
-            torch.cuda.synchronize()
-        times["attack"] += t1 - t0
-        times["gradient"] += time.perf_counter() - t1
-        if progress is not None:
-            progress.update(int(y.numel()))
-    d = parts[0].shape[1] if parts else 0
-    grads = torch.cat(parts) if parts else torch.empty(0, d, device=images.device)
-    return GradShard(grads, labels[lo:hi], torch.arange(lo, hi, device=labels.device)), times
+        sel = self.inner.select(shard.grads, shard.labels, generator, progress=progress)
+        solver_s = time.perf_counter() - t0
+        err = approximation_error(shard.grads, sel.indices.to(shard.grads.device), sel.weights.to(shard.grads.device))
+        return Selection(shard.indices[sel.indices.to(shard.indices.device)], sel.weights, sel.stats,
+                         _record(self.mode, 0, 0, {"communication": 0.0, "solver": solver_s}, err))
+
+    def _gather(self, shard: GradShard, num_classes: int, seed: int, progress: Task | None) -> Selection:
+        """``gather`` mode: every class's rows to its owner, the wrapped selector there."""
+        comm = _Comm(shard.grads.device if dist.get_backend() == "nccl" else torch.device("cpu"))
+        shard = _sorted(shard)
+        sizes = comm.all_reduce(torch.bincount(shard.labels, minlength=num_classes).to(comm.device))
+        owned, _ = _send_to_owners(comm, shard, class_owners(sizes.cpu(), comm.world))
+        t0 = time.perf_counter()
+        picks, weights, stats = owned.indices[:0], torch.empty(0), {"method": self.name}
+        if owned.labels.numel():
+            sel = self.inner.select(owned.grads, owned.labels, torch.Generator().manual_seed(seed), progress=progress)
+            picks, weights, stats = owned.indices[sel.indices.to(owned.indices.device)], sel.weights, sel.stats
+        solver_s = time.perf_counter() - t0
+        return _finish(comm, "gather", shard, _share(comm, picks, weights), solver_s, stats)
+
+    def _partition(self, shard: GradShard, num_classes: int, seed: int, progress: Task | None) -> Selection:
+        """``partition`` mode: the wrapped selector on this rank's rows; with ``second_round``, on a whole class
+        budget first (fraction x world), then at the class owners on the proposals, weighted."""
+        comm = _Comm(shard.grads.device if dist.get_backend() == "nccl" else torch.device("cpu"))
+        shard = _sorted(shard)
+        first = self.inner
+        if self.second_round:
+            first = copy.copy(self.inner)
+            first.fraction = min(1.0, float(getattr(self.inner, "fraction", 1.0)) * comm.world)  # type: ignore[attr-defined]
+        gen = torch.Generator().manual_seed(seed + comm.rank)
+        t0 = time.perf_counter()
+        sel = first.select(shard.grads, shard.labels, gen, progress=progress)
+        solver_s = time.perf_counter() - t0
+        local = sel.indices.to(shard.indices.device)
+        if not self.second_round:
+            return _finish(comm, "partition", shard, _share(comm, shard.indices[local], sel.weights), solver_s,
+                           sel.stats)
+        sizes = comm.all_reduce(torch.bincount(shard.labels, minlength=num_classes).to(comm.device))
+        cand = GradShard(shard.grads[local], shard.labels[local], shard.indices[local])
+        owned, w1 = _send_to_owners(comm, cand, class_owners(sizes.cpu(), comm.world),
+                                    sel.weights.to(shard.grads.device, torch.float32))
+        assert w1 is not None
+        t0 = time.perf_counter()
+        picks, weights = owned.indices[:0], torch.empty(0)
+        if owned.labels.numel():  # each owned class: ceil(fraction * n_c) of the proposals, standing for the class
+            kept = self.inner.select(owned.grads, owned.labels, gen, point_weights=w1,  # type: ignore[call-arg]
+                                     class_sizes=sizes.cpu())
+            picks, weights = owned.indices[kept.indices.to(owned.indices.device)], kept.weights.float().cpu()
+        solver_s += time.perf_counter() - t0
+        return _finish(comm, "partition", shard, _share(comm, picks, weights), solver_s,
+                       {"method": self.name, "second_round": True})

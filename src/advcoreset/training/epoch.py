@@ -174,12 +174,11 @@ def _check_and_note(ctx: EpochContext, i: int, n_batches: int, loss_sum: Tensor,
 
 
 def train_epoch(ctx: EpochContext, batches: Iterator[Batch], n_batches: int,
-                loss_norm: Callable[[Batch], Tensor | float | None], progress: Task | None = None,
-                counted: Callable[[Batch], bool] | None = None) -> dict[str, float]:
+                loss_norm: Callable[[Batch], Tensor | float | None], progress: Task | None = None) -> dict[str, float]:
     """One pass over ``batches`` (``n_batches`` of them), an optimiser step every ``optim.accumulate`` of them;
     ``loss_norm(batch)`` is the weighted loss's normaliser (None: the batch's weight sum; a step over several
-    sums theirs); ``counted(batch)`` False leaves a batch (a rank's weight-0
-    stand-in) out of the epoch's statistics; ``progress`` is told of every batch (with the running loss,
+    sums theirs); a rank's weight-0 stand-in (``Batch.counted`` False) is left out of the epoch's statistics;
+    ``progress`` is told of every batch (with the running loss,
     accuracy and LR every 50). Returns the epoch's loss, adversarial accuracy, examples seen (all ranks),
     last LR and ``time_*`` seconds (data, attack, update, epoch_wall)."""
     ctx.model.train()
@@ -196,7 +195,7 @@ def train_epoch(ctx: EpochContext, batches: Iterator[Batch], n_batches: int,
         with timer.section("data"):
             for _ in range(min(acc, n_batches - i)):
                 b = next(batches)
-                micro.append((b, loss_norm(b), counted is None or counted(b)))
+                micro.append((b, loss_norm(b), b.counted))
         # the schedule moves per optimiser step, as it would for one batch of accumulate x batch_size
         lr = _set_lr(ctx, (ctx.epoch + (i // acc) / n_steps) / ctx.optim.epochs)
         outs = _step(ctx, micro, timer)

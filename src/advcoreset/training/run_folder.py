@@ -1,8 +1,9 @@
-"""A run folder's life: checked writable before any work, one writer at a time, results written atomically,
-a finished run recognised, and a failed final evaluation left resumable.
+"""A run folder's life: checked writable before any work, one writer at a time, ``RunFolder`` (the files of a
+run: checkpoint format, resume rules, atomic writes, metrics log, time accounting), results written
+atomically, a finished run recognised, and a failed final evaluation left resumable.
 
-The folder holds ``config.yaml``, ``metrics.jsonl``, ``last.pt`` (and ``best.pt``), ``results.json`` and the
-lock file ``.lock``. The lock is an advisory ``flock`` on that file: the kernel releases it when the
+The folder holds ``config.yaml``, ``metrics.jsonl``, ``last.pt`` (and ``best.pt``), ``results.json``, the exported
+model and the lock file ``.lock``. The lock is an advisory ``flock`` on that file: the kernel releases it when the
 holder dies (even by SIGKILL), so a killed run never leaves a stale lock behind, while a second live
 writer (a rerun started before an orphaned one ended) is refused.
 """
@@ -16,12 +17,31 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from advcoreset.checkpoint import (
+    check_optimizer_state,
+    check_resumable,
+    check_state_dict,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from advcoreset.config import Config, ConfigError
+from advcoreset.export import export_run_model
 from advcoreset.fileperm import default_file_mode
+from advcoreset.precision import legacy_precision, precision_record
+from advcoreset.training.epoch import TrainingError
+from advcoreset.training.logging import MetricsLog, progress_mode
+from advcoreset.training.parts import Parts
+from advcoreset.training.report import epoch_line, final_line
 
 LOCK = ".lock"
 RESULTS = "results.json"
@@ -232,3 +252,219 @@ def die_with_parent() -> None:
         os._exit(1)
 
     threading.Thread(target=_watch, daemon=True, name="advcoreset-parent-watch").start()
+
+
+# ------------------------------------------------------------------------------------------- a run's files
+BEST = "best.pt"
+FORMAT_VERSION = 1
+"""Checkpoint layout: model, optimizer, epoch, rng {torch, data[, cuda]}, coreset {indices, weights} or None,
+best_val, times, config, grad_errors, precision[, scheduler]."""
+RESUME_FREE = frozenset({"out_dir", "progress", "tensorboard", "threads", "eval", "device", "amp"})
+"""Fields that may change between a killed run and its resumption without changing what is trained (``amp`` is
+checked as the precision it resolves to: ``auto`` and ``true`` can mean the same)."""
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint keeps beside the parts' own states."""
+
+    epoch: int = 0
+    """Epochs completed."""
+    best_val: float = -1.0
+    times: dict[str, float] = field(default_factory=dict)
+    """Cumulative seconds: attack, update, data, selection_attack, selection_solver, eval, error_pass (the
+    ``grad_error`` pass of a gradient-free selector: measured, not part of training)."""
+    grad_errors: list[float] = field(default_factory=list)
+    """The coreset's relative gradient error of every selection round so far (rounds without gradients,
+    e.g. random, add none)."""
+
+    def add_times(self, times: Mapping[str, float]) -> None:
+        for k, v in times.items():
+            self.times[k] = self.times.get(k, 0.0) + v
+
+    def train_seconds(self) -> float:
+        """Training wall-clock so far: attack + update + data + selection (warm start included); no evaluation
+        and no ``grad_error`` measuring pass of a gradient-free selector (``times["error_pass"]``)."""
+        return sum(self.times.get(k, 0.0) for k in ("epoch_wall", "selection_attack", "selection_solver"))
+
+    def selection_seconds(self) -> float:
+        """Seconds spent choosing coresets so far (selection attack pass + solver), part of the training time."""
+        return sum(self.times.get(k, 0.0) for k in ("selection_attack", "selection_solver"))
+
+    def summary(self) -> dict[str, Any]:
+        """The final record's time and gradient-error fields."""
+        errs = self.grad_errors
+        return {"time_train_total": self.train_seconds(), "time_selection": self.selection_seconds(),
+                "selection_rounds_with_error": len(errs), "grad_error_mean": sum(errs) / len(errs) if errs else None,
+                "time_error_pass": self.times.get("error_pass", 0.0)}
+
+
+class RunFolder:
+    """A run's folder and its rules: ``config.yaml``; ``metrics.jsonl`` (and TensorBoard) with one record per
+    selection and epoch; ``last.pt`` in checkpoint format ``FORMAT_VERSION``, written atomically after every
+    epoch (``save_atomic``); ``best.pt`` at the best validation score; ``results.json`` and the exported model at
+    the end; what ``--resume`` accepts (``restore``); and the time accounting (``state``). Only the main rank
+    writes (``main``); every rank reads the checkpoint it resumes from."""
+
+    def __init__(self, cfg: Config, main: bool = True) -> None:
+        self.cfg, self.main = cfg, main
+        self.path = Path(cfg.out_dir)
+        self.state = RunState()
+        self.log: MetricsLog | None = None
+        self.mode = progress_mode(cfg.progress) if main else "none"
+        """How the console shows the run: a line per epoch (line, bar) or nothing (none; ranks other than 0)."""
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def open(self, parts: Parts, resume: bool) -> None:
+        """Start the run here, or continue it from ``last.pt`` (``resume``); refuses a resume without a checkpoint,
+        of a finished run of another length, and a new run over an existing one."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        ckpt_path = self.checkpoint_path
+        if resume:
+            if not ckpt_path.exists():
+                raise TrainingError(f"--resume: no checkpoint {ckpt_path} to resume from")
+            finished_results(self.path, self.cfg.optim.epochs)  # a finished run of another length: refused
+            self.restore(load_checkpoint(ckpt_path, parts.device), parts)
+        elif ckpt_path.exists():
+            raise TrainingError(f"{self.path} already holds a run ({ckpt_path}); pass --resume to continue it "
+                                "or choose another out_dir (nothing was overwritten)")
+        if self.main:
+            self.cfg.save(self.path / "config.yaml")
+            self.log = MetricsLog(self.path, self.cfg.tensorboard)
+            self.log.truncate_after(self.state.epoch)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to the metrics log (the main rank's)."""
+        if self.log is not None:
+            self.log.write(record)
+
+    # --------------------------------------------------------------------------------------- checkpoint
+    def checkpoint(self, parts: Parts) -> dict[str, Any]:
+        """The ``last.pt`` of the run as it stands (format ``FORMAT_VERSION``)."""
+        s, sel = self.state, parts.loader.selection
+        return {
+            "format_version": FORMAT_VERSION, "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(), "epoch": s.epoch, "rng": rng_state(parts.generator),
+            "coreset": None if sel is None else {"indices": sel.indices.cpu(), "weights": sel.weights.cpu()},
+            "best_val": s.best_val, "times": dict(s.times), "config": self.cfg.to_dict(),
+            "grad_errors": list(s.grad_errors), "precision": parts.precision.name,
+            **({} if parts.scheduler is None else {"scheduler": parts.scheduler.state_dict()}),
+        }
+
+    def check_resume(self, ckpt: dict[str, Any], parts: Parts) -> None:
+        """Refuse (before anything is restored) a checkpoint that is damaged, of another format, trained with
+        other settings (``RESUME_FREE`` aside) or in another precision, or whose states do not fit the parts."""
+        path = self.checkpoint_path
+        # before anything is compared (a tensor where a number belongs made `!=` ambiguous)
+        check_resumable(ckpt, path, parts.generator, int(parts.loader.source.labels.numel()))
+        version = ckpt.get("format_version", 1)
+        if version != FORMAT_VERSION:
+            raise TrainingError(f"cannot resume: {path} has checkpoint format {version}, this version reads format "
+                                f"{FORMAT_VERSION}; start a new out_dir")
+        try:  # fields added since the checkpoint was written take their defaults
+            saved = Config.from_dict(ckpt.get("config", {})).to_dict()
+        except ConfigError as e:
+            raise TrainingError(f"cannot resume: the config saved in {path} is not valid ({e})") from e
+        now = self.cfg.to_dict()
+        diff = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
+        if diff:
+            raise TrainingError(f"cannot resume: the checkpoint in {self.path} was trained with different settings "
+                                f"for {diff}; resume with the saved config ({self.path / 'config.yaml'}) or start a "
+                                "new out_dir")
+        was = ckpt.get("precision") or legacy_precision(saved.get("amp"), parts.device)
+        if was != parts.precision.name:
+            flag = "false" if was == "fp32" else "true"
+            raise TrainingError(f"cannot resume: the checkpoint in {self.path} was trained in {was} and this run "
+                                f"would compute in {parts.precision.name}; resume with --set amp={flag}")
+        check_state_dict(parts.model, ckpt["model"], path)
+        check_optimizer_state(parts.optimizer, ckpt["optimizer"], path)
+
+    def restore(self, ckpt: dict[str, Any], parts: Parts) -> None:
+        """Continue from ``ckpt`` (checked first by ``check_resume``): the parts' states and ``state``."""
+        self.check_resume(ckpt, parts)
+        parts.model.load_state_dict(ckpt["model"])
+        parts.optimizer.load_state_dict(ckpt["optimizer"])
+        if parts.scheduler is not None and isinstance(ckpt.get("scheduler"), dict):
+            parts.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"], parts.generator)
+        parts.loader.load_state_dict({"epoch": ckpt["epoch"], "coreset": ckpt.get("coreset")})
+        s = self.state
+        s.epoch, s.best_val = ckpt["epoch"], float(ckpt.get("best_val", -1.0))
+        s.times, s.grad_errors = dict(ckpt.get("times", {})), [float(e) for e in ckpt.get("grad_errors", [])]
+
+    # ------------------------------------------------------------------------------------------ records
+    def selection(self, srec: dict[str, Any], record: dict[str, Any]) -> None:
+        """Log a selection round's record ``srec`` and account its time in ``state`` and in the epoch's ``record``."""
+        self.write({"kind": "selection", **srec})
+        self.state.add_times({"selection_attack": srec["time_selection_attack"],
+                              "selection_solver": srec["time_selection_solver"]})
+        record.update({k: srec[k] for k in ("time_selection_attack", "time_selection_solver", "grad_error")})
+        if "time_error_pass" in srec:  # measured, not trained: outside train_seconds() and the cost
+            self.state.add_times({"error_pass": srec["time_error_pass"]})
+            record["time_error_pass"] = srec["time_error_pass"]
+        if srec["grad_error"] is not None:
+            self.state.grad_errors.append(float(srec["grad_error"]))
+
+    def evaluation(self, record: dict[str, Any], seconds: float, model: nn.Module) -> None:
+        """Account an epoch's evaluation (``record`` holds its results); keep ``best.pt`` at the best validation
+        robust accuracy."""
+        record["time_eval"] = seconds
+        self.state.add_times({"eval": seconds})
+        vkey = f"val_pgd{self.cfg.eval.val_pgd_steps}_acc"
+        if vkey in record and record[vkey] > self.state.best_val:
+            self.state.best_val = record[vkey]
+            if self.main:
+                save_atomic({"model": model.state_dict(), "epoch": self.state.epoch, "config": self.cfg.to_dict(),
+                             "val_robust_acc": record[vkey]}, self.path / BEST)
+
+    def end_epoch(self, record: dict[str, Any], parts: Parts) -> None:
+        """Log the epoch's ``record``, then rewrite ``last.pt``; a console line (``mode`` line or bar)."""
+        record["time_train_total"] = self.state.train_seconds()
+        # log first: a kill between the two leaves a line past the checkpoint, which resume drops
+        self.write(record)
+        if self.main:
+            save_atomic(self.checkpoint(parts), self.checkpoint_path)
+            if self.mode in ("line", "bar"):
+                print(epoch_line(record, self.cfg.optim.epochs), flush=True)
+
+    def finish(self, final: dict[str, Any], seconds: float, parts: Parts) -> dict[str, Any]:
+        """The final record (``final``: the final evaluation, ``seconds`` long), logged and written to
+        ``results.json`` with the exported model beside it (model.safetensors + model.json [+ model_arch.py])."""
+        s = self.state.summary()
+        results: dict[str, Any] = {
+            "kind": "final", "epoch": self.state.epoch, **final, "time_train_total": s["time_train_total"],
+            "time_final_eval": seconds, "time_selection": s["time_selection"],
+            "selection_rounds_with_error": s["selection_rounds_with_error"], "grad_error_mean": s["grad_error_mean"],
+            "time_error_pass": s["time_error_pass"], **self.selection_summary(parts),
+            "times": dict(self.state.times), "device": str(parts.device),
+            "precision": precision_record(parts.precision), "world_size": parts.world.world_size}
+        self.write(results)
+        if self.main:
+            write_json_atomic(self.path / RESULTS, results)
+            rd = parts.run_data
+            export_run_model(self.path, parts.model, self.cfg, rd.shape, rd.classes, results,
+                             num_classes=rd.num_classes)
+            if self.mode in ("line", "bar"):
+                print(final_line(results), flush=True)
+        return results
+
+    def selection_summary(self, parts: Parts) -> dict[str, Any]:
+        """How many selection rounds ran, and a note when a coreset method never got to choose (a warm start
+        as long as the run): the run is then labelled by what it did."""
+        ld = parts.loader
+        if not ld.selector.subset:
+            return {"selection_rounds": 0}
+        rounds = ld.round_index(self.state.epoch)
+        out: dict[str, Any] = {"selection_rounds": rounds}
+        if rounds == 0:
+            out["note"] = (f"no selection round ran (selection.warm_epochs {self.cfg.selection.warm_epochs} >= "
+                           f"optim.epochs {self.cfg.optim.epochs}): every epoch trained on all data, as "
+                           "selection.method=full does")
+        return out
