@@ -118,7 +118,7 @@ TRAINER_OVERRIDES = [
     "data.crop_padding=1", "model.width=4", "objective.attack.eps=0.1", "objective.attack.alpha=0.04",
     "objective.attack.steps=2", "objective.attack.random_start=false", "selection.method=craig",
     "selection.fraction=0.3", "selection.warm_epochs=1", "selection.interval=1", "selection.attack_steps=null",
-    "optim.weight_norm=batch",
+    "optim.weight_norm=batch", "amp=false",  # fp32: N ranks match one process to ATOL
     "optim.epochs=2", "optim.batch_size=64", "optim.lr=0.2", "eval.pgd_steps=2", "eval.val_pgd_steps=2",
     "eval.every=1", "progress=none", "threads=1", "device=cpu"]
 KILL_AFTER = 1
