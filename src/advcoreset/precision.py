@@ -6,9 +6,9 @@
 - ``true``: bf16 autocast for the training step (attack and update) and the selection pass, on CUDA and on
   a CPU that runs bf16 natively (AVX512_BF16 or AMX, detected, never assumed); on a CPU without it the run
   is refused before any work (emulated bf16 is slower than fp32).
-- ``auto`` (default): bf16 on CUDA; on the CPU ``CPU_BF16_BY_DEFAULT`` decides. It stays False until the
-  accuracy check of ``configs/bench/amp.yaml`` (benchmarks/README.md, "Precision") shows bf16 within fp32's
-  seed spread; ``amp: true`` opts in before that.
+- ``auto`` (default): bf16 on CUDA, and on a CPU with native bf16 (``CPU_BF16_BY_DEFAULT``: the accuracy
+  check of ``configs/bench/amp.yaml`` found bf16 within fp32's seed spread, benchmarks/README.md, "Precision
+  and speed"); fp32 on any other CPU.
 
 Evaluation attacks (PGD, AutoAttack) always run in fp32, so robustness is never measured through reduced
 precision; results record both (``precision_record``).
@@ -26,7 +26,7 @@ import torch
 
 from advcoreset.config import ConfigError
 
-CPU_BF16_BY_DEFAULT = False
+CPU_BF16_BY_DEFAULT = True
 """Whether ``amp: auto`` turns bf16 on for a CPU with native bf16 (see the module docstring)."""
 
 AMP_VALUES = ("auto", True, False)
