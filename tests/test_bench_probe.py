@@ -180,7 +180,8 @@ def test_budget_rows_cost_in_pgd7_epochs_and_the_targets_compare_equal_costs(tmp
     assert "| budget | objective |" in md and "cost (PGD-7 epochs)" in md and "| 2 | fast | full |" in md
     assert "- budget 2: met by pgd_linf craig 0.3, pgd_linf gradmatch 0.3" in md
     from advcoreset.bench.plots import plot
-    paths = plot(table, tmp_path / "plots" if (tmp_path / "plots").mkdir() is None else tmp_path)
+    (tmp_path / "plots").mkdir()
+    paths = plot(table, tmp_path / "plots")
     assert [p.name for p in paths] == ["robust_vs_cost.png", "robust_vs_time_runs.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
 

@@ -162,18 +162,25 @@ def plot_runs(table: dict[str, Any], out: Path) -> Path:
         ax.set_ylabel(f"{_metric_label(table, key)} accuracy (%)")
         ax.set_title(f"{table['name']}: {_metric_label(table, key)}, every run")
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], ls="", marker="o", ms=9, mew=2, mfc="none", color=colors[_row_label(r)],
-                          label=_row_label(r)) for r in rows]
-    handles += [plt.Line2D([], [], ls="", marker=seed_marker[s], color="0.4", label=f"seed {s}") for s in seeds]
+    names = [_row_label(r) for r in rows]
+    return _save_with_legend(fig, axes, {n: colors[n] for n in names}, seed_marker, out / "robust_vs_time_runs.png")
+
+
+def _save_with_legend(fig: Any, axes: Any, colors: dict[str, Any], seed_marker: dict[int, str], path: Path) -> Path:
+    """One legend for every panel (rows or lines by colour, seeds by marker, the front), right of the last
+    panel (``bbox_inches="tight"`` keeps it whole); saves the figure to ``path`` and closes it."""
+    import matplotlib.pyplot as plt
+
+    handles = [plt.Line2D([], [], ls="", marker="o", ms=9, mew=2, mfc="none", color=c, label=n)
+               for n, c in colors.items()]
+    handles += [plt.Line2D([], [], ls="", marker=m, color="0.4", label=f"seed {s}") for s, m in seed_marker.items()]
     handles += [plt.Line2D([], [], ls="", marker="o", ms=9, color="0.6", mec="black", label="seed mean on the front"),
                 plt.Line2D([], [], ls="--", color="black", label="Pareto front of the seed means")]
-    # one legend for every panel (the same rows), right of the last; bbox_inches="tight" keeps it whole
     axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
     fig.tight_layout()
-    p = out / "robust_vs_time_runs.png"
-    fig.savefig(p, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return p
+    return path
 
 
 def _series(r: dict[str, Any]) -> str:
@@ -222,13 +229,4 @@ def plot_budget(table: dict[str, Any], out: Path) -> Path:
         ax.set_ylabel(f"{_metric_label(table, key)} accuracy (%)")
         ax.set_title(f"{table['name']}: {_metric_label(table, key)} against cost")
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", ms=8, mew=2, mfc="none", color=colors[s], label=s) for s in series]
-    handles += [plt.Line2D([], [], ls="", marker=seed_marker[s], color="0.4", label=f"seed {s}") for s in seeds]
-    handles += [plt.Line2D([], [], ls="", marker="o", ms=9, color="0.6", mec="black", label="seed mean on the front"),
-                plt.Line2D([], [], ls="--", color="black", label="Pareto front of the seed means")]
-    axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
-    fig.tight_layout()
-    p = out / "robust_vs_cost.png"
-    fig.savefig(p, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return p
+    return _save_with_legend(fig, axes, colors, seed_marker, out / "robust_vs_cost.png")
