@@ -120,6 +120,11 @@ class SelectionConfig:
     """Re-select every R training epochs after the warm start."""
     grad_features: str = "last_layer"
     """logits (dL/dz only) or last_layer ([dL/dz, dL/dW] of the final linear layer)."""
+    points: str = "attack"
+    """Where a round takes the gradients: attack (the selection attack's points over the whole set) or cached:
+    each example's perturbation from the last time it was trained (ATTA, Zheng et al., CVPR 2020), so a round
+    costs a forward pass instead of an attack pass; examples never trained yet are attacked. One process only
+    for now (``coreset/cache.py``; ``benchmarks/selection_features.py`` measured the chosen sets' error)."""
     attack_steps: int | None = 1
     """Steps of the selection attack; None = the training attack's. Fewer steps make selection cheaper; 1
     (default) chose coresets as good as the training attack's 7 at a fraction of the cost

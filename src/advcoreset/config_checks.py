@@ -81,6 +81,7 @@ def _selection_rules(c: Any) -> list[Rule]:
          "must be 1 for selection.method rs2 (a fresh random subset every epoch)"),
         (s.grad_features in ("logits", "last_layer"), "selection.grad_features", s.grad_features,
          "must be logits or last_layer"),
+        (s.points in ("attack", "cached"), "selection.points", s.points, "must be attack or cached"),
         (s.lam >= 0, "selection.lam", s.lam, "must be >= 0"),
         (s.solver_threads is None or s.solver_threads >= 1, "selection.solver_threads", s.solver_threads,
          "must be >= 1, or null for the run's own thread count"),

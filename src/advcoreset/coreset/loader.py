@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from advcoreset.coreset.cache import POINTS, PerturbationCache
 from advcoreset.coreset.parts import SELECTOR_OPTIONS, resolve_selection_objective, resolve_selector
 from advcoreset.coreset.sampler import WEIGHT_RULES, CoresetBatches, CoresetSampler
 from advcoreset.coreset.select import (
@@ -114,6 +115,10 @@ class CoresetLoader:
         pool: pool-then-match (``advcoreset.coreset.select.Pool``): each round attacks and matches only inside
             a fresh random pool of ``pool`` x the budget per class; None: the whole set.
         keys: (image key, label key) for dict items (Hugging Face ``datasets`` style), ``data.keyed``.
+        points: where a round takes its gradients (``selection.points``): ``attack`` (the selection attack's
+            points) or ``cached``: each example's perturbation from the last time it was trained, which the loop
+            hands over with ``loader.remember(batch, x_adv)`` after its attack (``coreset.cache``); examples
+            without one are attacked. One process only for now.
         measure_error: auto, True or False (``selection.measure_error``): also take the gradient pass at the
             rounds of a gradient-free selector, so that ``stats["grad_error"]`` is set for it too (auto: for
             random, not for rs2); timed as ``time_error_pass``, drawing nothing from the random streams.
@@ -139,7 +144,8 @@ class CoresetLoader:
                  objective_options: dict[str, Any] | None = None, selection_dataset: Any = None,
                  attack_steps: int | None = None, attack_alpha: float | None = None, pool: float | None = None,
                  keys: Sequence[str] | None = None, shuffle: bool = True, drop_last: bool = False, rank: int = 0,
-                 world: int = 1, split: str = "stride", measure_error: bool | str = "auto", **options: Any) -> None:
+                 world: int = 1, split: str = "stride", measure_error: bool | str = "auto", points: str = "attack",
+                 **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_batch_size(batch_size)
@@ -152,6 +158,11 @@ class CoresetLoader:
             raise ValueError(f"pool must be >= 1 and needs a gradient selector (craig, gradmatch), got pool={pool} "
                              f"for {self.selector.name}")
         self.pool = None if pool is None else Pool(float(pool), seed)
+        if points not in POINTS:
+            raise ValueError(f"points must be one of {POINTS}, got {points!r}")
+        if points == "cached" and world > 1:
+            raise ValueError("points='cached' runs in one process for now (each rank would know only the "
+                             "perturbations of its own batches): use points='attack' under torchrun")
         self.measure_error = measures_error(measure_error, self.selector)
         """Whether a gradient-free selector's rounds take the gradient pass for ``grad_error``."""
         rule = weight_rule or self.selector.weight_rule
@@ -177,6 +188,8 @@ class CoresetLoader:
                                       rank=rank, world=world, drop_last=drop_last)
         """The current coreset as a ``torch.utils.data.Sampler`` (this rank's share of each epoch)."""
         self.batch_sampler = CoresetBatches(self.sampler, batch_size, drop_last, split)
+        self.cache = PerturbationCache(len(self.source), self.source.labels.device) if points == "cached" else None
+        """The examples' last training perturbations (``points='cached'``), else None."""
         self.dataloader = self._dataloader(loader_options, seed)
         self._init_state()
 
@@ -227,6 +240,11 @@ class CoresetLoader:
             if not fits or (isinstance(idx, Tensor) and idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < n):
                 raise ValueError(f"the state's coreset does not fit this loader's {n} examples (indices and weights "
                                  "of one length, indices in range): a state of another data set?")
+        if self.cache is not None:
+            if "cache" not in state:
+                raise ValueError("the state has no perturbation cache, and this loader takes points='cached': a "
+                                 "state of a loader with points='attack'?")
+            self.cache.check_state(state["cache"])
         gen = state.get("generator")
         if gen is not None and not (isinstance(gen, Tensor) and gen.dtype == torch.uint8
                                     and gen.numel() == self.generator.get_state().numel()):
@@ -281,13 +299,22 @@ class CoresetLoader:
         return run_selection(self.selector, self.model, self.objective, self.source, self.generator,
                              batch_size=self.batch_size, features=self.grad_features, layer=self.layer,
                              autocast=self.autocast, progress=self.progress, num_classes=self.num_classes,
-                             round_index=self.round_index(), pool=self.pool, measure_error=self.measure_error)
+                             round_index=self.round_index(), pool=self.pool, measure_error=self.measure_error,
+                             cache=self.cache)
+
+    def remember(self, batch: Batch, x_adv: Tensor) -> None:
+        """Hand over the training attack's points ``x_adv`` (B, C, H, W) of ``batch`` (one this loader
+        yielded): with ``points='cached'`` the next rounds take their gradients there (``coreset.cache``); with
+        ``points='attack'`` this does nothing, so a loop may always call it."""
+        if self.cache is not None:
+            self.cache.remember(batch, x_adv)
 
     def gradients(self) -> Tensor:
         """(n, D) last-layer gradients of the selection objective at its adversarial points, for every training
         example in order, as a selection round computes them."""
         return selection_gradients(self.model, self.objective, self.source, self.batch_size,
-                                   features=self.grad_features, layer=self.layer, autocast=self.autocast)
+                                   features=self.grad_features, layer=self.layer, autocast=self.autocast,
+                                   cache=self.cache)
 
     def epoch_batches(self) -> Iterator[Batch]:
         """The current epoch's batches under the weight rule (``start_epoch`` first, ``end_epoch`` after)."""
@@ -307,8 +334,8 @@ class CoresetLoader:
         pending = self.batch_sampler.pending
         for out in fetched(self.dataloader, "the training set"):
             idx, w, part = pending.popleft()
-            x, y = self.source.finish(*_pair(out), self.generator, part)
-            yield Batch(x, y, w.to(y.device), idx, part)
+            x, y, aug = self.source.finish(*_pair(out), self.generator, part)
+            yield Batch(x, y, w.to(y.device), idx, part, aug)
 
     def end_epoch(self) -> None:
         """Count the current epoch as done (iteration does this itself)."""
@@ -361,11 +388,15 @@ class CoresetLoader:
     # --------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly (with the model, optimiser and torch's RNG, which the
-        attacks draw from): epochs done, the coreset, the generator's state and the last stats."""
+        attacks draw from): epochs done, the coreset, the generator's state, the last stats and (``points=
+        'cached'``) the perturbation cache."""
         sel = self.selection
-        return {"epoch": self.epoch, "generator": self.generator.get_state(), "stats": self.stats,
-                "coreset": None if sel is None else {"indices": sel.indices.cpu(), "weights": sel.weights.cpu()},
-                "started": self._started == self.epoch}
+        state = {"epoch": self.epoch, "generator": self.generator.get_state(), "stats": self.stats,
+                 "coreset": None if sel is None else {"indices": sel.indices.cpu(), "weights": sel.weights.cpu()},
+                 "started": self._started == self.epoch}
+        if self.cache is not None:
+            state["cache"] = self.cache.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a ``state_dict`` (``generator`` may be absent when the caller restores it itself); a state
@@ -381,3 +412,5 @@ class CoresetLoader:
         cs, dev = state.get("coreset"), self.source.labels.device
         self.selection = None if cs is None else Selection(cs["indices"].to(dev), cs["weights"].to(dev))
         self.stats = state.get("stats")
+        if self.cache is not None:
+            self.cache.load_state_dict(state["cache"])

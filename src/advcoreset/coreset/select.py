@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advcoreset.coreset.cache import PerturbationCache
 from advcoreset.coreset.parts import resolve_selection_objective, resolve_selector
 from advcoreset.data.sources import DataSource, as_source, check_label_range, random_states_kept
 from advcoreset.models.adapter import LastLayer, last_layer
@@ -43,13 +44,14 @@ def selection_gradients(model: nn.Module, objective: Objective, source: DataSour
                         features: str = "last_layer", layer: LastLayer | None = None,
                         autocast: Autocast | None = None, progress: Progress | None = None,
                         indices: Tensor | None = None, rows: tuple[int, int] | None = None,
-                        times: dict[str, float] | None = None) -> Tensor:
+                        times: dict[str, float] | None = None, cache: PerturbationCache | None = None) -> Tensor:
     """(n, D) last-layer gradients of ``objective`` at its adversarial points for every example of
     ``source`` (or only those at ``indices`` (k,), in that order, or in the row range ``rows`` = [start, stop):
     a rank's share of the pass), on the very pixels the attack ran on (no augmentation), in index order. The
     batch size is the training batch, so per image the pass costs what the training attack costs. ``times``: add
     the attack's and the gradients' seconds to ``times["attack"]`` and ``times["gradient"]`` (timed apart, with a
-    device sync after each)."""
+    device sync after each). ``cache``: take the gradients at each example's cached perturbation instead
+    (``PerturbationCache``), attacking only the examples it does not know."""
     if rows is not None:
         indices = torch.arange(*rows)
     n = len(source) if indices is None else int(indices.numel())
@@ -60,8 +62,13 @@ def selection_gradients(model: nn.Module, objective: Objective, source: DataSour
     batches = source.ordered(batch_size) if indices is None else source.ordered_at(indices, batch_size)
     for x, y in batches:
         with autocast() if autocast is not None else nullcontext():
-            g = (last_layer_grads(model, objective, x, y, features, layer) if times is None
-                 else _timed_grads(model, objective, x, y, features, layer, times))
+            if cache is not None:
+                at = torch.arange(done, done + x.shape[0]) if indices is None else indices[done:done + x.shape[0]]
+                g = _cached_grads(model, objective, x, y, at, cache, features, layer)
+            elif times is None:
+                g = last_layer_grads(model, objective, x, y, features, layer)
+            else:
+                g = _timed_grads(model, objective, x, y, features, layer, times)
         if grads is None:
             # One (n, D) buffer: keeping every chunk alive until a final cat interleaved live blocks with the
             # attack's temporaries in the CPU heap, and the pass slowed down as it went.
@@ -75,6 +82,18 @@ def selection_gradients(model: nn.Module, objective: Objective, source: DataSour
     if grads.is_cuda:
         torch.cuda.synchronize()
     return grads
+
+
+def _cached_grads(model: nn.Module, objective: Objective, x: Tensor, y: Tensor, at: Tensor,
+                  cache: PerturbationCache, features: str, layer: LastLayer) -> Tensor:
+    """(B, D) last-layer gradients of the examples ``at`` (B,) (x (B, C, H, W), y (B,)) at their cached
+    perturbations; the examples without one are attacked (only they)."""
+    x_adv = cache.points(at, x)
+    fresh = ~cache.known_at(at).to(x.device)
+    if bool(fresh.any()):
+        with eval_mode(model):
+            x_adv[fresh] = objective.attack(model, x[fresh], y[fresh]).to(x_adv.dtype)
+    return last_layer_grads_at(model, objective, x, x_adv, y, features, layer)
 
 
 def _timed_grads(model: nn.Module, objective: Objective, x: Tensor, y: Tensor, features: str, layer: LastLayer,
@@ -99,7 +118,8 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
                   generator: torch.Generator, *, batch_size: int, features: str = "last_layer",
                   layer: LastLayer | None = None, autocast: Autocast | None = None,
                   progress: Progress | None = None, num_classes: int | None = None, round_index: int = 0,
-                  measure_error: bool = False, pool: Pool | None = None) -> tuple[Selection, dict[str, Any]]:
+                  measure_error: bool = False, pool: Pool | None = None,
+                  cache: PerturbationCache | None = None) -> tuple[Selection, dict[str, Any]]:
     """Choose a weighted coreset of ``source``; returns it and its JSON-serialisable statistics (size, class
     histogram, weight sum, attack and solver seconds, relative gradient error, solver diagnostics).
 
@@ -108,7 +128,9 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
     and it leaves the random streams (Python, NumPy, torch's CPU and the device's) as it found them.
     ``pool``: a gradient selector attacks and matches only inside this round's random pool (``Pool``); its
     ``grad_error`` is then the error against the pool's gradient sum. A ``ShardedSelector``: the pass covers this
-    rank's rows only (``rows``), and the round reports its own error, bytes and seconds (``Selection.record``)."""
+    rank's rows only (``rows``), and the round reports its own error, bytes and seconds (``Selection.record``).
+    ``cache``: the gradients are taken at the examples' cached perturbations (``selection.points: cached``); the
+    round records ``points`` and ``cached_share``, the share of the pass served from the cache."""
     labels = source.labels
     t0 = time.perf_counter()
     at = None
@@ -120,7 +142,8 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
     with eval_mode(model):
         grads = selection_gradients(model, objective, source, batch_size, features=features, layer=layer,
                                     autocast=autocast, progress=progress, indices=at, rows=rows,
-                                    times=None if sharded is None else times) if selector.needs_grads else None
+                                    times=None if sharded is None else times,
+                                    cache=cache) if selector.needs_grads else None
     t1 = time.perf_counter()
     error_grads, t_error = grads, 0.0
     if grads is None and measure_error:  # a measurement only: the run's random streams go on as without it
@@ -145,6 +168,9 @@ def run_selection(selector: Selector, model: nn.Module, objective: Objective, so
     stats = _stats(selector, sel, labels, num_classes, t1 - t0 - t_error, t2 - t1, error)
     if at is not None:
         stats.update(pool_size=int(at.numel()), grad_error_of="pool")
+    if cache is not None and grads is not None:
+        known = cache.known if at is None else cache.known_at(at)
+        stats.update(points="cached", cached_share=float(known.float().mean()))
     if t_error:
         stats["time_error_pass"] = t_error
     if sharded is not None:  # a sharded round: its own fields, this rank's seconds split by kind

@@ -59,6 +59,39 @@ def rank_part(indices: Tensor, weights: Tensor, rank: int, world: int) -> tuple[
     return indices[part.rows], torch.zeros_like(weights[:1]) if part.padded else weights[lo:hi], part
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """What ``random_crop_flip`` did to each image of a batch, so that a tensor in the augmented frame (an
+    adversarial perturbation) can be carried back to the image's own frame (``undo``)."""
+
+    padding: int
+    offsets: Tensor | None
+    """(2, B) int64 crop offsets in [0, 2 padding] (rows, columns) of the zero-padded image; None: no crop."""
+    flips: Tensor | None
+    """(B,) bool: the image was mirrored horizontally (after the crop); None: no flip."""
+
+    def undo(self, t: Tensor) -> Tensor:
+        """(B, C, H, W) in the augmented frame -> the images' own frame: the flip undone, then the crop (pixels
+        the crop cut off come back as 0, pixels from the padding are dropped). Exact where the crop kept the
+        pixel: ``undo(random_crop_flip(x))`` equals ``x`` there."""
+        if self.flips is not None:
+            t = torch.where(self.flips.to(t.device).view(-1, 1, 1, 1), t.flip(3), t)
+        if self.offsets is not None:
+            # aug(r, c) = x(r + o - p): x(R, C) = aug(R - o + p) = pad_p(aug)(R + (2p - o))
+            t = _crop(t, self.padding, 2 * self.padding - self.offsets.to(t.device))
+        return t.contiguous()
+
+
+def _crop(x: Tensor, padding: int, off: Tensor) -> Tensor:
+    """(B, C, H, W) zero-padded by ``padding`` and cropped back at offsets ``off`` (2, B): one gather."""
+    b, _, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    rows = (torch.arange(h, device=x.device).unsqueeze(0) + off[0].unsqueeze(1))  # (B, H)
+    cols = (torch.arange(w, device=x.device).unsqueeze(0) + off[1].unsqueeze(1))  # (B, W)
+    bi = torch.arange(b, device=x.device).view(b, 1, 1)
+    return xp.permute(0, 2, 3, 1)[bi, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2)
+
+
 def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: torch.Generator,
                      part: Part | None = None) -> Tensor:
     """Batched augmentation: zero-pad by ``padding``, crop back at a random offset per image, and
@@ -68,23 +101,26 @@ def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: torch.Gener
     are reproducible across devices); one gather does the whole batch. ``part``: ``x`` is this rank's part
     of a global batch; the draws are made for the whole global batch (crop offsets (2, size), then flip coins
     (size,)) and sliced, so every rank advances the generator alike and gives each image the augmentation one
-    process gives it.
+    process gives it. ``augment_batch`` also returns what was drawn.
     """
-    b, _, h, w = x.shape
+    return augment_batch(x, padding, flip, generator, part)[0]
+
+
+def augment_batch(x: Tensor, padding: int, flip: bool, generator: torch.Generator,
+                  part: Part | None = None) -> tuple[Tensor, Augmentation]:
+    """``random_crop_flip`` of ``x`` (B, C, H, W) and the ``Augmentation`` it drew (to undo it)."""
+    b = x.shape[0]
     n = b if part is None else part.size
+    off = mask = None
     if padding > 0:
-        xp = torch.nn.functional.pad(x, (padding, padding, padding, padding))
         off = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
         off = (off if part is None else off[:, part.rows]).to(x.device)
-        rows = (torch.arange(h, device=x.device).unsqueeze(0) + off[0].unsqueeze(1))  # (B, H)
-        cols = (torch.arange(w, device=x.device).unsqueeze(0) + off[1].unsqueeze(1))  # (B, W)
-        bi = torch.arange(b, device=x.device).view(b, 1, 1)
-        x = xp.permute(0, 2, 3, 1)[bi, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2)
+        x = _crop(x, padding, off)
     if flip:
         coins = torch.rand(n, generator=generator) < 0.5
-        mask = (coins if part is None else coins[part.rows]).to(x.device).view(b, 1, 1, 1)
-        x = torch.where(mask, x.flip(3), x)
-    return x.contiguous()
+        mask = (coins if part is None else coins[part.rows]).to(x.device)
+        x = torch.where(mask.view(b, 1, 1, 1), x.flip(3), x)
+    return x.contiguous(), Augmentation(padding, off, mask)
 
 
 @dataclass
@@ -99,6 +135,8 @@ class Batch:
     """(B,) int64 positions in the training array."""
     part: Part | None = None
     """This rank's part of a global batch (None: the whole batch, one process)."""
+    aug: Augmentation | None = None
+    """The built-in augmentation drawn for ``x`` (None: none), which ``Augmentation.undo`` reverses."""
 
     @property
     def norm(self) -> Tensor | None:
@@ -139,7 +177,8 @@ def iterate_batches(images: Tensor, labels: Tensor, indices: Tensor, weights: Te
         sel = order[start:start + batch_size]
         idx, w, part = rank_part(indices[sel], weights[sel], rank, world)
         dev_idx = idx.to(images.device)
-        x = to_float(images[dev_idx])
+        x, aug = to_float(images[dev_idx]), None
         if padding or flip:
-            x = random_crop_flip(x, padding, flip, generator, part)
-        yield Batch(x.contiguous(memory_format=memory_format), labels[dev_idx], w.to(images.device), idx, part)
+            x, aug = augment_batch(x, padding, flip, generator, part)
+        yield Batch(x.contiguous(memory_format=memory_format), labels[dev_idx], w.to(images.device), idx, part,
+                    aug)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default
 
 from advcoreset.data.datasets import DataError
 from advcoreset.data.keyed import KeyedDataset
-from advcoreset.data.loader import Part, random_crop_flip, to_float
+from advcoreset.data.loader import Augmentation, Part, augment_batch, to_float
 
 
 class DataSource(Protocol):
@@ -55,10 +55,10 @@ class DataSource(Protocol):
         ...
 
     def finish(self, x: Tensor, y: Tensor, generator: torch.Generator,
-               part: Part | None = None) -> tuple[Tensor, Tensor]:
+               part: Part | None = None) -> tuple[Tensor, Tensor, Augmentation | None]:
         """A fetched batch (x (B, C, H, W), y (B,)) as a training batch on the device: x float in [0, 1],
         augmented (random draws from ``generator``; ``part``: for the whole global batch, this rank's rows
-        kept), y int64."""
+        kept), y int64, and the built-in augmentation drawn (None: none)."""
         ...
 
 
@@ -95,12 +95,12 @@ class TensorSource:
         return TensorItems(self.images, self.labels)
 
     def finish(self, x: Tensor, y: Tensor, generator: torch.Generator,
-               part: Part | None = None) -> tuple[Tensor, Tensor]:
+               part: Part | None = None) -> tuple[Tensor, Tensor, Augmentation | None]:
         """The batched ``random_crop_flip`` of ``data.loader.iterate_batches``, with the same random draws."""
-        x = to_float(x.to(self.images.device, non_blocking=True))
+        x, aug = to_float(x.to(self.images.device, non_blocking=True)), None
         if self.padding or self.flip:
-            x = random_crop_flip(x, self.padding, self.flip, generator, part)
-        return x.contiguous(memory_format=self.memory_format), y.to(self.labels.device, non_blocking=True)
+            x, aug = augment_batch(x, self.padding, self.flip, generator, part)
+        return x.contiguous(memory_format=self.memory_format), y.to(self.labels.device, non_blocking=True), aug
 
 
 class Rows(Sequence[tuple[Tensor, Tensor]]):
@@ -303,15 +303,16 @@ class DatasetSource:
         return self.dataset
 
     def finish(self, x: Tensor, y: Tensor, generator: torch.Generator,
-               part: Part | None = None) -> tuple[Tensor, Tensor]:
+               part: Part | None = None) -> tuple[Tensor, Tensor, Augmentation | None]:
         """Checked as the first item was (``_batch``), on the device; augmented by the dataset's transforms and,
-        with ``padding`` / ``flip``, by ``random_crop_flip`` from ``generator`` (``part``: of a global batch)."""
+        with ``padding`` / ``flip``, by ``random_crop_flip`` from ``generator`` (``part``: of a global batch),
+        with that built-in augmentation's draws (the dataset's own transforms are not known here)."""
         x, y = _batch(x, y, "the training set")
-        x = self._to_device(x)
+        x, aug = self._to_device(x), None
         if self.padding or self.flip:
-            x = random_crop_flip(x, self.padding, self.flip, generator, part).contiguous(
-                memory_format=self.memory_format)
-        return x, y.to(self.device, non_blocking=True)
+            x, aug = augment_batch(x, self.padding, self.flip, generator, part)
+            x = x.contiguous(memory_format=self.memory_format)
+        return x, y.to(self.device, non_blocking=True), aug
 
 
 def check_label_range(source: DataSource, outputs: int) -> None:

@@ -91,6 +91,9 @@ class EpochContext:
     (None: the library's optimiser, whose groups all take ``lr_at`` itself)."""
     scheduler: Any = None
     """The caller's LR scheduler, stepped after every optimiser step (the loop then sets no rate)."""
+    remember: Callable[[Batch, Tensor], None] | None = None
+    """Told every mini-batch's adversarial points (B, C, H, W) after its attack (the coreset loader's
+    perturbation cache, ``selection.points: cached``)."""
 
 
 Micro = tuple[Batch, Tensor | float | None, bool]
@@ -116,6 +119,8 @@ def _step(ctx: EpochContext, micro: list[Micro], timer: StepTimer) -> list[Objec
     for k, (b, _, _) in enumerate(micro):
         with timer.section("attack"), ctx.autocast():
             x_adv = ctx.objective.attack(model, b.x, b.y)
+            if ctx.remember is not None:
+                ctx.remember(b, x_adv)
         with timer.section("update"):
             last = k == len(micro) - 1
             # DDP reduces gradients once per step: at the last mini-batch's backward

@@ -85,7 +85,8 @@ class Parts:
         w = self.world
         return EpochContext(self.model, self.objective, self.optimizer, self.cfg.optim, self.device, epoch,
                             self.autocast, checkpoint, self.ddp,
-                            (lambda t: sum_counts(t, w)) if w.is_distributed else None, self.base_lrs, self.scheduler)
+                            (lambda t: sum_counts(t, w)) if w.is_distributed else None, self.base_lrs, self.scheduler,
+                            self.loader.remember if self.loader.cache is not None else None)
 
     def evaluate(self, final: bool = False, model: nn.Module | None = None) -> dict[str, Any]:
         """Clean and PGD accuracy on the test subset (and validation robust accuracy if a split exists), split
@@ -198,7 +199,7 @@ def build_loader(cfg: Config, parts: Parts, objective: Objective, selector: Sele
         rd.source, parts.model, objective, method=selector, warm_epochs=s.warm_epochs, interval=s.interval,
         weight_rule=None if cfg.optim.weight_norm == "auto" else cfg.optim.weight_norm,
         batch_size=cfg.optim.batch_size, grad_features=s.grad_features, generator=parts.generator,
-        pool=s.pool, device=parts.device, autocast=parts.autocast,
+        pool=s.pool, points=s.points, device=parts.device, autocast=parts.autocast,
         num_classes=rd.num_classes, progress=progress, measure_error=measure, rank=world.rank,
         world=world.world_size, split="global_batch")
 
@@ -212,6 +213,10 @@ def check_shardable(cfg: Config, rd: RunData) -> None:
     if cfg.selection.pool is not None:
         raise DistributedError("selection.pool is not supported under torchrun yet: run it in one process, or "
                                "set selection.pool to null")
+    if cfg.selection.points == "cached":
+        raise DistributedError("selection.points=cached is not supported under torchrun yet (each rank knows only "
+                               "its own batches' perturbations): run it in one process, or set selection.points "
+                               "to attack")
     if cfg.selection.measure_error is True:
         raise ConfigError("selection.measure_error=true is not supported under torchrun yet: set it to auto "
                           "(off there) or false, or measure in one process")

@@ -258,7 +258,8 @@ def die_with_parent() -> None:
 BEST = "best.pt"
 FORMAT_VERSION = 1
 """Checkpoint layout: model, optimizer, epoch, rng {torch, data[, cuda]}, coreset {indices, weights} or None,
-best_val, times, config, grad_errors, precision[, scheduler]."""
+best_val, times, config, grad_errors, precision[, scheduler][, perturbations {known, delta}: the
+loader's perturbation cache, ``selection.points: cached``]."""
 RESUME_FREE = frozenset({"out_dir", "progress", "tensorboard", "threads", "eval", "device", "amp"})
 """Fields that may change between a killed run and its resumption without changing what is trained (``amp`` is
 checked as the precision it resolves to: ``auto`` and ``true`` can mean the same)."""
@@ -356,6 +357,7 @@ class RunFolder:
             "best_val": s.best_val, "times": dict(s.times), "config": self.cfg.to_dict(),
             "grad_errors": list(s.grad_errors), "precision": parts.precision.name,
             **({} if parts.scheduler is None else {"scheduler": parts.scheduler.state_dict()}),
+            **({} if parts.loader.cache is None else {"perturbations": parts.loader.cache.state_dict()}),
         }
 
     def check_resume(self, ckpt: dict[str, Any], parts: Parts) -> None:
@@ -385,6 +387,12 @@ class RunFolder:
                                 f"would compute in {parts.precision.name}; resume with --set amp={flag}")
         check_state_dict(parts.model, ckpt["model"], path)
         check_optimizer_state(parts.optimizer, ckpt["optimizer"], path)
+        if parts.loader.cache is not None:
+            try:
+                parts.loader.cache.check_state(ckpt.get("perturbations"))
+            except ValueError as e:
+                raise TrainingError(f"cannot resume: the perturbation cache in {path} is damaged or missing ({e}); "
+                                    "restore the file, or start a new out_dir") from e
 
     def restore(self, ckpt: dict[str, Any], parts: Parts) -> None:
         """Continue from ``ckpt`` (checked first by ``check_resume``): the parts' states and ``state``."""
@@ -394,7 +402,8 @@ class RunFolder:
         if parts.scheduler is not None and isinstance(ckpt.get("scheduler"), dict):
             parts.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"], parts.generator)
-        parts.loader.load_state_dict({"epoch": ckpt["epoch"], "coreset": ckpt.get("coreset")})
+        parts.loader.load_state_dict({"epoch": ckpt["epoch"], "coreset": ckpt.get("coreset"),
+                                      **({} if parts.loader.cache is None else {"cache": ckpt["perturbations"]})})
         s = self.state
         s.epoch, s.best_val = ckpt["epoch"], float(ckpt.get("best_val", -1.0))
         s.times, s.grad_errors = dict(ckpt.get("times", {})), [float(e) for e in ckpt.get("grad_errors", [])]
