@@ -3,7 +3,7 @@
 Volume (default, computed, no training): for Fashion-MNIST / small CNN, CIFAR-10 / ResNet-18 and
 ImageNet / ResNet-50, per world size, gradient features and mode (gather, partition, partition with a
 second round), the payload bytes one round sends by ``advcoreset.selection.sharded.round_bytes``
-(the accounting the library's own counters use; tests/test_distributed.py checks they agree), beside
+(the accounting the library's own counters use; tests/distributed/test_distributed.py checks they agree), beside
 one coreset epoch of DDP gradient all-reduce for scale. Writes benchmarks/results/distributed/volume.{json,md}.
 
     python benchmarks/distributed.py                      # volume tables only (seconds, no data)

@@ -21,7 +21,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
     exit 2
 fi
 "$PY" -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))" | tee "$OUT/device.txt"
-timeout 180 "$PY" -m pytest -q -m cuda -rA tests/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
+timeout 180 "$PY" -m pytest -q -m cuda -rA tests/package/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
 tests_rc=${PIPESTATUS[0]}
 args=(--out "$OUT" --fmnist-root "$FMNIST_ROOT" --tests-rc "$tests_rc")
 [ -n "${CIFAR_ROOT:-}" ] && args+=(--cifar-root "$CIFAR_ROOT")

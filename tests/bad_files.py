@@ -1,4 +1,5 @@
-"""Writers of hostile and damaged input files for tests/test_bad_inputs.py (tiny, made in tmp_path)."""
+"""Writers of hostile and damaged input files for tests/cli/test_bad_input_errors.py and
+tests/data/test_data_formats.py (tiny, made in tmp_path)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from advcoreset.models.base import ImageClassifier, MaxPool2x2
 def _block(cin: int, cout: int, convs: int) -> nn.Sequential:
     """convs x (conv 3x3, ReLU), then 2x2 max pooling. The last ReLU runs after the pooling, on a quarter of
     the values: max and ReLU commute, so outputs and gradients are those of conv-ReLU-pool, bit for bit
-    (tests/test_models.py), and the parameters keep their names."""
+    (tests/models/test_models.py), and the parameters keep their names."""
     layers: list[nn.Module] = []
     for i in range(convs):
         layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.ReLU(inplace=True)]

@@ -10,7 +10,7 @@ element is j, so the weights sum to sum_i u_i (n by default) and sum_j w_j g_j a
 
 Indices always refer to rows of the ``grads`` passed in. (The official code and CORDS read gradients in a
 shuffled order and map positions back as if unshuffled, so their weights land on the wrong samples;
-``tests/test_selection.py`` checks that ours do not depend on the input order.)
+``tests/selection/test_selection.py`` checks that ours do not depend on the input order.)
 
 Memory: the exact solver holds the n x n float32 distances, n^2 * 4 bytes (n = 6,000: 144 MB;
 n = 20,000: 1.6 GB; n = 50,000: 10 GB), plus one ``chunk`` x n block while it is computed. Classes larger

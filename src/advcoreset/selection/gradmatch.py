@@ -229,7 +229,7 @@ def gradmatch_solve(grads: Tensor, budget: int, *, lam: float = 0.5, tol: float 
         max_steps: safety cap on matching-pursuit steps (default 4 n + 16).
         atoms_per_step: atoms added per correlation pass (generalised OMP). None: 1 (plain OMP) for
             budgets under 512, where it is cheap, else budget // 64 (a 30% budget of a 6,000-image
-            class adds 28 at a time); ``tests/test_selection.py`` checks that the residual stays within a
+            class adds 28 at a time); ``tests/selection/test_selection.py`` checks that the residual stays within a
             small factor of plain OMP's.
     """
     if grads.dim() != 2:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-EXAMPLES = Path(__file__).parents[1] / "examples"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 def run(script: str, *args: str) -> list[dict]:

@@ -1,39 +1,11 @@
-"""LR / coreset schedules and the device-resident weighted batch iterator."""
+"""The device-resident weighted batch iterator, the batched crop / flip augmentation and the stratified order
+(data/loader.py, data/splits.py)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-from tests_helpers import factory
 
-from advcoreset.config import OptimConfig
-from advcoreset.coreset import CoresetLoader
 from advcoreset.data import iterate_batches, random_crop_flip, stratified_order
-from advcoreset.training.schedule import lr_at
-
-
-def test_onecycle_peaks_and_ends_at_zero():
-    cfg = OptimConfig(lr=0.2, schedule="onecycle", pct_start=0.25)
-    assert lr_at(0.0, cfg) == 0.0
-    assert lr_at(0.25, cfg) == pytest.approx(0.2)
-    assert lr_at(1.0, cfg) == pytest.approx(0.0)
-    assert lr_at(0.125, cfg) == pytest.approx(0.1)
-
-
-def test_step_and_cosine():
-    cfg = OptimConfig(lr=1.0, schedule="step", milestones=[0.5, 0.75], gamma=0.1)
-    assert [lr_at(p, cfg) for p in (0.1, 0.5, 0.8)] == pytest.approx([1.0, 0.1, 0.01])
-    cfg = OptimConfig(lr=1.0, schedule="cosine")
-    assert lr_at(0.5, cfg) == pytest.approx(0.5)
-
-
-def test_coreset_schedule():
-    data = [(torch.rand(1, 8, 8), i % 10) for i in range(40)]
-    ld = CoresetLoader(data, factory(), method="craig", warm_epochs=2, interval=3)
-    assert [ld.is_warm(e) for e in range(6)] == [True, True, False, False, False, False]
-    assert [e for e in range(12) if ld.selects_at(e)] == [2, 5, 8, 11]
-    full = CoresetLoader(data, factory(), method="full", warm_epochs=2, interval=3)
-    assert all(full.is_warm(e) and not full.selects_at(e) for e in range(5))
 
 
 def test_batches_cover_exactly_the_indices_with_their_weights():

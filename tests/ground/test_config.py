@@ -58,7 +58,7 @@ def test_shipped_configs_validate():
 
     from advcoreset.bench import expand, load_spec
 
-    configs = Path(__file__).parents[1] / "configs"
+    configs = Path(__file__).parents[2] / "configs"
     runs, specs = sorted(configs.glob("*.yaml")), sorted((configs / "bench").glob("*.yaml"))
     assert runs and specs
     for f in runs:

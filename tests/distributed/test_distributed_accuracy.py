@@ -20,7 +20,7 @@ FLOOR = 0.02
 """Two points of accuracy: below it, a difference is within what any two seeds of a run this short show."""
 # The default attack (PGD-7, eps 0.1, random start) and optimiser on scikit-learn's digits, on all the data: what
 # differs between 1 and 2 processes is the update (random starts drawn per rank; the gather selection gives the
-# single-process coreset for the same gradients, tests/test_distributed.py). Six epochs, so that seeds agree
+# single-process coreset for the same gradients, tests/distributed/test_distributed.py). Six epochs, so that seeds agree
 # within a few points; a shorter run's spread would hide any gap.
 OVERRIDES = ["data.name=digits", "model.width=8", "selection.method=full", "optim.epochs=6", "optim.batch_size=64",
              "eval.every=0", "eval.pgd_steps=10", "progress=none", "threads=1", "device=cpu"]

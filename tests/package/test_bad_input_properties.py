@@ -1,5 +1,5 @@
-"""Property-based bad inputs (issue 26), beside the hand-written tables of ``test_bad_inputs.py``,
-``test_input_shapes.py``, ``test_checkpoint_checks.py`` and ``test_api_inputs.py``.
+"""Property-based bad inputs (issue 26), beside the hand-written tables of ``cli/test_bad_input_errors.py``,
+``cli/test_input_shape_refusals.py``, ``ground/test_checkpoint_checks.py`` and ``package/test_api_input_errors.py``.
 
 Four properties, each over inputs Hypothesis generates:
 
@@ -11,7 +11,7 @@ Four properties, each over inputs Hypothesis generates:
    lists, strings, a bad ``epoch`` or ``rng``, a bad optimizer state or saved config): ``advcoreset eval`` and
    ``train --resume`` exit 0 or 2 with one ``error:`` line and no traceback (or, for ``--resume`` only, 1 with
    the trainer's one-line "cannot resume" when the saved config differs from the run's ``config.yaml``, as
-   ``test_bad_inputs``' resume-changed-config), and change no file outside the run folder.
+   ``test_bad_input_errors``' resume-changed-config), and change no file outside the run folder.
 4. API arguments to ``select_coreset`` and ``CoresetLoader`` (fractions, batch sizes, method names, label
    tensors): they return or raise a ValueError/TypeError of advcoreset's own or one naming the argument;
    never an IndexError, KeyError, RuntimeError, ZeroDivisionError, ...
@@ -22,7 +22,7 @@ Profiles (``HYPOTHESIS_PROFILE``): ``ci`` (the default; 25 examples per cheap pr
 one, beside the explicit examples: the file runs in well under a minute on 2 cores) and ``nightly`` (10x more:
 250 and 100)::
 
-    HYPOTHESIS_PROFILE=nightly python -m pytest tests/test_properties.py
+    HYPOTHESIS_PROFILE=nightly python -m pytest tests/package/test_bad_input_properties.py
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from advcoreset.bench import probe as bench_probe
 from advcoreset.bench import report as bench_report
 from advcoreset.bench.spec import SpecError, load_spec
 
-SPEC = Path(__file__).parents[1] / "configs" / "bench" / "smoke.yaml"
+SPEC = Path(__file__).parents[2] / "configs" / "bench" / "smoke.yaml"
 
 
 def test_probe_times_real_work():

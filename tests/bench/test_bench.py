@@ -16,7 +16,7 @@ from advcoreset.bench import report as bench_report
 from advcoreset.bench import runner
 from advcoreset.config import ConfigError
 
-SPEC = Path(__file__).parents[1] / "configs" / "bench" / "smoke.yaml"
+SPEC = Path(__file__).parents[2] / "configs" / "bench" / "smoke.yaml"
 
 
 def test_smoke_benchmark_runs_resumes_and_reports(tmp_path, capsys):
@@ -229,7 +229,7 @@ def test_world_size_launches_runs_under_torchrun_and_jobs_get_their_own_devices(
     spec["world_size"] = 2
     run = bench.expand(spec, tmp_path)[0]
     cmd = runner.train_command(run, tmp_path / "c.yaml", True)
-    # the launch tests/test_distributed.py runs for --resume under torchrun
+    # the launch tests/distributed/test_distributed.py runs for --resume under torchrun
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     assert cmd[6:8] == ["advcoreset", "train"] and cmd[-1] == "--resume"
     assert runner.device_groups(2, 2, ["0", "1", "2", "3"]) == ["0,1", "2,3"]

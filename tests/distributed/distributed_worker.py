@@ -1,4 +1,4 @@
-"""The multi-rank half of tests/test_distributed.py: ``torchrun ... distributed_worker.py OUT [KILL_RANK]``.
+"""The multi-rank half of tests/distributed/test_distributed.py: ``torchrun ... distributed_worker.py OUT [KILL_RANK]``.
 
 Every rank trains the tiny problems on its part of every global batch (``data.iterate_batches`` with
 ``rank, world``) and runs the sharded selections (``selection.ShardedSelector``), then saves what it got to

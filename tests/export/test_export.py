@@ -20,7 +20,7 @@ from advcoreset.export import export_model, load_model
 from advcoreset.models import available_models, create_model
 from advcoreset.training import train
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "export.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "export.md"
 SHAPE = (3, 16, 16)
 WIDTH = {"small_cnn": 4, "trades_cnn": 4, "preact_resnet18": 2, "resnet18": 2, "resnet50": 1, "wrn28_10": 1,
          "wrn34_10": 1}
