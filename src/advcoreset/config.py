@@ -116,6 +116,10 @@ class SelectionConfig:
     """Mini-batch size for batch-wise selection."""
     warm_epochs: int = 1
     """Epochs of full-data training (with the training objective) before the first selection."""
+    warm_start: str = "full"
+    """What the warm epochs train on: full (all data) or rs2: a fresh uniform ``fraction`` of every class each
+    warm epoch, without replacement across them (Okanovic et al., ICLR 2024), so a warm epoch costs what a
+    coreset epoch does and a budget buys more of them."""
     interval: int = 4
     """Re-select every R training epochs after the warm start."""
     grad_features: str = "last_layer"
@@ -147,6 +151,12 @@ class SelectionConfig:
     (benchmarks/README.md, "Selection: gradient error and overhead")."""
     max_class_size: int = 20000
     """CRAIG: classes larger than this use partitioned greedy instead of the exact O(n^2) one."""
+    rest: str = "drop"
+    """What the examples outside the coreset do in a coreset epoch: drop (left out; the coreset's weights
+    stand for them), or they train too at a cheaper point, as BulletTrain allocates the attack (Hua et al.,
+    NeurIPS 2021): clean, or selection_attack (the selection attack's, 1-step by default). Then every example
+    trains once an epoch with weight 1 and the coreset members, at the training attack, with their weights
+    scaled to a mean of 1 per class; ``optim.weight_norm`` resample is refused."""
     pool: float | None = None
     """Pool-then-match (craig, gradmatch): each round attacks and matches only inside a fresh random pool of
     ``pool`` x the budget per class, drawn without replacement across rounds (the CREST idea, Yang et al.,

@@ -73,6 +73,11 @@ def _selection_rules(c: Any) -> list[Rule]:
     return [
         (0 < s.fraction <= 1, "selection.fraction", s.fraction, "must be in (0, 1]"),
         (s.warm_epochs >= 0, "selection.warm_epochs", s.warm_epochs, "must be >= 0"),
+        (s.warm_start in ("full", "rs2"), "selection.warm_start", s.warm_start, "must be full or rs2"),
+        (s.rest in ("drop", "clean", "selection_attack"), "selection.rest", s.rest,
+         "must be drop, clean or selection_attack"),
+        (s.rest == "drop" or c.optim.weight_norm != "resample", "selection.rest", s.rest,
+         "trains every example once an epoch, so optim.weight_norm must be auto, batch or epoch, not resample"),
         (s.interval >= 1, "selection.interval", s.interval, "must be >= 1"),
         (s.pool is None or s.pool >= 1, "selection.pool", s.pool, "must be >= 1 (a multiple of the budget) or null"),
         (s.pool is None or s.method in ("craig", "gradmatch"), "selection.pool", s.pool,

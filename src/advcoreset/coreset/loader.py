@@ -50,9 +50,15 @@ from advcoreset.data.loader import Batch
 from advcoreset.data.sources import TensorSource, as_source, check_label_range, collate_items, fetched
 from advcoreset.models.adapter import last_layer
 from advcoreset.objectives import Objective
-from advcoreset.selection import Selection, Selector
+from advcoreset.objectives.lp import Standard
+from advcoreset.selection import RS2Selector, Selection, Selector
 
-__all__ = ["DATALOADER_OPTIONS", "WEIGHT_RULES", "CoresetLoader"]
+__all__ = ["DATALOADER_OPTIONS", "RESTS", "WARM_STARTS", "WEIGHT_RULES", "CoresetLoader"]
+
+WARM_STARTS = ("full", "rs2")
+RESTS = ("drop", "clean", "selection_attack")
+"""What the examples outside the coreset do in a coreset epoch (``selection.rest``)."""
+"""What the warm epochs train on (``selection.warm_start``): all data, or RS2's fresh uniform subsets."""
 
 _OWN = {"self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last", "generator"}
 DATALOADER_OPTIONS = tuple(p for p in inspect.signature(DataLoader.__init__).parameters if p not in _OWN)
@@ -104,6 +110,15 @@ class CoresetLoader:
             ``attack_alpha`` (default 2.5 eps / steps); or an Objective, used as it is.
         method, fraction: the selector (name or object) and the share of every class kept.
         warm_epochs, interval: epochs on all data first, then a new coreset every ``interval`` epochs.
+        rest: what the examples outside the coreset do in a coreset epoch (``selection.rest``): ``drop`` (they
+            are left out, the coreset's weights stand for them) or, as BulletTrain allocates the attack (Hua et
+            al., NeurIPS 2021), they train too, at a cheaper point: ``clean`` or ``selection_attack`` (the
+            selection objective's, 1-step by default; ``loader.rest_objective``). Every example then trains
+            once per epoch with weight 1, the members with their coreset weights scaled to a mean of 1 in each
+            class, and ``Batch.strong`` marks the members (the training attack's examples).
+        warm_start: what the warm epochs train on (``selection.warm_start``): ``full`` (all data) or ``rs2``: a
+            fresh uniform ``fraction`` of every class each warm epoch, without replacement across them (RS2's
+            draw, seeded by ``seed``), so a warm epoch costs what a coreset epoch costs.
         weight_rule: batch, epoch or resample; None = the selector's default.
         batch_size: training batches (this rank's) and the selection pass's batches.
         generator: order, augmentation, resampling and the selector's randomness (default: seeded by
@@ -145,7 +160,7 @@ class CoresetLoader:
                  attack_steps: int | None = None, attack_alpha: float | None = None, pool: float | None = None,
                  keys: Sequence[str] | None = None, shuffle: bool = True, drop_last: bool = False, rank: int = 0,
                  world: int = 1, split: str = "stride", measure_error: bool | str = "auto", points: str = "attack",
-                 **options: Any) -> None:
+                 warm_start: str = "full", rest: str = "drop", **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_batch_size(batch_size)
@@ -158,6 +173,11 @@ class CoresetLoader:
             raise ValueError(f"pool must be >= 1 and needs a gradient selector (craig, gradmatch), got pool={pool} "
                              f"for {self.selector.name}")
         self.pool = None if pool is None else Pool(float(pool), seed)
+        if warm_start not in WARM_STARTS:
+            raise ValueError(f"warm_start must be one of {WARM_STARTS}, got {warm_start!r}")
+        chooser = getattr(self.selector, "inner", self.selector)  # a ShardedSelector's wrapped selector
+        self.warm_draw = RS2Selector(float(getattr(chooser, "fraction", 1.0)), seed) if warm_start == "rs2" else None
+        """RS2's draw for the warm epochs (``warm_start='rs2'``), else None (all data)."""
         if points not in POINTS:
             raise ValueError(f"points must be one of {POINTS}, got {points!r}")
         if points == "cached" and world > 1:
@@ -165,9 +185,16 @@ class CoresetLoader:
                              "perturbations of its own batches): use points='attack' under torchrun")
         self.measure_error = measures_error(measure_error, self.selector)
         """Whether a gradient-free selector's rounds take the gradient pass for ``grad_error``."""
-        rule = weight_rule or self.selector.weight_rule
+        if rest not in RESTS:
+            raise ValueError(f"rest must be one of {RESTS}, got {rest!r}")
+        # a member stands for itself beside the others, not for its class: no weighted resampling then
+        rule = weight_rule or ("batch" if rest != "drop" else self.selector.weight_rule)
         if rule not in WEIGHT_RULES:
             raise ValueError(f"weight_rule must be one of {WEIGHT_RULES} or None, got {rule!r}")
+        if rest != "drop" and rule == "resample":
+            raise ValueError(f"rest={rest!r} trains every example once an epoch: it needs weight_rule 'batch' or "
+                             "'epoch', not 'resample'")
+        self.rest = rest
         dev = device if device is not None else next(model.parameters()).device
         src_kw: dict[str, Any] = {"keys": keys, "num_workers": loader_options.get("num_workers") or 0}
         if selection_dataset is not None:
@@ -178,6 +205,9 @@ class CoresetLoader:
         _check_loader_options(self.source, loader_options)
         self.model = model
         self.objective = resolve_selection_objective(objective, objective_options, attack_steps, attack_alpha)
+        self.rest_objective: Objective | None = {"drop": None, "clean": Standard(),
+                                                 "selection_attack": self.objective}[rest]
+        """The attack of the examples outside the coreset in a coreset epoch (``rest``), else None."""
         self.layer = last_layer(model, self.source.sample())
         check_label_range(self.source, self.layer.linear.out_features)
         self.warm_epochs, self.interval, self.weight_rule = warm_epochs, interval, rule
@@ -204,6 +234,8 @@ class CoresetLoader:
         self.stats: dict[str, Any] | None = None
         """The last selection's statistics (``run_selection``), with the epoch it was made for."""
         self._wbar: Tensor | None = None
+        self._member: Tensor | None = None
+        """(n,) bool coreset members of the epoch being iterated, when the rest trains too (``rest``)."""
 
     def _dataloader(self, options: dict[str, Any], seed: int) -> DataLoader[Any]:
         """The DataLoader over ``batch_sampler`` that fetches the epoch's batches, with the caller's arguments."""
@@ -264,7 +296,7 @@ class CoresetLoader:
 
     @property
     def indices(self) -> Tensor:
-        """(k,) int64 positions the next epoch trains on (all of them while warm)."""
+        """(k,) int64 positions the next epoch trains on (all of them while warm, or RS2's draw)."""
         return self._plan()[0]
 
     @property
@@ -273,11 +305,33 @@ class CoresetLoader:
         return self._plan()[1]
 
     def _plan(self) -> tuple[Tensor, Tensor]:
-        if self.phase == "coreset":
+        phase, dev = self.phase, self.source.labels.device
+        if phase == "coreset":
             assert self.selection is not None
+            if self.rest_objective is not None:
+                return self._allocated()[:2]
             return self.selection.indices, self.selection.weights
-        n, dev = len(self.source), self.source.labels.device
+        if phase == "warm" and self.warm_draw is not None:  # recomputed from (seed, epoch): resumes exactly
+            sel = self.warm_draw.select(None, self.source.labels.cpu(), torch.Generator(), round_index=self.epoch)
+            return sel.indices.to(dev), sel.weights.to(dev)
+        n = len(self.source)
         return torch.arange(n, device=dev), torch.ones(n, device=dev)
+
+    def _allocated(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A coreset epoch that trains the rest too (``rest``): all (n,) positions, their weights (1 outside the
+        coreset; a member's coreset weight scaled so that each class's members average 1) and the (n,) member
+        mask."""
+        assert self.selection is not None
+        labels, dev = self.source.labels, self.source.labels.device
+        n, k = labels.numel(), int(labels.max()) + 1
+        idx, w = self.selection.indices.to(dev), self.selection.weights.to(dev).double()
+        count = torch.bincount(labels[idx], minlength=k).double()
+        total = torch.zeros(k, dtype=torch.float64, device=dev).index_add_(0, labels[idx], w)
+        weights = torch.ones(n, device=dev)
+        weights[idx] = (w * (count / total.clamp_min(1e-300))[labels[idx]]).float()
+        member = torch.zeros(n, dtype=torch.bool, device=dev)
+        member[idx] = True
+        return torch.arange(n, device=dev), weights, member
 
     # --------------------------------------------------------------------- epoch
     def start_epoch(self) -> dict[str, Any] | None:
@@ -317,7 +371,10 @@ class CoresetLoader:
                                    cache=self.cache)
 
     def epoch_batches(self) -> Iterator[Batch]:
-        """The current epoch's batches under the weight rule (``start_epoch`` first, ``end_epoch`` after)."""
+        """The current epoch's batches under the weight rule (``start_epoch`` first, ``end_epoch`` after); with
+        ``rest``, a coreset epoch's batches mark their members (``Batch.strong``)."""
+        allocating = self.rest_objective is not None and self.phase == "coreset"
+        self._member = self._allocated()[2] if allocating else None
         return self.batches_for(*self._plan())
 
     def batches_for(self, indices: Tensor, weights: Tensor) -> Iterator[Batch]:
@@ -331,11 +388,12 @@ class CoresetLoader:
         """The DataLoader's batches of the sampler's epoch, each made a training batch by the source (device,
         augmentation from the generator, in batch order) and given the weights (and the part of its global batch)
         the batch sampler planned for it."""
-        pending = self.batch_sampler.pending
+        pending, member = self.batch_sampler.pending, self._member
         for out in fetched(self.dataloader, "the training set"):
             idx, w, part = pending.popleft()
             x, y, aug = self.source.finish(*_pair(out), self.generator, part)
-            yield Batch(x, y, w.to(y.device), idx, part, aug)
+            strong = None if member is None else member[idx.to(member.device)]
+            yield Batch(x, y, w.to(y.device), idx, part, aug, strong)
 
     def end_epoch(self) -> None:
         """Count the current epoch as done (iteration does this itself)."""

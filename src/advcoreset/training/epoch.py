@@ -94,6 +94,9 @@ class EpochContext:
     remember: Callable[[Batch, Tensor], None] | None = None
     """Told every mini-batch's adversarial points (B, C, H, W) after its attack (the coreset loader's
     perturbation cache, ``selection.points: cached``)."""
+    rest: Objective | None = None
+    """The attack of the examples a batch marks as outside the coreset (``Batch.strong`` False): the coreset
+    loader's ``rest_objective`` (``selection.rest``); None: every example takes ``objective``'s attack."""
 
 
 Micro = tuple[Batch, Tensor | float | None, bool]
@@ -112,13 +115,26 @@ def _step_norm(micro: list[Micro]) -> Tensor | float | None:
     return total
 
 
+def _attack(ctx: EpochContext, b: Batch) -> Tensor:
+    """The batch's adversarial points (B, C, H, W): the objective's attack, or, for a batch that marks its
+    coreset members (``b.strong``), the objective's attack on them and ``ctx.rest``'s on the others."""
+    if b.strong is None or ctx.rest is None:
+        return ctx.objective.attack(ctx.model, b.x, b.y)
+    strong = b.strong.to(b.x.device)
+    x_adv = b.x.clone()
+    for rows, obj in ((strong, ctx.objective), (~strong, ctx.rest)):
+        if bool(rows.any()):
+            x_adv[rows] = obj.attack(ctx.model, b.x[rows], b.y[rows]).to(x_adv.dtype)
+    return x_adv
+
+
 def _step(ctx: EpochContext, micro: list[Micro], timer: StepTimer) -> list[ObjectiveOutput]:
     """One optimiser step over the mini-batches ``micro`` (gradients accumulated); their objective outputs."""
     model, opt = ctx.model, ctx.optimizer
     norm, outs = _step_norm(micro), []
     for k, (b, _, _) in enumerate(micro):
         with timer.section("attack"), ctx.autocast():
-            x_adv = ctx.objective.attack(model, b.x, b.y)
+            x_adv = _attack(ctx, b)
             if ctx.remember is not None:
                 ctx.remember(b, x_adv)
         with timer.section("update"):

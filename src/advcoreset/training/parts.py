@@ -86,7 +86,8 @@ class Parts:
         return EpochContext(self.model, self.objective, self.optimizer, self.cfg.optim, self.device, epoch,
                             self.autocast, checkpoint, self.ddp,
                             (lambda t: sum_counts(t, w)) if w.is_distributed else None, self.base_lrs, self.scheduler,
-                            self.loader.remember if self.loader.cache is not None else None)
+                            self.loader.remember if self.loader.cache is not None else None,
+                            self.loader.rest_objective)
 
     def evaluate(self, final: bool = False, model: nn.Module | None = None) -> dict[str, Any]:
         """Clean and PGD accuracy on the test subset (and validation robust accuracy if a split exists), split
@@ -199,7 +200,8 @@ def build_loader(cfg: Config, parts: Parts, objective: Objective, selector: Sele
         rd.source, parts.model, objective, method=selector, warm_epochs=s.warm_epochs, interval=s.interval,
         weight_rule=None if cfg.optim.weight_norm == "auto" else cfg.optim.weight_norm,
         batch_size=cfg.optim.batch_size, grad_features=s.grad_features, generator=parts.generator,
-        pool=s.pool, points=s.points, device=parts.device, autocast=parts.autocast,
+        pool=s.pool, points=s.points, warm_start=s.warm_start, rest=s.rest, seed=cfg.seed, device=parts.device,
+        autocast=parts.autocast,
         num_classes=rd.num_classes, progress=progress, measure_error=measure, rank=world.rank,
         world=world.world_size, split="global_batch")
 
