@@ -311,3 +311,17 @@ def test_budget_spec_prices_every_row_near_its_budget():
     assert {r.label for r in runs} == {"pgd_linf", "pgd_linf_pool2", "pgd_linf_cached", "pgd_linf_rs2warm",
                                        "pgd_linf_bullet", "fast", "nfgsm"}
     assert {r.config["objective"]["name"] for r in runs if r.label == "nfgsm"} == {"nfgsm"}
+
+
+def test_a_warm_start_on_subsets_is_not_a_full_data_epoch():
+    """A run's cost unit is its own full-data epoch: warm epochs that trained on RS2 subsets
+    (``selection.warm_start: rs2``) are not one, whole-data warm epochs and Full's epochs are."""
+    from advcoreset.bench.report import full_epoch_seconds
+
+    def ep(phase, n, s):
+        return {"kind": "epoch", "phase": phase, "n_train": n, "time_epoch_wall": s}
+
+    sel = {"kind": "selection", "train_size": 100}
+    assert full_epoch_seconds([ep("warm", 30, 3.0), ep("warm", 30, 3.0), sel, ep("coreset", 30, 3.5)]) is None
+    assert full_epoch_seconds([ep("warm", 100, 10.0), sel, ep("coreset", 30, 3.5)]) == 10.0
+    assert full_epoch_seconds([ep("full", 100, 9.0), ep("full", 100, 11.0)]) == 10.0

@@ -26,9 +26,12 @@ BASES = {"time": ("time", "time"), "probe": ("cost", "probe-normalised time"),
 
 def full_epoch_seconds(lines: list[dict[str, Any]]) -> float | None:
     """Mean wall seconds of a run's epochs on the whole training set (every epoch of Full, a coreset's warm
-    epochs), from its ``metrics.jsonl`` records; None when it has none (a coreset without a warm start)."""
+    epochs), from its ``metrics.jsonl`` records; None when it has none (a coreset without a warm start, or
+    whose warm start trains on subsets: ``selection.warm_start: rs2``). A warm epoch counts only when it saw
+    as many examples as a selection round's ``train_size``."""
+    sizes = [s["train_size"] for s in lines if s.get("kind") == "selection" and s.get("train_size")]
     secs = [s["time_epoch_wall"] for s in lines if s.get("kind") == "epoch" and s.get("phase") in ("full", "warm")
-            and s.get("time_epoch_wall")]
+            and s.get("time_epoch_wall") and (not sizes or s.get("n_train", sizes[0]) >= sizes[0])]
     return statistics.fmean(secs) if secs else None
 
 
