@@ -56,9 +56,9 @@ from advcoreset.selection import RS2Selector, Selection, Selector
 __all__ = ["DATALOADER_OPTIONS", "RESTS", "WARM_STARTS", "WEIGHT_RULES", "CoresetLoader"]
 
 WARM_STARTS = ("full", "rs2")
+"""What the warm epochs train on (``selection.warm_start``): all data, or RS2's fresh uniform subsets."""
 RESTS = ("drop", "clean", "selection_attack")
 """What the examples outside the coreset do in a coreset epoch (``selection.rest``)."""
-"""What the warm epochs train on (``selection.warm_start``): all data, or RS2's fresh uniform subsets."""
 
 _OWN = {"self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last", "generator"}
 DATALOADER_OPTIONS = tuple(p for p in inspect.signature(DataLoader.__init__).parameters if p not in _OWN)
@@ -373,8 +373,10 @@ class CoresetLoader:
     def epoch_batches(self) -> Iterator[Batch]:
         """The current epoch's batches under the weight rule (``start_epoch`` first, ``end_epoch`` after); with
         ``rest``, a coreset epoch's batches mark their members (``Batch.strong``)."""
-        allocating = self.rest_objective is not None and self.phase == "coreset"
-        self._member = self._allocated()[2] if allocating else None
+        self._member = None
+        if self.rest_objective is not None and self.phase == "coreset":
+            idx, w, self._member = self._allocated()
+            return self.batches_for(idx, w)
         return self.batches_for(*self._plan())
 
     def batches_for(self, indices: Tensor, weights: Tensor) -> Iterator[Batch]:
