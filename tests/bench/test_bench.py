@@ -278,15 +278,15 @@ def test_amp_spec_is_the_fullscale_schedule_in_bf16():
 
 
 def test_budget_spec_prices_every_row_near_its_budget():
-    """configs/bench/budget.yaml: 33 runs at budgets 2, 4 and 7; each row's nominal cost (PGD-7 epochs:
+    """configs/bench/budget.yaml: 36 runs at budgets 2, 4 and 7; each row's nominal cost (PGD-7 epochs:
     Full 1 per epoch, RS2 0.3, a coreset its warm epoch + 0.3 per coreset epoch + 0.25 per 1-step round (0.2
     per round at cached points: no attack, the solver and a forward pass; an RS2 warm epoch 0.3; a coreset
-    epoch that trains the rest clean 0.3 + 0.7 / 9),
+    epoch that trains the rest clean 0.3 + 0.7 / 9, at the 1-step selection attack 0.3 + 0.7 / 4),
     a pooled coreset 0.3 + 0.25 x its pool share per epoch, Fast-AT / N-FGSM 0.3) within 10% of its budget,
     Random aside (it skips the rounds' cost)."""
     spec = bench.load_spec(SPEC.parent / "budget.yaml")
     runs = bench.expand(spec, Path("/tmp/advcoreset-budget-check"))
-    assert len(runs) == 33 and {r.budget for r in runs} == {2, 4, 7}
+    assert len(runs) == 36 and {r.budget for r in runs} == {2, 4, 7}
     for r in runs:
         c = r.config
         epochs, sel = c["optim"]["epochs"], c["selection"]
@@ -303,13 +303,13 @@ def test_budget_spec_prices_every_row_near_its_budget():
             rounds = len(range(sel["warm_epochs"], epochs, sel["interval"]))
             per_round = 0.2 if sel.get("points") == "cached" else 0.25
             warm = sel["warm_epochs"] * (0.3 if sel.get("warm_start") == "rs2" else 1.0)
-            per_epoch = 0.3 + (0.7 / 9 if sel.get("rest") == "clean" else 0.0)
+            per_epoch = 0.3 + {"clean": 0.7 / 9, "selection_attack": 0.7 / 4}.get(sel.get("rest", "drop"), 0.0)
             cost = warm + per_epoch * (epochs - sel["warm_epochs"]) + (0 if r.method == "random" else
                                                                        per_round * rounds)
         tolerance = 0.15 if r.method == "random" else 0.1
         assert abs(cost - r.budget) <= tolerance * r.budget + 1e-9, (r.key, cost)
     assert {r.label for r in runs} == {"pgd_linf", "pgd_linf_pool2", "pgd_linf_cached", "pgd_linf_rs2warm",
-                                       "pgd_linf_bullet", "fast", "nfgsm"}
+                                       "pgd_linf_bullet", "pgd_linf_bullet1", "fast", "nfgsm"}
     assert {r.config["objective"]["name"] for r in runs if r.label == "nfgsm"} == {"nfgsm"}
 
 
