@@ -72,9 +72,12 @@ def _eval(args: argparse.Namespace) -> int:
     from advcoreset.training.preflight import check_device
     from advcoreset.training.run_folder import check_output_file, write_json_atomic
 
-    for flag, value in (("--n", args.n), ("--pgd-steps", args.pgd_steps), ("--restarts", args.restarts)):
+    for flag, value in (("--n", args.n), ("--pgd-steps", args.pgd_steps), ("--restarts", args.restarts),
+                        ("--aa-n", args.aa_n)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.aa_n is not None and not args.autoattack:
+        raise ConfigError(f"--aa-n {args.aa_n} sets AutoAttack's images: add --autoattack (or drop --aa-n)")
     if args.device is not None:
         check_device(args.device, "--device")
     progress = make_progress(args.progress)
@@ -102,7 +105,7 @@ def _eval(args: argparse.Namespace) -> int:
                                 run=run)
         res = evaluate_run(args.run, checkpoint=args.checkpoint, n=args.n, pgd_steps=args.pgd_steps,
                            restarts=args.restarts, autoattack=args.autoattack, aa_version=args.aa_version,
-                           perceptual=args.perceptual, device=args.device, progress=progress)
+                           aa_n=args.aa_n, perceptual=args.perceptual, device=args.device, progress=progress)
     write_json_atomic(out, res)
     for k, v in res.items():
         if isinstance(v, float):
@@ -128,6 +131,8 @@ def _eval_outside(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
     from advcoreset.evaluation.outside import evaluate_outside
 
     kwargs: dict[str, Any] = {} if args.n is None else {"n": args.n}
+    if args.aa_n is not None:
+        kwargs["aa_n"] = args.aa_n
     return evaluate_outside(args.model, args.weights, data=args.data, data_root=args.data_root, norm=args.norm,
                             eps=args.eps, pgd_steps=args.pgd_steps, restarts=args.restarts,
                             autoattack=args.autoattack, aa_version=args.aa_version, perceptual=args.perceptual,
@@ -183,6 +188,8 @@ def _add_eval(sub: Any) -> None:
     e.add_argument("--aa-version", default="standard", choices=["standard", "fast"],
                    help="standard: APGD-CE, APGD-T, FAB-T, Square at RobustBench budgets; fast: APGD-CE + APGD-T "
                    "only (a smoke test, labelled as such)")
+    e.add_argument("--aa-n", type=int, default=None, help="AutoAttack on the first N of the test images (default: "
+                   "the run's eval.autoattack_n, or all --n images; 2000 with --model)")
     e.add_argument("--perceptual", action="store_true", help="also PPGD and LPA at the PAT bound")
     e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     e.add_argument("--output", "-o", help="JSON file to write (default RUN/eval.json, or eval.json beside "

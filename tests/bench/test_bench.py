@@ -191,7 +191,44 @@ def test_extra_evals_become_columns_and_report_rerenders_without_run_folders(tmp
     assert not (out / "runs").exists()
 
 
+def test_autoattack_extra_eval_fills_the_autoattack_column_of_the_runs_it_names(tmp_path):
+    """A spec entry's own seeds (per method) add runs to a study; an AutoAttack extra evaluation limited by
+    ``runs`` evaluates only those, on the first ``n`` test images, and its accuracy is the one a direct call
+    gives on those images (same checkpoint, same seed): it fills the row's AutoAttack column, labelled with
+    its version, and the note names it."""
+    from advcoreset.data import prepare_data
+    from advcoreset.evaluation import evaluate
+    from advcoreset.evaluation.run import load_run_model
+
+    spec = _tiny_spec(tmp_path, extra_evals={"aa": {"autoattack": "fast", "n": 16, "runs": ["pgd_linf/*-s1"]}})
+    raw = yaml.safe_load(spec.read_text())
+    raw["objectives"]["pgd_linf"]["seeds"] = {"full": [0, 1]}
+    spec.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "o"
+    assert bench.main([str(spec), "--out", str(out)]) == 0
+    s0, s1 = (out / "runs" / "pgd_linf" / f"full-s{s}" for s in (0, 1))
+    assert not (s0 / "eval_aa.json").exists()
+    ev = json.loads((s1 / "eval_aa.json").read_text())
+    assert ev["n_test"] == 100 and ev["autoattack"]["n"] == 16 and ev["autoattack"]["version"] == "fast"
+    model, cfg = load_run_model(s1, "last.pt", "cpu")
+    test = prepare_data(cfg.data, cfg.seed).test
+    direct = evaluate(model, test.images, test.labels, norm="linf", eps=0.1, pgd_steps=1, pgd_alpha=None,
+                      autoattack=True, aa_n=16, aa_version="fast")
+    assert ev["autoattack_acc"] == direct["autoattack_acc"]
+    table = json.loads((out / "table.json").read_text())
+    (row,) = table["rows"]
+    assert row["seeds"] == 2 and row["autoattack"] == pytest.approx(ev["autoattack_acc"])
+    assert row["autoattack_std"] == 0.0 and row["autoattack_version"] == "fast"
+    md = (out / "table.md").read_text()
+    assert "(fast) |" in md and "AutoAttack: version `fast`" in md and "first 16 test images" in md
+    assert "| aa % |" not in md  # no column of its own
+
+
 @pytest.mark.parametrize(("extra", "match"), [
+    ({"aa": {"autoattack": "strong"}}, "give one of"),
+    ({"aa": {"autoattack": "fast", "pgd_steps": 20}}, "pgd_steps .*or autoattack"),
+    ({"aa": {"autoattack": "fast", "restarts": 2}}, "takes n and runs only"),
+    ({"aa": {"autoattack": "fast", "runs": "b7_full/*"}}, "list of run-key patterns"),
     ({"pgd50": {"restarts": 3}}, "pgd_steps"),
     ({"pgd50": {"pgd_steps": 50, "restart": 3}}, "unknown keys"),
     ({"pgd50": {"pgd_steps": 0}}, "pgd_steps = 0"),
@@ -241,6 +278,23 @@ def test_world_size_launches_runs_under_torchrun_and_jobs_get_their_own_devices(
     bad.write_text(SPEC.read_text() + "\nworld_size: 0\n")
     with pytest.raises(ConfigError, match="world_size"):
         bench.load_spec(bad)
+
+
+def test_an_entry_s_seeds_replace_the_spec_s_for_its_methods(tmp_path):
+    spec = bench.load_spec(SPEC)
+    spec["objectives"]["pgd_linf"]["seeds"] = {"craig": [0, 1, 2]}
+    runs = bench.expand(spec, tmp_path)
+    assert sorted((r.method, r.seed) for r in runs) == [
+        ("craig", 0), ("craig", 1), ("craig", 2), ("full", 0), ("full", 1), ("gradmatch_pb", 0), ("gradmatch_pb", 1)]
+    spec["objectives"]["pgd_linf"]["seeds"] = [3]
+    assert {r.seed for r in bench.expand(spec, tmp_path)} == {3}
+    for bad, match in (({"kmeans": [0]}, "not one of the entry's methods"), ([1, 1], "repeat a seed"),
+                       ({"craig": [-1]}, "integers >= 0")):
+        raw = yaml.safe_load(SPEC.read_text())
+        raw["objectives"]["pgd_linf"]["seeds"] = bad
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+        with pytest.raises(ConfigError, match=match):
+            bench.load_spec(tmp_path / "s.yaml")
 
 
 def test_runs_are_seed_major(tmp_path):

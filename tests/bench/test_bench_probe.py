@@ -186,6 +186,53 @@ def test_budget_rows_cost_in_pgd7_epochs_and_the_targets_compare_equal_costs(tmp
     assert all(p.stat().st_size > 10_000 for p in paths)
 
 
+def _with_autoattack(run, acc: float, version: str):
+    res = json.loads((run.folder / "results.json").read_text())
+    res["test_autoattack_acc"] = acc
+    res["test_autoattack"] = {"version": version, "norm": "linf", "eps": 0.1, "n": 1000, "attacks": []}
+    (run.folder / "results.json").write_text(json.dumps(res))
+    return run
+
+
+def test_recommendation_is_the_best_row_that_fits_the_budget(tmp_path):
+    """Known answers at budget 2, two seeds each. By standard AutoAttack (two rows have it): GradMatch
+    (cost 2.1, 0.72 / 0.74, mean 0.73) beats Full (cost 2.0, 0.71 / 0.71) by 2 points, more than either
+    spread, so Full is no tie; a 3-epoch Full (cost 3.0 > 2.2) is the most accurate but does not fit. A
+    Fast-AT row measured only with fast AutoAttack is ranked by neither AutoAttack; the coreset is checked
+    against it on PGD (different AutoAttack versions are not compared)."""
+    runs = []
+    for seed in (0, 1):
+        runs += [
+            _with_autoattack(_budget_run(tmp_path / f"f{seed}", "b2_full", "pgd_linf", 2, "full", None, seed, 200.0,
+                                         1.0, [("full", 100.0)] * 2, 0.0, True), 0.71, "standard"),
+            _with_autoattack(_budget_run(tmp_path / f"g{seed}", "b2_gm", "pgd_linf", 2, "gradmatch", 0.3, seed, 210.0,
+                                         1.0, [("warm", 100.0), ("coreset", 30.0)], 0.0, True),
+                             0.72 + 0.02 * seed, "standard"),
+            _with_autoattack(_budget_run(tmp_path / f"x{seed}", "b2_fast", "fast", 2, "full", None, seed, 60.0, 2.0,
+                                         [("full", 30.0)] * 2, 0.0, False), 0.9, "fast"),
+            _with_autoattack(_budget_run(tmp_path / f"l{seed}", "b2_long", "pgd_long", 2, "full", None, seed, 300.0,
+                                         1.0, [("full", 100.0)] * 3, 0.0, True), 0.95, "standard"),
+        ]
+    spec = {"name": "t", "objectives": {k: {"budget": 2} for k in ("b2_full", "b2_gm", "b2_fast", "b2_long")},
+            "budget_targets": {"coresets": ["gradmatch"], "within": 0.1}}
+    table = bench_report.aggregate(bench_report.collect(runs, tmp_path), spec, ["full", "gradmatch"])
+    (rec,) = bench_report.recommendations(table)
+    assert (rec["budget"], rec["metric"], rec["considered"]) == (2, "autoattack", 3)
+    assert bench_report._row_name(rec["best"]) == "pgd_linf gradmatch 0.3" and rec["ties"] == []
+    assert rec["best"]["autoattack"] == pytest.approx(0.73)
+    by = {c["baseline"]: c for c in bench_report.check_budget_targets(table, spec["budget_targets"])}
+    assert by["pgd_linf full"]["metric"] == "autoattack" and by["fast full"]["metric"] == "pgd"
+    md = bench_report.markdown(table, spec)
+    assert "| 2 | pgd_linf gradmatch 0.3 | AutoAttack | 73.0 ± 1.4 | 2.10 | 2 | - |" in md
+    assert "90.0 ± 0.0 (fast)" in md and "AutoAttack: version `standard`" in md and "version `fast`" in md
+    # a tie: GradMatch's spread (1.4 points) covers a Full 1 point lower
+    for seed in (0, 1):
+        _with_autoattack(runs[4 * seed], 0.72, "standard")
+    table = bench_report.aggregate(bench_report.collect(runs, tmp_path), spec, ["full", "gradmatch"])
+    (rec,) = bench_report.recommendations(table)
+    assert [bench_report._row_name(t) for t in rec["ties"]] == ["pgd_linf full"]
+
+
 def test_budget_keys_are_checked(tmp_path):
     base = {"name": "t", "seeds": [0], "methods": ["full"], "base": {}, "objectives": {"a": {"budget": 2}}}
     for bad, match in (({"budget": -1}, "budget must be a positive number"),

@@ -289,6 +289,8 @@ CASES: list[Case] = [
     Case("eval-n-negative", [*EVAL, "--n", "-5"], 2, "--n", copy_run),
     Case("eval-n-zero", [*EVAL, "--n", "0"], 2, "--n", copy_run),
     Case("eval-n-text", [*EVAL, "--n", "abc"], 2, "--n", copy_run),
+    Case("eval-aa-n-zero", [*EVAL, "--autoattack", "--aa-n", "0"], 2, "--aa-n", copy_run),
+    Case("eval-aa-n-without-autoattack", [*EVAL, "--aa-n", "100"], 2, "add --autoattack", copy_run),
     Case("eval-aa-version", [*EVAL, "--aa-version", "plus"], 2, "--aa-version", copy_run),
     Case("eval-device-foo", [*EVAL, "--device", "cudafoo"], 2, "cudafoo", copy_run),
     Case("eval-device-99", [*EVAL, "--device", "cuda:99"], 2, "cuda:99", copy_run),

@@ -5,12 +5,19 @@ run's test set, written to ``RUN/eval_<name>.json`` and shown as a column of the
 
     extra_evals:
       pgd50x3: {pgd_steps: 50, restarts: 3, label: PGD-50x3}   # optional: n (test images), label
+      aa: {autoattack: standard, n: 1000, runs: ["b7_full/*"]}  # AutoAttack on the first n test images
 
-A run whose file exists is not evaluated again, so the extra evaluations resume like the runs do.
+An AutoAttack entry (``autoattack``: standard, or fast = APGD-CE + APGD-T, labelled as such) fills the
+table's AutoAttack column of the runs it evaluates instead of a column of its own (a run's own AutoAttack
+comes first; where a run has several, the standard one); its PGD pass runs on the whole test set as the
+run's did. ``runs`` limits an entry to the runs whose key (``objective/method-fFRACTION-sSEED``) matches
+one of its shell patterns (default: every run). A run whose file exists is not evaluated again, so the
+extra evaluations resume like the runs do.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import subprocess
@@ -21,7 +28,8 @@ from typing import Any, Protocol
 
 from advcoreset.config import ConfigError
 
-_KEYS = {"pgd_steps", "restarts", "n", "label"}
+_KEYS = {"pgd_steps", "restarts", "n", "label", "autoattack", "runs"}
+AA_VERSIONS = ("standard", "fast")
 
 
 class FinishedRun(Protocol):
@@ -41,24 +49,40 @@ def check_extra_evals(spec: dict[str, Any], path: str | Path) -> None:
         where = f"benchmark spec {path}: extra_evals.{name}"
         if not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
             raise ConfigError(f"{where}: use letters, digits and '_' in the name (it becomes eval_<name>.json)")
-        if not isinstance(ev, dict) or "pgd_steps" not in ev:
-            raise ConfigError(f"{where} must be a mapping with pgd_steps (and optionally restarts, n, label)")
+        if not isinstance(ev, dict) or ("pgd_steps" in ev) == ("autoattack" in ev):
+            raise ConfigError(f"{where} must be a mapping with pgd_steps (and optionally restarts, n, label, runs) "
+                              f"or autoattack: standard|fast (and optionally n, runs)")
         unknown = sorted(set(ev) - _KEYS)
         if unknown:
             raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(_KEYS)}")
+        if "autoattack" in ev and ev["autoattack"] not in AA_VERSIONS:
+            raise ConfigError(f"{where}.autoattack = {ev['autoattack']!r}: give one of {list(AA_VERSIONS)}")
+        if "autoattack" in ev and ("restarts" in ev or "label" in ev):
+            raise ConfigError(f"{where}: an autoattack entry takes n and runs only (its accuracy goes to the "
+                              "AutoAttack column)")
         for key in ("pgd_steps", "restarts", "n"):
             value = ev.get(key, 1)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{where}.{key} = {value!r}: give a positive integer")
+        pats = ev.get("runs", ["*"])
+        if not isinstance(pats, list) or not pats or not all(isinstance(p, str) and p for p in pats):
+            raise ConfigError(f"{where}.runs = {pats!r}: give a non-empty list of run-key patterns, e.g. "
+                              "['b7_full/*', 'b7_coreset/gradmatch-*']")
+
+
+def applies(ev: dict[str, Any], key: str) -> bool:
+    """Whether the extra evaluation ``ev`` is meant for the run with key ``key`` (its ``runs`` patterns)."""
+    return any(fnmatch.fnmatchcase(key, p) for p in ev.get("runs", ["*"]))
 
 
 def eval_command(folder: Path, ev: dict[str, Any], output: Path) -> list[str]:
     """The ``advcoreset eval`` command line of one extra evaluation of the run in ``folder``."""
-    cmd = [sys.executable, "-m", "advcoreset.cli", "eval", str(folder), "--pgd-steps", str(ev["pgd_steps"]),
-           "--restarts", str(ev.get("restarts", 1)), "--output", str(output)]
-    if "n" in ev:
-        cmd += ["--n", str(ev["n"])]
-    return cmd
+    cmd = [sys.executable, "-m", "advcoreset.cli", "eval", str(folder), "--output", str(output)]
+    if "autoattack" in ev:
+        cmd += ["--autoattack", "--aa-version", ev["autoattack"]]
+        return cmd + (["--aa-n", str(ev["n"])] if "n" in ev else [])
+    cmd += ["--pgd-steps", str(ev["pgd_steps"]), "--restarts", str(ev.get("restarts", 1))]
+    return cmd + (["--n", str(ev["n"])] if "n" in ev else [])
 
 
 def _evaluate(run: FinishedRun, name: str, ev: dict[str, Any], log_dir: Path, threads: int | None) -> int:
@@ -80,8 +104,8 @@ def run_extra_evals(runs: list[Any], spec: dict[str, Any], out: Path, jobs: int)
     """Evaluate every finished run of ``runs`` that lacks one of the spec's extra evaluations, ``jobs`` at a
     time; returns "<run key>:<eval name>" for each that failed (its log is in ``out/logs``)."""
     evals = spec.get("extra_evals") or {}
-    todo = [(r, name) for r in runs for name in evals
-            if (r.folder / "results.json").exists() and not (r.folder / f"eval_{name}.json").exists()]
+    todo = [(r, name) for r in runs for name in evals if applies(evals[name], r.key)
+            and (r.folder / "results.json").exists() and not (r.folder / f"eval_{name}.json").exists()]
     if not todo:
         return []
     print(f"bench: {len(todo)} extra evaluations to run ({jobs} at a time)", flush=True)

@@ -146,7 +146,7 @@ def plot_runs(table: dict[str, Any], out: Path) -> Path:
     tkey, tscale, tlabel = time_axis(table)
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(6.0 * max(len(keys), 1), 4.8), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=False):
-        for run in (r for r in runs if r.get(key) is not None):
+        for run in (r for r in runs if _has(r, key)):
             ax.plot(tscale.get(run["objective"], 1.0) * run[tkey], 100 * run[key], ls="", ms=6, alpha=0.75,
                     color=colors.get(_row_label(run), "0.5"), marker=seed_marker[run["seed"]])
         pts = [r for r in rows if r.get(key) is not None]
@@ -190,7 +190,7 @@ def _series(r: dict[str, Any]) -> str:
 
 
 def plot_budget(table: dict[str, Any], out: Path) -> Path:
-    """``robust_vs_cost.png``: robust accuracy (PGD, and AutoAttack where measured) against cost in full-data
+    """``robust_vs_cost.png``: robust accuracy (PGD, and standard AutoAttack where measured) against cost in full-data
     PGD-7 epochs (selection and warm start included): every run a small point (one shape per seed), each
     row's seed mean a ring joined across the budgets by its method's line, rings on the Pareto front of all
     seed means filled, and that front a dashed step line."""
@@ -201,7 +201,7 @@ def plot_budget(table: dict[str, Any], out: Path) -> Path:
 
     rows = [r for r in table["rows"] if r.get("cost_epochs")]
     runs = [r for r in table["runs"] if r.get("cost_epochs")]
-    keys = [k for k in ("pgd", "autoattack") if any(r.get(k) is not None for r in rows)] or ["pgd"]
+    keys = [k for k in ("pgd", "autoattack") if any(_has(r, k) for r in rows)] or ["pgd"]
     series = list(dict.fromkeys(_series(r) for r in rows))
     cmap = plt.get_cmap("tab20" if len(series) > 10 else "tab10")
     colors = {s: cmap(i % cmap.N) for i, s in enumerate(series)}
@@ -209,10 +209,10 @@ def plot_budget(table: dict[str, Any], out: Path) -> Path:
     seed_marker = {s: SEED_MARKERS[i % len(SEED_MARKERS)] for i, s in enumerate(seeds)}
     fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.8), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=False):
-        for run in (r for r in runs if r.get(key) is not None):
+        for run in (r for r in runs if _has(r, key)):
             ax.plot(run["cost_epochs"], 100 * run[key], ls="", ms=4, alpha=0.6, color=colors.get(_series(run), "0.5"),
                     marker=seed_marker[run["seed"]])
-        pts = [r for r in rows if r.get(key) is not None]
+        pts = [r for r in rows if _has(r, key)]
         front = set(pareto_front([(r["cost_epochs"], r[key]) for r in pts]))
         for name in series:
             line = sorted((r["cost_epochs"], 100 * r[key], i in front) for i, r in enumerate(pts) if _series(r) == name)
@@ -227,6 +227,17 @@ def plot_budget(table: dict[str, Any], out: Path) -> Path:
             ax.step(xs, ys, where="post", ls="--", color="black", lw=1)
         ax.set_xlabel("cost (full-data PGD-7 epochs; warm start and selection included)")
         ax.set_ylabel(f"{_metric_label(table, key)} accuracy (%)")
-        ax.set_title(f"{table['name']}: {_metric_label(table, key)} against cost")
+        ax.set_title(f"{table['name']}: {_metric_label(table, key)} against cost"
+                     + (" (standard)" if key == "autoattack" else ""))
         ax.grid(alpha=0.3)
     return _save_with_legend(fig, axes, colors, seed_marker, out / "robust_vs_cost.png")
+
+
+def _has(r: dict[str, Any], key: str) -> bool:
+    """Whether a row or run has ``key``'s accuracy for the budget figure: AutoAttack only where the standard one
+    ran (a row's ``autoattack_version``, a run's ``autoattack_info``), so reduced versions are not drawn."""
+    if r.get(key) is None:
+        return False
+    if key != "autoattack":
+        return True
+    return (r.get("autoattack_version") or (r.get("autoattack_info") or {}).get("version")) == "standard"

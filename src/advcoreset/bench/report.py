@@ -52,8 +52,10 @@ def _record_key(objective: str, method: str, fraction: float | None, seed: int) 
 def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """One run's record from its folder; None while it has no ``results.json``.
 
-    Accuracies are fractions in [0, 1], times seconds; ``evals`` maps each extra evaluation's name to the
-    PGD accuracy its ``eval_<name>.json`` holds (missing ones are left out)."""
+    Accuracies are fractions in [0, 1], times seconds; ``evals`` maps each extra PGD evaluation's name to the
+    PGD accuracy its ``eval_<name>.json`` holds (missing ones are left out). ``autoattack`` is the run's own
+    AutoAttack, else its standard AutoAttack extra evaluation, else its fast one (``autoattack_info`` says
+    which ran)."""
     res_path = run.folder / "results.json"
     if not res_path.exists():
         return None
@@ -65,14 +67,20 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
     probe = probe_median(run.folder)
     epoch_s = full_epoch_seconds(lines)
     total = res.get("time_train_total")
-    evals, eval_seconds = {}, {}
-    for name in extra_evals or {}:
+    evals, eval_seconds, aa = {}, {}, {}
+    for name, entry in (extra_evals or {}).items():
         path = run.folder / f"eval_{name}.json"
         if path.exists():
             ev = json.loads(path.read_text())
-            evals[name] = next((v for k, v in ev.items() if k.startswith("pgd") and k.endswith("_acc")), None)
+            if "autoattack" in entry:  # fills the AutoAttack column, by version
+                aa[entry["autoattack"]] = ev
+            else:
+                evals[name] = next((v for k, v in ev.items() if k.startswith("pgd") and k.endswith("_acc")), None)
             if isinstance(ev.get("seconds"), dict):
                 eval_seconds[name] = sum(ev["seconds"].values())
+    own = {"autoattack_acc": res.get("test_autoattack_acc"), "autoattack": res.get("test_autoattack")}
+    found = next((e for e in (own, aa.get("standard"), aa.get("fast")) if e and e.get("autoattack_acc") is not None),
+                 own)
     cfg = getattr(run, "config", None) or {}
     attack = (cfg.get("objective") or {}).get("attack") or {}
     return {
@@ -81,7 +89,7 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
         # a PGD-7 run's full-data epochs are the unit of a budget study's cost
         "pgd7": (cfg.get("objective") or {}).get("name") == "pgd" and attack.get("steps") == 7,
         "clean": res.get("test_clean_acc"), "pgd": res.get(pgd_key) if pgd_key else None, "pgd_key": pgd_key,
-        "autoattack": res.get("test_autoattack_acc"),
+        "autoattack": found.get("autoattack_acc"),
         "ppgd": res.get("test_ppgd_acc"), "lpa": res.get("test_lpa_acc"),
         "time": total,
         # training time in units of the machine-speed probe (advcoreset.bench.probe) and in units of the
@@ -90,7 +98,7 @@ def read_run(run: RunLike, extra_evals: dict[str, Any] | None = None) -> dict[st
         "full_epoch": epoch_s, "epochs": total / epoch_s if epoch_s and total else None,
         "selection_time": times.get("selection_attack", 0.0) + times.get("selection_solver", 0.0),
         "grad_error": statistics.fmean(errors) if errors else None,
-        "autoattack_info": res.get("test_autoattack"),
+        "autoattack_info": found.get("autoattack"),
         "evals": evals,
         "time_parts": time_parts(res, eval_seconds),
     }
@@ -176,7 +184,7 @@ def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order:
     groups: dict[tuple[str, str, float | None], list[dict[str, Any]]] = {}
     for r in per_run:
         groups.setdefault((r["objective"], r["method"], r["fraction"]), []).append(r)
-    names = list(spec.get("extra_evals") or {})
+    names = pgd_eval_names(spec)
     set_costs(per_run)
     rows = []
     for (obj, method, frac), rs in groups.items():
@@ -186,16 +194,29 @@ def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order:
             row[key], row[key + "_std"] = _stat([r[key] for r in rs])
         for name in names:
             row["eval_" + name], row["eval_" + name + "_std"] = _stat([r.get("evals", {}).get(name) for r in rs])
+        versions = {(r.get("autoattack_info") or {}).get("version") for r in rs if r.get("autoattack") is not None}
+        row["autoattack_version"] = (None if not versions else versions.pop() if len(versions) == 1 else "mixed")
         parts = [r.get("time_parts") or {} for r in rs]
         row["time_parts"] = {k: statistics.fmean(p[k] for p in parts if k in p)
                              for k in dict.fromkeys(k for p in parts for k in p)}
         rows.append(row)
     basis, cross = _speedups(rows, per_run, spec)
     rows.sort(key=_row_order(spec, method_order))
-    aa = next((r["autoattack_info"] for r in per_run if r.get("autoattack_info")), None)
-    return {"name": spec["name"], "rows": rows, "runs": per_run, "autoattack": aa, "reference": spec.get("reference"),
+    infos: dict[Any, dict[str, Any]] = {}  # one description per AutoAttack version that ran, the standard one first
+    for r in sorted(per_run, key=lambda r: (r.get("autoattack_info") or {}).get("version") != "standard"):
+        if r.get("autoattack_info"):
+            infos.setdefault(r["autoattack_info"].get("version"), r["autoattack_info"])
+    aa = next(iter(infos.values()), None)
+    return {"name": spec["name"], "rows": rows, "runs": per_run, "autoattack": aa,
+            "autoattack_versions": list(infos.values()), "reference": spec.get("reference"),
             "speedup_basis": BASES[basis][1], "reference_speedup_basis": BASES[cross][1],
             "pgd_key": next((r["pgd_key"] for r in per_run if r["pgd_key"]), None)}
+
+
+def pgd_eval_names(spec: dict[str, Any]) -> list[str]:
+    """The spec's extra evaluations that are PGD attacks (each a table column; AutoAttack ones fill the
+    AutoAttack column instead)."""
+    return [n for n, e in (spec.get("extra_evals") or {}).items() if not (isinstance(e, dict) and "autoattack" in e)]
 
 
 def set_costs(per_run: list[dict[str, Any]]) -> None:
@@ -226,7 +247,8 @@ def check_budget_targets(table: dict[str, Any], targets: dict[str, Any]) -> list
     budget (any other method) that cost at most ``1 + within`` (default 10%) times as much: a baseline no
     dearer is the same cost or cheaper, so the coreset must beat it; one dearer by more than ``within`` is
     not compared. It wins where its accuracy (``metric``: autoattack, falling back to pgd where a row has
-    none) exceeds the baseline's by more than the larger of the two seed standard deviations. One dict per
+    none, or the two ran different AutoAttack versions) exceeds the baseline's by more than the larger of the
+    two seed standard deviations. One dict per
     pair: ``budget``, ``coreset``, ``baseline``, ``margin`` (points), ``spread`` (points), ``ok`` (None while
     either row has fewer than 2 seeds)."""
     within = float(targets.get("within", 0.1))
@@ -240,7 +262,8 @@ def check_budget_targets(table: dict[str, Any], targets: dict[str, Any]) -> list
             for o in rows:
                 if o["method"] in targets["coresets"] or o["cost_epochs"] > (1 + within) * c["cost_epochs"]:
                     continue
-                k = key if c.get(key) is not None and o.get(key) is not None else "pgd"
+                same = key != "autoattack" or c.get("autoattack_version") == o.get("autoattack_version")
+                k = key if same and c.get(key) is not None and o.get(key) is not None else "pgd"
                 if c.get(k) is None or o.get(k) is None:
                     continue
                 spread = max(c.get(k + "_std") or 0.0, o.get(k + "_std") or 0.0)
@@ -365,7 +388,8 @@ def _row_cells(r: dict[str, Any], ref: str | None, perceptual: bool, names: list
     cells = [*budget, r.get("label") or r["objective"], r["method"], frac, _fmt(r["clean"], r["clean_std"]),
              _fmt(r["pgd"], r["pgd_std"])]
     cells += [_fmt(r.get("eval_" + n), r.get("eval_" + n + "_std")) for n in names]
-    cells.append(_fmt(r["autoattack"], r["autoattack_std"]))
+    fast = r.get("autoattack_version") not in (None, "standard")
+    cells.append(_fmt(r["autoattack"], r["autoattack_std"]) + (f" ({r['autoattack_version']})" if fast else ""))
     if perceptual:
         cells += [_fmt(r["ppgd"], r["ppgd_std"]), _fmt(r["lpa"], r["lpa_std"])]
     cost = [] if not with_budget else [
@@ -391,7 +415,7 @@ def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
     """The study as Markdown: one row per (objective, method, fraction), the AutoAttack note, the targets."""
     pgd = (table.get("pgd_key") or "pgd").replace("test_", "").replace("_acc", "").upper()
     extra = spec.get("extra_evals") or {}
-    names = list(extra)
+    names = pgd_eval_names(spec)
     perceptual = any(r.get("ppgd") is not None for r in table["rows"])
     with_budget = any(r.get("budget") is not None for r in table["rows"])
     heads = (["budget"] if with_budget else []) + ["objective", "method", "fraction", "clean %", f"{pgd} %"]
@@ -403,8 +427,8 @@ def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
              "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in table["rows"]:
         lines.append("| " + " | ".join(_row_cells(r, table.get("reference"), perceptual, names, with_budget)) + " |")
-    if table.get("autoattack"):
-        lines += ["", autoattack_note(table["autoattack"])]
+    for aa in table.get("autoattack_versions") or ([table["autoattack"]] if table.get("autoattack") else []):
+        lines += ["", autoattack_note(aa)]
     if spec.get("targets"):
         t = spec["targets"]
         lines += ["", f"Targets ({t['objective']}, fraction {t['fraction']}, seed means):", "",
@@ -415,6 +439,7 @@ def markdown(table: dict[str, Any], spec: dict[str, Any]) -> str:
             lines.append(f"| {c['what']} | {v} | {c['target']} | {met} |")
     if spec.get("budget_targets"):
         lines += budget_lines(table, spec["budget_targets"])
+        lines += recommendation_lines(table, spec["budget_targets"])
     lines += time_table(table)
     lines += ["", "Mean ± standard deviation over seeds. Train time includes warm start and selection, excludes "
               "evaluation. Speed-up is against Full of the same objective"
@@ -464,4 +489,42 @@ def budget_lines(table: dict[str, Any], targets: dict[str, Any]) -> list[str]:
         verdict = ("n/a (fewer than 2 seeds)" if pending else
                    f"met by {', '.join(winners)}" if winners else "**not met**")
         lines.append(f"- budget {b:g}: {verdict}")
+    return lines
+
+
+def recommendations(table: dict[str, Any], within: float = 0.1) -> list[dict[str, Any]]:
+    """Per budget, the row to use: the most accurate of the rows that cost at most ``1 + within`` times the
+    budget, by standard AutoAttack where two or more of them have it (seed means), else by PGD. One dict per
+    budget: ``budget``, ``best`` (the row), ``metric``, ``ties`` (rows whose mean is within the larger of
+    the two seed spreads of the best's) and ``considered`` (how many rows fit the budget)."""
+    out = []
+    for b in sorted({r["budget"] for r in table["rows"] if r.get("budget") is not None}):
+        fit = [r for r in table["rows"] if r.get("budget") == b and r.get("cost_epochs")
+               and r["cost_epochs"] <= (1 + within) * b]
+        aa = [r for r in fit if r.get("autoattack") is not None and r.get("autoattack_version") == "standard"]
+        key, pool = ("autoattack", aa) if len(aa) >= 2 else ("pgd", [r for r in fit if r.get("pgd") is not None])
+        if not pool:
+            continue
+        best = max(pool, key=lambda r: r[key])
+        ties = [r for r in pool if r is not best and best[key] - r[key] <= max(
+            best.get(key + "_std") or 0.0, r.get(key + "_std") or 0.0)]
+        out.append({"budget": b, "best": best, "metric": key, "ties": ties, "considered": len(fit)})
+    return out
+
+
+def recommendation_lines(table: dict[str, Any], targets: dict[str, Any]) -> list[str]:
+    """Markdown lines: ``recommendations`` as a table (the README's recommendation table is copied from it)."""
+    recs = recommendations(table, float(targets.get("within", 0.1)))
+    if not recs:
+        return []
+    lines = ["", "Recommendation by budget (the most accurate row costing at most "
+             f"{100 * (1 + float(targets.get('within', 0.1))):g}% of the budget; seed means):", "",
+             "| budget (PGD-7 epochs) | use | by | accuracy % | cost | seeds | as good within the seed spread |",
+             "|---|---|---|---|---|---|---|"]
+    for r in recs:
+        b, k = r["best"], r["metric"]
+        name = "AutoAttack" if k == "autoattack" else "PGD"
+        ties = ", ".join(_row_name(t) for t in r["ties"]) or "-"
+        lines.append(f"| {r['budget']:g} | {_row_name(b)} | {name} | {_fmt(b[k], b.get(k + '_std'))} | "
+                     f"{b['cost_epochs']:.2f} | {b['seeds']} | {ties} |")
     return lines

@@ -22,7 +22,7 @@ from advcoreset.bench.evals import run_extra_evals
 from advcoreset.bench.plots import plot
 from advcoreset.bench.probe import record_probe
 from advcoreset.bench.report import aggregate, check_targets, collect, is_recorded, markdown, recorded
-from advcoreset.bench.spec import ENTRY_KEYS, METHODS, SpecError, load_spec
+from advcoreset.bench.spec import ENTRY_KEYS, METHODS, SpecError, entry_seeds, load_spec
 from advcoreset.config import Config, ConfigError
 from advcoreset.config_checks import validate
 from advcoreset.progress import make_progress
@@ -81,14 +81,15 @@ def expand(spec: dict[str, Any], out: Path) -> list[Run]:
     for obj_name, entry in spec["objectives"].items():
         # an entry is a config mapping, optionally with its own "methods" / "fractions" lists and a
         # "coreset" mapping applied on top for every method but full (e.g. a longer warm start with fewer
-        # epochs, the paper's schedule, against Full's own schedule)
+        # epochs, the paper's schedule, against Full's own schedule), and its own "seeds" (a screening's
+        # best rows confirmed at more seeds, in the same study)
         obj = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
         coreset_cfg = entry.get("coreset", {})
         for method in entry.get("methods", spec["methods"]):
             fracs: list[float | None] = (
                 [None] if method == "full" else list(entry.get("fractions", spec.get("fractions", [0.3]))))
             for frac in fracs:
-                for seed in spec["seeds"]:
+                for seed in entry_seeds(spec, entry, method):
                     sel = dict(METHODS[method])
                     if frac is not None:
                         sel["fraction"] = frac

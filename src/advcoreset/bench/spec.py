@@ -34,8 +34,8 @@ class SpecError(ConfigError):
 SPEC_KEYS = ("name", "description", "base", "objectives", "methods", "fractions", "seeds", "jobs", "threads",
              "reference", "targets", "extra_evals", "world_size", "probe",
              "speedup_basis", "budget_targets")
-ENTRY_KEYS = ("methods", "fractions", "coreset", "budget", "label")
-"""Keys of an ``objectives`` entry that are not config fields: its methods and fractions, a ``coreset``
+ENTRY_KEYS = ("methods", "fractions", "seeds", "coreset", "budget", "label")
+"""Keys of an ``objectives`` entry that are not config fields: its methods, fractions and seeds, a ``coreset``
 mapping for every method but full, the ``budget`` its rows are compared at (full-data PGD-7 epochs) and the
 ``label`` its rows show as their objective (default: the entry's name)."""
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -106,6 +106,19 @@ def _check_list(value: Any, where: str, ok: Any, what: str) -> None:
         raise SpecError(f"{where} must be a non-empty list of {what}, got {value!r:.80}")
 
 
+def entry_seeds(spec: dict[str, Any], entry: dict[str, Any], method: str) -> list[int]:
+    """The seeds of ``method``'s runs in an objectives ``entry``: its ``seeds`` list, or its ``seeds`` mapping's
+    list for that method, else the spec's ``seeds``."""
+    own = entry.get("seeds", spec["seeds"])
+    return list(own.get(method, spec["seeds"]) if isinstance(own, dict) else own)
+
+
+def _check_seeds(seeds: Any, where: str) -> None:
+    _check_list(seeds, where, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"{where} {seeds} repeat a seed (two runs would share a folder)")
+
+
 def _check_distinct(fractions: list[float], where: str) -> None:
     """Fractions that agree to 6 decimals (or to the 6 digits of a run folder's name, ``-f{fraction:g}``) would
     share one run folder and one table row: refuse them."""
@@ -159,11 +172,7 @@ def _check_spec(spec: dict[str, Any], where: str) -> None:
     if "fractions" in spec:
         _check_list(spec["fractions"], f"{where}: fractions", is_frac, "numbers in (0, 1]")
         _check_distinct(spec["fractions"], f"{where}: fractions")
-    seeds = spec["seeds"]
-    _check_list(seeds, f"{where}: seeds", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                "integers >= 0")
-    if len(set(seeds)) != len(seeds):
-        raise SpecError(f"{where}: seeds {seeds} repeat a seed (two runs would share a folder)")
+    _check_seeds(spec["seeds"], f"{where}: seeds")
     for key in ("jobs", "threads"):
         v = spec.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -180,6 +189,14 @@ def _check_spec(spec: dict[str, Any], where: str) -> None:
         if "fractions" in entry:
             _check_list(entry["fractions"], f"{w}.fractions", is_frac, "numbers in (0, 1]")
             _check_distinct(entry["fractions"], f"{w}.fractions")
+        if isinstance(entry.get("seeds"), dict):  # per method: {gradmatch: [0, 1, 2]}, the others the spec's
+            for m, ss in entry["seeds"].items():
+                if m not in entry.get("methods", spec["methods"]):
+                    raise SpecError(f"{w}.seeds names {m!r}, not one of the entry's methods "
+                                    f"{entry.get('methods', spec['methods'])}")
+                _check_seeds(ss, f"{w}.seeds.{m}")
+        elif "seeds" in entry:
+            _check_seeds(entry["seeds"], f"{w}.seeds")
         if not isinstance(entry.get("coreset", {}), dict):
             raise SpecError(f"{w}.coreset must be a mapping of config fields")
         _check_budget_entry(entry, w)

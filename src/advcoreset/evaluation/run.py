@@ -105,14 +105,17 @@ def _input_size(cfg: Config, channels: int) -> int:
 
 def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None = None,
                  pgd_steps: int | None = None, restarts: int | None = None, autoattack: bool = False,
-                 aa_version: str = "standard", perceptual: bool = False,
+                 aa_version: str = "standard", aa_n: int | None = None, perceptual: bool = False,
                  device: str | None = None, progress: Reporter | None = None) -> dict[str, Any]:
     """Clean, PGD-k (and AutoAttack, perceptual attacks) accuracy of a run's checkpoint on its test set.
+
+    AutoAttack runs on the first ``aa_n`` of the test images (None: the run's ``eval.autoattack_n``, or all
+    ``n`` when ``n`` is given).
 
     Returns a JSON-serialisable dict naming the checkpoint, the number of images and every budget used.
     ``progress``: a reporter (``advcoreset.progress``) for each attack; None: silent."""
     from advcoreset.evaluation import evaluate
-    for flag, value in (("n", n), ("pgd_steps", pgd_steps), ("restarts", restarts)):  # issue 11
+    for flag, value in (("n", n), ("pgd_steps", pgd_steps), ("restarts", restarts), ("aa_n", aa_n)):  # issue 11
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1 or None (the run's config), got {value}")
     dev = resolve_device(device or "auto")
@@ -132,7 +135,7 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last.pt", n: int | None 
                            "pgd_restarts": restarts, "precision": "fp32"}  # attacks never run in bf16
     res.update(evaluate(model, data.test.images, data.test.labels, norm=a.norm, eps=a.eps, pgd_steps=steps,
                         pgd_alpha=e.pgd_alpha, pgd_restarts=restarts,
-                        autoattack=autoattack, aa_n=e.autoattack_n if n is None else n,
+                        autoattack=autoattack, aa_n=aa_n or (e.autoattack_n if n is None else n),
                         aa_version=aa_version, batch_size=e.batch_size, device=dev, progress=progress))
     if perceptual or "perceptual_bound" in threat_model(cfg.objective):
         res["union"] = union_report(model, data.test.images, data.test.labels, cfg, aa_version=aa_version,
