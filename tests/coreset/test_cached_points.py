@@ -4,17 +4,16 @@ only the examples it does not know), and a run with it resumes bit for bit."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests_helpers import resumed_run_matches, tiny_config
 from torch import nn
 
 from advcoreset.config import Config, ConfigError
-from advcoreset.config_checks import load_config
 from advcoreset.coreset import CoresetLoader
 from advcoreset.coreset.cache import PerturbationCache
 from advcoreset.coreset.select import selection_gradients
@@ -27,11 +26,7 @@ from advcoreset.training import Trainer, TrainingError
 
 def tiny(tmp_path: Path, *overrides: str) -> Config:
     """A seconds-long digits run with the built-in crop (so the cache undoes an augmentation)."""
-    return load_config(None, [
-        "data.name=digits", "data.test_subset=100", "data.augment=crop_flip", "data.crop_padding=1",
-        "model.width=16", "objective.attack.eps=0.1", "objective.attack.alpha=0.04", "objective.attack.steps=2",
-        "optim.batch_size=64", "optim.lr=0.2", "eval.pgd_steps=2", "eval.every=0", "eval.autoattack=false",
-        "progress=none", "threads=1", f"out_dir={tmp_path / 'run'}", *overrides])
+    return tiny_config(tmp_path, "data.augment=crop_flip", "data.crop_padding=1", *overrides)
 
 
 def _reference_augment(x: torch.Tensor, p: int, off: torch.Tensor | None, flips: torch.Tensor | None) -> torch.Tensor:
@@ -137,15 +132,7 @@ def test_a_loop_of_ones_own_feeds_the_loader_and_the_round_reads_it():
 def test_a_run_with_cached_points_resumes_bit_for_bit(tmp_path):
     extra = ["selection.method=gradmatch", "selection.points=cached", "selection.warm_epochs=1",
              "selection.interval=1", "selection.fraction=0.5", "optim.epochs=4"]
-    a = Trainer(tiny(tmp_path / "a", *extra))
-    a.run()
-    b = Trainer(tiny(tmp_path / "b", *extra))
-    b.run(stop_after=2)
-    c = Trainer(tiny(tmp_path / "b", *extra))
-    c.run(resume=True)
-    for wa, wc in zip(a.model.state_dict().values(), c.model.state_dict().values(), strict=True):
-        assert torch.equal(wa, wc)
-    recs = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    _, recs = resumed_run_matches(tmp_path, 2, "data.augment=crop_flip", "data.crop_padding=1", *extra)
     rounds = [r for r in recs if r["kind"] == "selection" and "points" in r]
     assert [r["cached_share"] for r in rounds] == [1.0, 1.0, 1.0]  # the warm epoch trained every example
 

@@ -4,30 +4,20 @@ to a mean of 1 per class, the members at the training attack and the rest at the
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 import torch
+from tests_helpers import resumed_run_matches, tiny_config
 from torch import nn
 
-from advcoreset.config import Config, ConfigError, OptimConfig
-from advcoreset.config_checks import load_config
+from advcoreset.config import ConfigError, OptimConfig
 from advcoreset.coreset import CoresetLoader
 from advcoreset.data.loader import Batch
 from advcoreset.data.sources import TensorSource
 from advcoreset.objectives.lp import PGDAT, Standard
-from advcoreset.training import Trainer
 from advcoreset.training.epoch import EpochContext, _attack
-
-
-def tiny(tmp_path: Path, *overrides: str) -> Config:
-    return load_config(None, [
-        "data.name=digits", "data.test_subset=100", "model.width=16", "objective.attack.eps=0.1",
-        "objective.attack.alpha=0.04", "objective.attack.steps=2", "optim.batch_size=64", "optim.lr=0.2",
-        "eval.pgd_steps=2", "eval.every=0", "eval.autoattack=false", "progress=none", "threads=1",
-        f"out_dir={tmp_path / 'run'}", *overrides])
 
 
 def _model() -> nn.Module:
@@ -90,16 +80,8 @@ def test_members_take_the_training_attack_and_the_rest_the_cheap_one():
 def test_a_run_that_trains_the_rest_resumes_bit_for_bit(tmp_path):
     extra = ["selection.method=craig", "selection.rest=selection_attack", "selection.warm_epochs=1",
              "selection.interval=1", "selection.fraction=0.3", "optim.epochs=3"]
-    a = Trainer(tiny(tmp_path / "a", *extra))
-    a.run()
+    a, recs = resumed_run_matches(tmp_path, 2, *extra)
     assert a.loader.weight_rule == "batch"  # CRAIG's resampling gives way: a member stands for itself
-    b = Trainer(tiny(tmp_path / "b", *extra))
-    b.run(stop_after=2)
-    c = Trainer(tiny(tmp_path / "b", *extra))
-    c.run(resume=True)
-    for wa, wc in zip(a.model.state_dict().values(), c.model.state_dict().values(), strict=True):
-        assert torch.equal(wa, wc)
-    recs = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
     n = len(a.loader.source)
     assert [(r["phase"], r["n_train"]) for r in recs if r["kind"] == "epoch"] == [("warm", n), ("coreset", n),
                                                                                  ("coreset", n)]
@@ -107,9 +89,9 @@ def test_a_run_that_trains_the_rest_resumes_bit_for_bit(tmp_path):
 
 def test_a_bad_rest_is_refused_by_name():
     with pytest.raises(ConfigError, match="selection.rest must be drop, clean or selection_attack, got 'fgsm'"):
-        tiny(Path("/tmp"), "selection.rest=fgsm")
+        tiny_config(Path("/tmp"), "selection.rest=fgsm")
     with pytest.raises(ConfigError, match="selection.rest trains every example once an epoch"):
-        tiny(Path("/tmp"), "selection.rest=clean", "optim.weight_norm=resample")
+        tiny_config(Path("/tmp"), "selection.rest=clean", "optim.weight_norm=resample")
     with pytest.raises(ValueError, match="rest must be one of"):
         _loader(rest="fgsm")
     with pytest.raises(ValueError, match="not 'resample'"):

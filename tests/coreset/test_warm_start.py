@@ -4,26 +4,17 @@ resumes bit for bit in the middle of its warm start."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from tests_helpers import resumed_run_matches, tiny_config
 from torch import nn
 
-from advcoreset.config import Config, ConfigError
-from advcoreset.config_checks import load_config
+from advcoreset.config import ConfigError
 from advcoreset.coreset import CoresetLoader
 from advcoreset.data.sources import TensorSource
 from advcoreset.training import Trainer
-
-
-def tiny(tmp_path: Path, *overrides: str) -> Config:
-    return load_config(None, [
-        "data.name=digits", "data.test_subset=100", "model.width=16", "objective.attack.eps=0.1",
-        "objective.attack.alpha=0.04", "objective.attack.steps=2", "optim.batch_size=64", "optim.lr=0.2",
-        "eval.pgd_steps=2", "eval.every=0", "eval.autoattack=false", "progress=none", "threads=1",
-        f"out_dir={tmp_path / 'run'}", *overrides])
 
 
 def _loader(**kw) -> CoresetLoader:
@@ -58,15 +49,7 @@ def test_a_full_warm_start_trains_on_everything():
 def test_a_run_with_an_rs2_warm_start_resumes_bit_for_bit_and_trains_less_while_warm(tmp_path):
     extra = ["selection.method=gradmatch", "selection.warm_start=rs2", "selection.warm_epochs=2",
              "selection.interval=1", "selection.fraction=0.3", "optim.epochs=3"]
-    a = Trainer(tiny(tmp_path / "a", *extra))
-    a.run()
-    b = Trainer(tiny(tmp_path / "b", *extra))
-    b.run(stop_after=1)  # inside the warm start
-    c = Trainer(tiny(tmp_path / "b", *extra))
-    c.run(resume=True)
-    for wa, wc in zip(a.model.state_dict().values(), c.model.state_dict().values(), strict=True):
-        assert torch.equal(wa, wc)
-    recs = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    a, recs = resumed_run_matches(tmp_path, 1, *extra)  # stopped inside the warm start
     epochs = [r for r in recs if r["kind"] == "epoch"]
     n = len(a.loader.source)
     assert [r["phase"] for r in epochs] == ["warm", "warm", "coreset"]
@@ -75,11 +58,11 @@ def test_a_run_with_an_rs2_warm_start_resumes_bit_for_bit_and_trains_less_while_
 
 def test_the_pool_follows_the_run_seed(tmp_path):
     extra = ["selection.method=gradmatch", "selection.pool=2", "selection.warm_epochs=0", "selection.interval=1"]
-    assert Trainer(tiny(tmp_path / "a", *extra, "seed=3")).loader.pool.seed == 3
+    assert Trainer(tiny_config(tmp_path / "a", *extra, "seed=3")).loader.pool.seed == 3
 
 
 def test_a_bad_warm_start_is_refused_by_name():
     with pytest.raises(ConfigError, match="selection.warm_start must be full or rs2, got 'half'"):
-        tiny(Path("/tmp"), "selection.warm_start=half")
+        tiny_config(Path("/tmp"), "selection.warm_start=half")
     with pytest.raises(ValueError, match="warm_start must be one of"):
         _loader(warm_start="half")
