@@ -102,6 +102,15 @@ class ObjectiveConfig:
     pat: PATConfig = field(default_factory=PATConfig)
 
 
+POINTS = ("attack", "cached")
+"""Where a selection round takes its gradients (``selection.points``): at the selection attack's points, or at
+each example's cached perturbation (``advcoreset.coreset.cache.PerturbationCache``)."""
+WARM_STARTS = ("full", "rs2")
+"""What the warm epochs train on (``selection.warm_start``): all data, or RS2's fresh uniform subsets."""
+RESTS = ("drop", "clean", "selection_attack")
+"""What the examples outside the coreset do in a coreset epoch (``selection.rest``)."""
+
+
 @dataclass
 class SelectionConfig:
     method: str = "gradmatch"

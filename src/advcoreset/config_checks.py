@@ -12,7 +12,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from advcoreset.config import USER, Config, ConfigError
+from advcoreset.config import POINTS, RESTS, USER, WARM_STARTS, Config, ConfigError
 from advcoreset.data.datasets import DataError, dataset_record
 from advcoreset.models import available_models
 from advcoreset.objectives import available_objectives
@@ -68,14 +68,18 @@ def _objective_rules(c: Any) -> list[Rule]:
     ]
 
 
+def _one_of(choices: tuple[str, ...]) -> str:
+    """"must be a, b or c"."""
+    return f"must be {', '.join(choices[:-1])} or {choices[-1]}"
+
+
 def _selection_rules(c: Any) -> list[Rule]:
     s = c.selection
     return [
         (0 < s.fraction <= 1, "selection.fraction", s.fraction, "must be in (0, 1]"),
         (s.warm_epochs >= 0, "selection.warm_epochs", s.warm_epochs, "must be >= 0"),
-        (s.warm_start in ("full", "rs2"), "selection.warm_start", s.warm_start, "must be full or rs2"),
-        (s.rest in ("drop", "clean", "selection_attack"), "selection.rest", s.rest,
-         "must be drop, clean or selection_attack"),
+        (s.warm_start in WARM_STARTS, "selection.warm_start", s.warm_start, _one_of(WARM_STARTS)),
+        (s.rest in RESTS, "selection.rest", s.rest, _one_of(RESTS)),
         (s.rest == "drop" or c.optim.weight_norm != "resample", "selection.rest", s.rest,
          "trains every example once an epoch, so optim.weight_norm must be auto, batch or epoch, not resample"),
         (s.interval >= 1, "selection.interval", s.interval, "must be >= 1"),
@@ -86,7 +90,7 @@ def _selection_rules(c: Any) -> list[Rule]:
          "must be 1 for selection.method rs2 (a fresh random subset every epoch)"),
         (s.grad_features in ("logits", "last_layer"), "selection.grad_features", s.grad_features,
          "must be logits or last_layer"),
-        (s.points in ("attack", "cached"), "selection.points", s.points, "must be attack or cached"),
+        (s.points in POINTS, "selection.points", s.points, _one_of(POINTS)),
         (s.lam >= 0, "selection.lam", s.lam, "must be >= 0"),
         (s.solver_threads is None or s.solver_threads >= 1, "selection.solver_threads", s.solver_threads,
          "must be >= 1, or null for the run's own thread count"),

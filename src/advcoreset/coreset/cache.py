@@ -22,10 +22,6 @@ from torch import Tensor
 
 from advcoreset.data.loader import Batch
 
-POINTS = ("attack", "cached")
-"""Where a selection round takes its gradients (``selection.points``): at the selection attack's points, or at
-each example's cached perturbation (``PerturbationCache``)."""
-
 STORE = torch.float16
 
 

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from advcoreset.coreset.cache import POINTS, PerturbationCache
+from advcoreset.config import POINTS, RESTS, WARM_STARTS
+from advcoreset.coreset.cache import PerturbationCache
 from advcoreset.coreset.parts import SELECTOR_OPTIONS, resolve_selection_objective, resolve_selector
 from advcoreset.coreset.sampler import WEIGHT_RULES, CoresetBatches, CoresetSampler
 from advcoreset.coreset.select import (
@@ -54,11 +55,6 @@ from advcoreset.objectives.lp import Standard
 from advcoreset.selection import RS2Selector, Selection, Selector
 
 __all__ = ["DATALOADER_OPTIONS", "RESTS", "WARM_STARTS", "WEIGHT_RULES", "CoresetLoader"]
-
-WARM_STARTS = ("full", "rs2")
-"""What the warm epochs train on (``selection.warm_start``): all data, or RS2's fresh uniform subsets."""
-RESTS = ("drop", "clean", "selection_attack")
-"""What the examples outside the coreset do in a coreset epoch (``selection.rest``)."""
 
 _OWN = {"self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last", "generator"}
 DATALOADER_OPTIONS = tuple(p for p in inspect.signature(DataLoader.__init__).parameters if p not in _OWN)
