@@ -26,7 +26,8 @@ STORE = torch.float16
 
 
 class PerturbationCache:
-    """(n, C, H, W) float16 deltas x_adv - x and an (n,) ``known`` mask, on the training device.
+    """(n, C, H, W) float16 deltas x_adv - x on the training device and an (n,) ``known`` mask on the host
+    (so that splitting a batch into known and unknown examples needs no device sync).
 
     ``remember(batch, x_adv)`` after each training attack; ``points(idx, x)`` gives x + delta for examples at
     ``idx`` (clamped to [0, 1]); ``known`` says which have a delta. The buffer is made at the first
@@ -34,7 +35,8 @@ class PerturbationCache:
 
     def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
         self.n = n
-        self.known = torch.zeros(n, dtype=torch.bool, device=device)
+        self.device = torch.device(device)
+        self.known = torch.zeros(n, dtype=torch.bool)
         self.delta: Tensor | None = None
         """(n, C, H, W) float16, or None before the first ``remember``."""
 
@@ -46,26 +48,26 @@ class PerturbationCache:
         d = (x_adv.detach().float() - batch.x.float())
         if batch.aug is not None:
             d = batch.aug.undo(d)
-        idx = batch.idx.to(self.known.device)
+        idx = batch.idx.to(self.device)
         if self.delta is None:
-            self.delta = torch.zeros((self.n, *d.shape[1:]), dtype=STORE, device=self.known.device)
+            self.delta = torch.zeros((self.n, *d.shape[1:]), dtype=STORE, device=self.device)
         elif self.delta.shape[1:] != d.shape[1:]:
             raise ValueError(f"perturbations of shape {tuple(d.shape[1:])} for a cache of {tuple(self.delta.shape[1:])}"
                              " images: remember the batches of the dataset the loader was built on")
-        self.delta[idx] = d.to(device=self.known.device, dtype=STORE)
-        self.known[idx] = True
+        self.delta[idx] = d.to(device=self.device, dtype=STORE)
+        self.known[batch.idx.cpu()] = True
 
     def points(self, idx: Tensor, x: Tensor) -> Tensor:
         """x (B, C, H, W) of the examples ``idx`` (B,) plus their cached deltas (0 where none), in [0, 1]: a new
         tensor (never ``x`` itself)."""
         if self.delta is None:
             return x.clone()
-        d = self.delta[idx.to(self.known.device)].to(device=x.device, dtype=x.dtype)
+        d = self.delta[idx.to(self.device)].to(device=x.device, dtype=x.dtype)
         return (x + d).clamp_(0.0, 1.0).contiguous(memory_format=_layout(x))
 
     def known_at(self, idx: Tensor) -> Tensor:
-        """(B,) bool: which of the examples ``idx`` have a cached delta."""
-        return self.known[idx.to(self.known.device)]
+        """(B,) bool on the host: which of the examples ``idx`` have a cached delta."""
+        return self.known[idx.cpu()]
 
     def state_dict(self) -> dict[str, Any]:
         return {"known": self.known.cpu(), "delta": None if self.delta is None else self.delta.cpu()}
@@ -82,9 +84,8 @@ class PerturbationCache:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.check_state(state)
-        dev = self.known.device
-        self.known = state["known"].to(dev)
-        self.delta = None if state["delta"] is None else state["delta"].to(dev)
+        self.known = state["known"].cpu()
+        self.delta = None if state["delta"] is None else state["delta"].to(self.device)
 
 
 def _layout(x: Tensor) -> torch.memory_format:

@@ -371,7 +371,8 @@ class CoresetLoader:
         ``rest``, a coreset epoch's batches mark their members (``Batch.strong``)."""
         self._member = None
         if self.rest_objective is not None and self.phase == "coreset":
-            idx, w, self._member = self._allocated()
+            idx, w, member = self._allocated()
+            self._member = member.cpu()  # once an epoch: each batch's Batch.strong is then a host tensor
             return self.batches_for(idx, w)
         return self.batches_for(*self._plan())
 
@@ -390,7 +391,7 @@ class CoresetLoader:
         for out in fetched(self.dataloader, "the training set"):
             idx, w, part = pending.popleft()
             x, y, aug = self.source.finish(*_pair(out), self.generator, part)
-            strong = None if member is None else member[idx.to(member.device)]
+            strong = None if member is None else member[idx.cpu()]
             yield Batch(x, y, w.to(y.device), idx, part, aug, strong)
 
     def end_epoch(self) -> None:

@@ -89,10 +89,12 @@ def _cached_grads(model: nn.Module, objective: Objective, x: Tensor, y: Tensor, 
     """(B, D) last-layer gradients of the examples ``at`` (B,) (x (B, C, H, W), y (B,)) at their cached
     perturbations; the examples without one are attacked (only they)."""
     x_adv = cache.points(at, x)
-    fresh = ~cache.known_at(at).to(x.device)
-    if bool(fresh.any()):
+    fresh = (~cache.known_at(at)).nonzero().flatten()  # on the host: no device sync
+    if fresh.numel():
+        fresh = fresh.to(x.device, non_blocking=True)
         with eval_mode(model):
-            x_adv[fresh] = objective.attack(model, x[fresh], y[fresh]).to(x_adv.dtype)
+            x_fresh = objective.attack(model, x.index_select(0, fresh), y.index_select(0, fresh))
+        x_adv.index_copy_(0, fresh, x_fresh.to(x_adv.dtype))
     return last_layer_grads_at(model, objective, x, x_adv, y, features, layer)
 
 

@@ -138,8 +138,8 @@ class Batch:
     aug: Augmentation | None = None
     """The built-in augmentation drawn for ``x`` (None: none), which ``Augmentation.undo`` reverses."""
     strong: Tensor | None = None
-    """(B,) bool: the example is a coreset member, to train at the objective's attack, the others at a cheaper
-    one (``selection.rest``); None: every example takes the objective's attack."""
+    """(B,) bool on the host: the example is a coreset member, to train at the objective's attack, the others at
+    a cheaper one (``selection.rest``); None: every example takes the objective's attack."""
 
     @property
     def norm(self) -> Tensor | None:

@@ -120,11 +120,14 @@ def _attack(ctx: EpochContext, b: Batch) -> Tensor:
     coreset members (``b.strong``), the objective's attack on them and ``ctx.rest``'s on the others."""
     if b.strong is None or ctx.rest is None:
         return ctx.objective.attack(ctx.model, b.x, b.y)
-    strong = b.strong.to(b.x.device)
+    strong = b.strong.cpu()  # the split is made on the host and applied by index: no device sync
     x_adv = b.x.clone()
     for rows, obj in ((strong, ctx.objective), (~strong, ctx.rest)):
-        if bool(rows.any()):
-            x_adv[rows] = obj.attack(ctx.model, b.x[rows], b.y[rows]).to(x_adv.dtype)
+        at = rows.nonzero().flatten()
+        if at.numel():
+            at = at.to(b.x.device, non_blocking=True)
+            part = obj.attack(ctx.model, b.x.index_select(0, at), b.y.index_select(0, at))
+            x_adv.index_copy_(0, at, part.to(x_adv.dtype))
     return x_adv
 
 
