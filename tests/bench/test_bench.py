@@ -332,7 +332,8 @@ def test_amp_spec_is_the_fullscale_schedule_in_bf16():
 
 
 def test_budget_spec_prices_every_row_near_its_budget():
-    """configs/bench/budget.yaml: 36 runs at budgets 2, 4 and 7; each row's nominal cost (PGD-7 epochs:
+    """configs/bench/budget.yaml: 36 rows at budgets 2, 4 and 7, seven of them (every baseline, GradMatch as
+    published and at cached points) at 3 seeds, 78 runs; each row's nominal cost (PGD-7 epochs:
     Full 1 per epoch, RS2 0.3, a coreset its warm epoch + 0.3 per coreset epoch + 0.25 per 1-step round (0.2
     per round at cached points: no attack, the solver and a forward pass; an RS2 warm epoch 0.3; a coreset
     epoch that trains the rest clean 0.3 + 0.7 / 9, at the 1-step selection attack 0.3 + 0.7 / 4),
@@ -341,7 +342,11 @@ def test_budget_spec_prices_every_row_near_its_budget():
     Random aside (it skips the rounds' cost)."""
     spec = bench.load_spec(SPEC.parent / "budget.yaml")
     runs = bench.expand(spec, Path("/tmp/advcoreset-budget-check"))
-    assert len(runs) == 36 and {r.budget for r in runs} == {2, 4, 7}
+    assert len(runs) == 78 and {r.budget for r in runs} == {2, 4, 7}
+    three = {(r.objective, r.method) for r in runs if r.seed == 2}
+    assert len({(r.objective, r.method) for r in runs}) == 36 and len(three) == 21
+    assert {r.seed for r in runs if (r.objective, r.method) in three} == {0, 1, 2}
+    assert {m for _, m in three} == {"full", "rs2", "random", "gradmatch"}
     for r in runs:
         c = r.config
         epochs, sel = c["optim"]["epochs"], c["selection"]
