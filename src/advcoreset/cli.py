@@ -62,7 +62,8 @@ def _banner(cfg: Any) -> str:
     never = s.method != "full" and s.warm_epochs >= cfg.optim.epochs
     return (f"advcoreset: training {cfg.objective.name} ({cfg.objective.attack.norm}, eps {cfg.objective.attack.eps}) "
             f"on {cfg.data.name} with {cfg.model.name}, selection {s.method}"
-            + (f" @ {s.fraction}" if s.method != "full" else "")
+            + (f" @ {s.fraction}" if s.method != "full"
+               else " (all data every epoch; a coreset: --set selection.method=gradmatch)")
             + (f" (never reached: the warm start spans all {cfg.optim.epochs} epochs, so every epoch trains on all "
                "data)" if never else "") + f" -> {cfg.out_dir}")
 
@@ -163,7 +164,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _add_train(sub: Any) -> None:
     """``advcoreset train``."""
-    t = sub.add_parser("train", help="train a (robust) classifier; with no arguments: PGD-AT on Fashion-MNIST")
+    t = sub.add_parser("train", help="train a (robust) classifier; with no arguments: "
+                       "7 epochs of PGD-AT on all of Fashion-MNIST")
     t.add_argument("--config", "-c", help="YAML config (see configs/); defaults otherwise")
     t.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set selection.method=craig (repeatable)")

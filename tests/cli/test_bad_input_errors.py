@@ -37,7 +37,8 @@ from advcoreset.cli import main
 
 TINY = ["--set", "data.name=digits", "--set", "data.test_subset=32", "--set", "model.width=8",
         "--set", "objective.attack.steps=1", "--set", "optim.epochs=1", "--set", "eval.pgd_steps=1",
-        "--set", "eval.every=0", "--set", "progress=none", "--set", "threads=1"]
+        "--set", "eval.every=0", "--set", "progress=none", "--set", "threads=1",
+        "--set", "selection.method=gradmatch"]
 TRAIN = ["train", "--out", "{run}", *TINY]
 
 

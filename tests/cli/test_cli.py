@@ -10,7 +10,8 @@ from advcoreset.cli import main
 
 TINY = ["--set", "data.name=digits", "--set", "data.test_subset=64", "--set", "model.width=8",
         "--set", "objective.attack.steps=1", "--set", "optim.epochs=2", "--set", "eval.pgd_steps=2",
-        "--set", "eval.every=0", "--set", "progress=line", "--set", "threads=1"]
+        "--set", "eval.every=0", "--set", "progress=line", "--set", "threads=1",
+        "--set", "selection.method=gradmatch"]
 
 
 def test_train_resume_and_eval(tmp_path, capsys):
@@ -70,11 +71,19 @@ def test_train_with_a_coreset_from_the_cli(tmp_path, method, capsys):
     assert (res["time_error_pass"] > 0) == (method == "random")
 
 
-def test_no_arguments_train_a_gradmatch_coreset(capsys):
-    """`advcoreset train` with no arguments is an adversarial coreset run, not full-data training."""
+def test_no_arguments_train_the_equal_cost_studys_winner(capsys):
+    """`advcoreset train` with no arguments runs what the equal-cost study found best at a third of a
+    20-epoch schedule (configs/bench/budget.yaml): full-data PGD-AT for 7 epochs; the banner names the one
+    setting that makes it a coreset run, whose knobs keep the published coreset's values."""
+    from advcoreset.cli import _banner
+    from advcoreset.config_checks import load_config
+
     assert main(["config"]) == 0
     shown = capsys.readouterr().out
-    assert "method: gradmatch" in shown and "fraction: 0.3" in shown and "attack_steps: 1" in shown
+    assert "method: full" in shown and "epochs: 7" in shown
+    assert "fraction: 0.3" in shown and "attack_steps: 1" in shown and "interval: 4" in shown
+    assert "a coreset: --set selection.method=gradmatch" in _banner(load_config(None, []))
+    assert "@ 0.3" in _banner(load_config(None, ["selection.method=gradmatch"]))
 
 
 def test_every_command_prints_its_help(capsys):

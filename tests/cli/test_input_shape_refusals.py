@@ -31,7 +31,8 @@ from advcoreset.training.run_folder import RunFolderError, finished_results
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--set", "data.name=digits", "--set", "data.test_subset=32", "--set", "model.width=8",
         "--set", "objective.attack.steps=1", "--set", "optim.epochs=1", "--set", "eval.pgd_steps=1",
-        "--set", "eval.every=0", "--set", "progress=none", "--set", "threads=1"]
+        "--set", "eval.every=0", "--set", "progress=none", "--set", "threads=1",
+        "--set", "selection.method=gradmatch"]
 FULL = [*TINY, "--set", "selection.method=full"]
 GOOD_SPEC = """name: t
 seeds: [0]

@@ -87,7 +87,8 @@ def test_every_builtin_architecture_loads_without_advcoreset(tmp_path):
 
 
 TINY = {"data": {"name": "digits", "test_subset": 64}, "model": {"width": 4},
-        "objective": {"attack": {"steps": 1}}, "optim": {"epochs": 1}, "eval": {"pgd_steps": 2, "every": 0},
+        "objective": {"attack": {"steps": 1}}, "optim": {"epochs": 1},
+        "selection": {"method": "gradmatch"}, "eval": {"pgd_steps": 2, "every": 0},
         "progress": "none", "threads": 1}
 
 

@@ -462,9 +462,10 @@ def test_a_users_scheduler_steps_every_step_and_resumes(tmp_path):
 
 
 def test_the_loaders_defaults_are_trains_and_attack_steps_is_honoured():
-    """CoresetLoader and select_coreset default to what train() runs (GradMatch, 30%, warm 1, interval 4, a
-    1-step selection attack of 2.5 eps); attack_steps / attack_alpha change the selection attack (they were
-    accepted and ignored, so a loop paid the full training attack at every round)."""
+    """CoresetLoader and select_coreset default to what train() runs with ``selection.method: gradmatch``
+    (the config's default, full, is no coreset: 30%, warm 1, interval 4, a 1-step selection attack of 2.5
+    eps); attack_steps / attack_alpha change the selection attack (they were accepted and ignored, so a loop
+    paid the full training attack at every round)."""
     import inspect
 
     from advcoreset.config import SelectionConfig
@@ -472,10 +473,10 @@ def test_the_loaders_defaults_are_trains_and_attack_steps_is_honoured():
 
     sel = SelectionConfig()
     params = inspect.signature(CoresetLoader).parameters
-    for name, want in (("method", sel.method), ("fraction", sel.fraction), ("warm_epochs", sel.warm_epochs),
+    for name, want in (("method", "gradmatch"), ("fraction", sel.fraction), ("warm_epochs", sel.warm_epochs),
                        ("interval", sel.interval)):
         assert params[name].default == want, name
-    assert inspect.signature(select_coreset).parameters["method"].default == sel.method
+    assert inspect.signature(select_coreset).parameters["method"].default == "gradmatch"
     ds = toy(32, 0)
     default = CoresetLoader(ds, mlp(), "pgd", objective_options={"eps": 0.1, "steps": 10})
     assert (default.objective.steps, default.objective.alpha) == (1, pytest.approx(0.25))

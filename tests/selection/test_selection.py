@@ -758,8 +758,9 @@ def test_pool_is_refused_where_it_cannot_apply() -> None:
     with pytest.raises(ConfigError, match="selection.pool.*applies to craig and gradmatch only"):
         load_config(None, ["selection.method=random", "selection.pool=2"])
     with pytest.raises(ConfigError, match="selection.pool.*>= 1"):
-        load_config(None, ["selection.pool=0.5"])
-    assert load_config(None, ["selection.pool=2", "selection.interval=1"]).selection.pool == 2.0
+        load_config(None, ["selection.method=gradmatch", "selection.pool=0.5"])
+    assert load_config(None, ["selection.method=gradmatch", "selection.pool=2",
+                              "selection.interval=1"]).selection.pool == 2.0
 
 
 def test_a_run_with_a_pool_rematches_every_epoch_inside_fresh_pools(tmp_path) -> None:
