@@ -191,6 +191,23 @@ def test_extra_evals_become_columns_and_report_rerenders_without_run_folders(tmp
     assert not (out / "runs").exists()
 
 
+def test_only_runs_some_objectives_and_the_table_keeps_every_finished_run(tmp_path, capsys):
+    spec = yaml.safe_load(_tiny_spec(tmp_path).read_text())
+    spec["objectives"]["fast"] = {"objective": {"name": "fast"}}
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "o"
+    capsys.readouterr()
+    assert bench.main([str(path), "--out", str(out), "--only", "fast"]) == 0
+    assert "2 runs, 0 already done, 1 to run (1 at a time), 1 left for later (--only)" in capsys.readouterr().out
+    assert [r["objective"] for r in json.loads((out / "table.json").read_text())["rows"]] == ["fast"]
+    assert bench.main([str(path), "--out", str(out), "--only", "pgd_linf"]) == 0
+    assert "2 runs, 1 already done, 1 to run (1 at a time)\n" in capsys.readouterr().out
+    table = json.loads((out / "table.json").read_text())  # the first objective's row is still there
+    assert sorted(r["objective"] for r in table["rows"]) == ["fast", "pgd_linf"]
+    assert set(table["spec"]["objectives"]) == {"pgd_linf", "fast"}
+
+
 def test_autoattack_extra_eval_fills_the_autoattack_column_of_the_runs_it_names(tmp_path):
     """A spec entry's own seeds (per method) add runs to a study; an AutoAttack extra evaluation limited by
     ``runs`` evaluates only those, on the first ``n`` test images, and its accuracy is the one a direct call

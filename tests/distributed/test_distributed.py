@@ -19,7 +19,7 @@ from torch import nn
 from advcoreset.config import SelectionConfig
 from advcoreset.coreset import CoresetLoader, CoresetSampler
 from advcoreset.coreset.sampler import CoresetBatches
-from advcoreset.coreset.select import selection_gradients
+from advcoreset.coreset.select import Pool, selection_gradients
 from advcoreset.data import Part, TensorSource, iterate_batches, random_crop_flip, rank_part
 from advcoreset.evaluation.robust import accuracy
 from advcoreset.selection import (
@@ -29,6 +29,7 @@ from advcoreset.selection import (
     approximation_error,
     build_selector,
     class_budget,
+    fraction_of,
 )
 from advcoreset.selection.sharded import class_owners, round_bytes
 from advcoreset.world import (
@@ -515,3 +516,17 @@ def test_sharded_selection_reports_its_attack_pass_and_solver() -> None:
     sel = ShardedSelector(build_selector(SelectionConfig(method="craig", fraction=0.3), 0), World()).select_shard(
         GradShard(grads, labels[lo:hi], torch.arange(lo, hi)), labels, torch.Generator(), progress=solver)
     assert solver.updates == [1] * int(labels[lo:hi].unique().numel()) and sel.indices.numel() > 0
+
+
+def test_a_sharded_selector_keeps_its_inner_share_and_a_pool_refuses_it() -> None:
+    inner = build_selector(SelectionConfig(method="gradmatch", fraction=0.2), 0)
+    sharded = ShardedSelector(inner, World(), "partition")
+    assert sharded.fraction == 0.2 and fraction_of(sharded) == 0.2 and fraction_of(_Unweighted()) == 1.0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    data = TensorSource(torch.rand(20, 1, 2, 2), torch.arange(20) % 2)
+    warm = CoresetLoader(data, model, "pgd", method=sharded, warm_start="rs2", batch_size=4)
+    assert warm.warm_draw is not None and warm.warm_draw.fraction == 0.2  # the wrapped selector's share
+    with pytest.raises(ValueError, match="pool runs in one process"):
+        CoresetLoader(data, model, "pgd", method=sharded, pool=2, batch_size=4)
+    with pytest.raises(ValueError, match="pool runs in one process"):  # the round's own check, for select_coreset
+        Pool(2.0).draw(torch.arange(20) % 2, 0, sharded)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,10 +173,10 @@ def _execute(run: Run, log_dir: Path, devices: queue.Queue[str] | None,
 
 
 def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto", probe: bool = False,
-            spec: dict[str, Any] | None = None) -> list[str]:
+            spec: dict[str, Any] | None = None, only: Collection[str] | None = None) -> list[str]:
     """Run what is not finished, ``jobs`` at a time (each with its own CUDA devices where there are
-    some), each followed by the ``spec``'s extra evaluations and a fresh table of what has finished;
-    returns the keys (and "key:eval") that failed.
+    some), each followed by the ``spec``'s extra evaluations and a fresh table of what has finished (all of
+    ``runs``); returns the keys (and "key:eval") that failed. ``only``: the objectives to run (None: all).
     ``progress``: auto, bar, line or none (``advcoreset.progress``): runs done / total and the time left.
     ``probe``: time the machine-speed probe before and after each run's training."""
     # finished: a run folder with results.json, or a record in the committed table.json (a study spread over
@@ -183,15 +184,16 @@ def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto", probe
     previous = recorded(out)
     unfinished = [r for r in runs if not (r.folder / "results.json").exists()]
     elsewhere = [r for r in unfinished if is_recorded(r, previous)]
-    todo = [r for r in unfinished if not is_recorded(r, previous)]
+    todo = [r for r in unfinished if not is_recorded(r, previous) and (only is None or r.objective in only)]
     groups = device_groups(jobs, max([r.world_size for r in todo], default=1), _visible_cuda()) if todo else None
     devices: queue.Queue[str] | None = None
     if groups is not None:
         devices = queue.Queue()
         for g in groups:
             devices.put(g)
-    print(f"bench: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run ({jobs} at a time)",
-          flush=True)
+    left_out = len(unfinished) - len(elsewhere) - len(todo)
+    print(f"bench: {len(runs)} runs, {len(runs) - len(unfinished) + len(elsewhere)} already done, {len(todo)} to run "
+          f"({jobs} at a time)" + (f", {left_out} left for later (--only)" if left_out else ""), flush=True)
     if elsewhere:
         print(f"bench: {len(elsewhere)} done runs have only their record in {out / 'table.json'} (no run folder, so "
               f"no extra evaluations): {', '.join(r.key for r in elsewhere)}", flush=True)
@@ -259,13 +261,13 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.jobs is not None and args.jobs < 1:
         raise SpecError(f"--jobs must be >= 1, got {args.jobs}")
+    only = None  # the table always holds every finished run of the spec; --only says which to run
     if args.only is not None:
-        keep = [k.strip() for k in args.only.split(",") if k.strip()]
-        unknown = [k for k in keep if k not in spec["objectives"]]
-        if not keep or unknown:
-            raise SpecError(f"--only {args.only!r}: unknown objective(s) {unknown or keep}; the spec {args.spec} "
+        only = [k.strip() for k in args.only.split(",") if k.strip()]
+        unknown = [k for k in only if k not in spec["objectives"]]
+        if not only or unknown:
+            raise SpecError(f"--only {args.only!r}: unknown objective(s) {unknown or only}; the spec {args.spec} "
                             f"has {list(spec['objectives'])}")
-        spec["objectives"] = {k: v for k, v in spec["objectives"].items() if k in keep}
     out = Path(args.out or Path("benchmarks/results") / spec["name"])
     try:
         runs = expand(spec, out)
@@ -276,8 +278,8 @@ def run(args: argparse.Namespace) -> int:
     with run_lock(out):  # one bench per results folder; each run folder is locked by its own child
         if not args.report:
             jobs = args.jobs or int(spec.get("jobs", 1))
-            failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"), bool(spec.get("probe")), spec)
-            failed += run_extra_evals(runs, spec, out, jobs)
+            failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"), bool(spec.get("probe")), spec, only)
+            failed += run_extra_evals([r for r in runs if only is None or r.objective in only], spec, out, jobs)
         table = report(runs, spec, out)
     sys.stdout.write(markdown(table, spec))
     print(f"\nwrote {out / 'table.md'}, {out / 'table.json'} and plots", flush=True)

@@ -38,6 +38,7 @@ from advcoreset.coreset.cache import PerturbationCache
 from advcoreset.coreset.parts import SELECTOR_OPTIONS, resolve_selection_objective, resolve_selector
 from advcoreset.coreset.sampler import WEIGHT_RULES, CoresetBatches, CoresetSampler
 from advcoreset.coreset.select import (
+    POOL_IN_ONE_PROCESS,
     Autocast,
     Pool,
     Progress,
@@ -52,7 +53,7 @@ from advcoreset.data.sources import TensorSource, as_source, check_label_range, 
 from advcoreset.models.adapter import last_layer
 from advcoreset.objectives import Objective
 from advcoreset.objectives.lp import Standard
-from advcoreset.selection import RS2Selector, Selection, Selector
+from advcoreset.selection import RS2Selector, Selection, Selector, ShardedSelector, fraction_of
 
 __all__ = ["DATALOADER_OPTIONS", "RESTS", "WARM_STARTS", "WEIGHT_RULES", "CoresetLoader"]
 
@@ -168,11 +169,12 @@ class CoresetLoader:
         if pool is not None and (pool < 1 or not self.selector.needs_grads):
             raise ValueError(f"pool must be >= 1 and needs a gradient selector (craig, gradmatch), got pool={pool} "
                              f"for {self.selector.name}")
+        if pool is not None and isinstance(self.selector, ShardedSelector):
+            raise ValueError(POOL_IN_ONE_PROCESS)
         self.pool = None if pool is None else Pool(float(pool), seed)
         if warm_start not in WARM_STARTS:
             raise ValueError(f"warm_start must be one of {WARM_STARTS}, got {warm_start!r}")
-        chooser = getattr(self.selector, "inner", self.selector)  # a ShardedSelector's wrapped selector
-        self.warm_draw = RS2Selector(float(getattr(chooser, "fraction", 1.0)), seed) if warm_start == "rs2" else None
+        self.warm_draw = RS2Selector(fraction_of(self.selector), seed) if warm_start == "rs2" else None
         """RS2's draw for the warm epochs (``warm_start='rs2'``), else None (all data)."""
         if points not in POINTS:
             raise ValueError(f"points must be one of {POINTS}, got {points!r}")

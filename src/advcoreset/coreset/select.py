@@ -29,6 +29,7 @@ from advcoreset.selection import (
     Selector,
     ShardedSelector,
     approximation_error,
+    fraction_of,
     last_layer_grads,
     last_layer_grads_at,
     select_round,
@@ -207,6 +208,10 @@ def measures_error(setting: bool | str, selector: Selector) -> bool:
     raise ValueError(f"measure_error must be 'auto', True or False, got {setting!r}")
 
 
+POOL_IN_ONE_PROCESS = ("pool runs in one process for now (a pool drawn per rank is not written yet): pass the "
+                       "selector unwrapped, or pool=None under torchrun")
+
+
 @dataclass(frozen=True)
 class Pool:
     """Pool-then-match (the CREST idea, Yang et al., ICML 2023): each round draws per class a fresh random
@@ -219,7 +224,9 @@ class Pool:
     def draw(self, labels: Tensor, round_index: int, selector: Selector) -> tuple[Tensor, Selector]:
         """Round ``round_index``'s pool: (p,) ascending positions, min(1, multiple x fraction) of every class,
         and a copy of ``selector`` whose fraction of the pool is its budget (``fraction`` of the class)."""
-        fraction = float(getattr(selector, "fraction", 1.0))
+        if isinstance(selector, ShardedSelector):
+            raise ValueError(POOL_IN_ONE_PROCESS)
+        fraction = fraction_of(selector)
         share = min(1.0, self.multiple * fraction)
         pool = RS2Selector(share, self.seed).select(None, labels.cpu(), torch.Generator(), round_index=round_index)
         inner = copy.copy(selector)

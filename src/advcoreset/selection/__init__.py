@@ -5,7 +5,7 @@ needs; ``last_layer_grads`` produces the (n, d) gradients the gradient-based sel
 ``ShardedSelector(selector, world)`` is any of them for ranks that each hold a row range of the gradients.
 """
 
-from advcoreset.selection.base import Selection, Selector, approximation_error, select_round
+from advcoreset.selection.base import Selection, Selector, approximation_error, fraction_of, select_round
 from advcoreset.selection.craig import craig
 from advcoreset.selection.gradients import last_layer_grads, last_layer_grads_at
 from advcoreset.selection.gradmatch import GradMatchResult, gradmatch, gradmatch_solve, ridge
@@ -22,7 +22,7 @@ from advcoreset.selection.selectors import (
 )
 from advcoreset.selection.sharded import GradShard, ShardedSelector
 
-__all__ = ["Selection", "Selector", "approximation_error", "select_round", "craig", "gradmatch", "gradmatch_solve",
-           "ridge", "GradMatchResult", "last_layer_grads", "last_layer_grads_at", "available_selectors",
-           "build_selector", "class_budget", "SELECTORS", "CraigSelector", "FullSelector", "GradMatchSelector",
-           "RandomSelector", "RS2Selector", "GradShard", "ShardedSelector"]
+__all__ = ["Selection", "Selector", "approximation_error", "fraction_of", "select_round", "craig", "gradmatch",
+           "gradmatch_solve", "ridge", "GradMatchResult", "last_layer_grads", "last_layer_grads_at",
+           "available_selectors", "build_selector", "class_budget", "SELECTORS", "CraigSelector", "FullSelector",
+           "GradMatchSelector", "RandomSelector", "RS2Selector", "GradShard", "ShardedSelector"]

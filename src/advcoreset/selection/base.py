@@ -30,10 +30,11 @@ class Selector(Protocol):
     ``weight_rule`` is how its weights enter training by default (``batch``, ``epoch`` or ``resample``, see
     ``advcoreset.coreset.loader``).
 
-    Optional, declared by the selectors that have them: ``per_round`` (``select`` takes the schedule's
-    ``round_index``, e.g. RS2), ``batchwise`` (whole mini-batches are chosen), ``weighted`` (``select`` takes
-    ``point_weights`` and ``class_sizes``: rows that stand for several examples, as the partition mode's second
-    round passes them; CRAIG and GradMatch)."""
+    Optional, declared by the selectors that have them (read through ``fraction_of`` and ``getattr``):
+    ``fraction`` (the share of every class kept; one without it counts as keeping everything), ``per_round``
+    (``select`` takes the schedule's ``round_index``, e.g. RS2), ``batchwise`` (whole mini-batches are chosen),
+    ``weighted`` (``select`` takes ``point_weights`` and ``class_sizes``: rows that stand for several examples,
+    as the partition mode's second round passes them; CRAIG and GradMatch)."""
 
     name: str
     needs_grads: bool
@@ -64,6 +65,12 @@ def _blocked_sum(g: Tensor, w: Tensor, block: int = 1024) -> Tensor:
     for i in range(0, g.shape[0], block):
         out += (w[i:i + block] @ g[i:i + block]).double()
     return out
+
+
+def fraction_of(selector: Selector) -> float:
+    """The share of every class ``selector`` keeps: its ``fraction``, or 1.0 for a selector that declares none
+    (a user's own that returns what it likes)."""
+    return float(getattr(selector, "fraction", 1.0))
 
 
 def select_round(selector: Selector, grads: Tensor | None, labels: Tensor, generator: torch.Generator, *,

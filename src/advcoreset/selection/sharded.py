@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from advcoreset.progress import Task
-from advcoreset.selection.base import Selection, Selector, approximation_error, select_round
+from advcoreset.selection.base import Selection, Selector, approximation_error, fraction_of, select_round
 from advcoreset.world import World, shard_range
 
 MODES = ("gather", "partition")
@@ -257,6 +257,12 @@ class ShardedSelector:
         self.weight_rule = inner.weight_rule
         self.batchwise = bool(getattr(inner, "batchwise", False))
 
+    @property
+    def fraction(self) -> float:
+        """The wrapped selector's share of every class (read-only: a copy with another share would not reach
+        ``inner``)."""
+        return fraction_of(self.inner)
+
     def rows(self, n: int) -> tuple[int, int]:
         """[start, stop) of the n examples whose selection gradients this rank computes."""
         return shard_range(n, self.world.rank, self.world.world_size)
@@ -325,7 +331,7 @@ class ShardedSelector:
         first = self.inner
         if self.second_round:
             first = copy.copy(self.inner)
-            first.fraction = min(1.0, float(getattr(self.inner, "fraction", 1.0)) * comm.world)  # type: ignore[attr-defined]
+            first.fraction = min(1.0, self.fraction * comm.world)  # type: ignore[attr-defined]
         gen = torch.Generator().manual_seed(seed + comm.rank)
         t0 = time.perf_counter()
         sel = first.select(shard.grads, shard.labels, gen, progress=progress)
