@@ -208,6 +208,40 @@ def test_only_runs_some_objectives_and_the_table_keeps_every_finished_run(tmp_pa
     assert set(table["spec"]["objectives"]) == {"pgd_linf", "fast"}
 
 
+def test_retrain_trains_again_a_recorded_run_whose_checkpoint_is_gone_and_keeps_the_old_one(tmp_path, capsys):
+    """A study in a fresh checkout has its run records but no checkpoints. An extra evaluation added later
+    cannot run there: the bench says so in one line and attempts nothing; ``--retrain`` moves the old folder
+    to ``replaced/`` (its record kept whole), trains the run again and evaluates it. Training on the CPU is
+    deterministic, so the retrained run reproduces the old record's accuracies."""
+    plain = _tiny_spec(tmp_path)
+    out = tmp_path / "o"
+    assert bench.main([str(plain), "--out", str(out)]) == 0
+    folder = out / "runs" / "pgd_linf" / "full-s0"
+    old = json.loads((folder / "results.json").read_text())
+    (folder / "last.pt").unlink()  # what a fresh checkout of the committed study has
+    spec = tmp_path / "evals.yaml"
+    raw = yaml.safe_load(plain.read_text())
+    raw["extra_evals"] = {"pgd5": {"pgd_steps": 5}}
+    spec.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert bench.main([str(spec), "--out", str(out)]) == 1
+    printed = capsys.readouterr()
+    assert "no last.pt to evaluate in 1 finished runs" in printed.out and "pgd_linf/full-s0" in printed.out
+    assert "--retrain" in printed.out and "pgd_linf/full-s0:pgd5" in printed.err
+    assert not (out / "logs" / "pgd_linf__full-s0.eval_pgd5.log").exists()  # nothing was attempted
+    assert bench.main([str(spec), "--out", str(out), "--retrain"]) == 0
+    printed = capsys.readouterr()
+    assert "--retrain: 1 finished runs to train again" in printed.out and "0 already done, 1 to run" in printed.out
+    kept = out / "replaced" / "pgd_linf" / "full-s0"
+    assert json.loads((kept / "results.json").read_text()) == old and (kept / "train.log").exists()
+    new = json.loads((folder / "results.json").read_text())
+    accs = [k for k in old if k.startswith("test_") and k.endswith("_acc")]
+    assert "test_clean_acc" in accs and {k: new[k] for k in accs} == {k: old[k] for k in accs}
+    assert (folder / "eval_pgd5.json").exists()
+    (row,) = json.loads((out / "table.json").read_text())["rows"]
+    assert row["seeds"] == 1 and row["eval_pgd5"] is not None
+
+
 def test_autoattack_extra_eval_fills_the_autoattack_column_of_the_runs_it_names(tmp_path):
     """A spec entry's own seeds (per method) add runs to a study; an AutoAttack extra evaluation limited by
     ``runs`` evaluates only those, on the first ``n`` test images, and its accuracy is the one a direct call
@@ -235,9 +269,9 @@ def test_autoattack_extra_eval_fills_the_autoattack_column_of_the_runs_it_names(
     table = json.loads((out / "table.json").read_text())
     (row,) = table["rows"]
     assert row["seeds"] == 2 and row["autoattack"] == pytest.approx(ev["autoattack_acc"])
-    assert row["autoattack_std"] == 0.0 and row["autoattack_version"] == "fast"
-    md = (out / "table.md").read_text()
-    assert "(fast) |" in md and "AutoAttack: version `fast`" in md and "first 16 test images" in md
+    assert row["autoattack_std"] == 0.0 and row["autoattack_version"] == "fast" and row["autoattack_seeds"] == 1
+    md = (out / "table.md").read_text()  # the cell says its mean is one seed's, not the row's two
+    assert "(fast, 1 of 2 seeds) |" in md and "AutoAttack: version `fast`" in md and "first 16 test images" in md
     assert "| aa % |" not in md  # no column of its own
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from advcoreset.config import ConfigError
+from advcoreset.training.run_folder import CHECKPOINT
 
 _KEYS = {"pgd_steps", "restarts", "n", "label", "autoattack", "runs"}
 AA_VERSIONS = ("standard", "fast")
@@ -100,18 +101,40 @@ def _evaluate(run: FinishedRun, name: str, ev: dict[str, Any], log_dir: Path, th
     return rc
 
 
+def missing(run: FinishedRun, spec: dict[str, Any]) -> list[str]:
+    """The names of the spec's extra evaluations meant for the finished ``run`` (a folder with
+    ``results.json``) that it has no result of yet; [] for a run that is not finished."""
+    evals = spec.get("extra_evals") or {}
+    if not (run.folder / "results.json").exists():
+        return []
+    return [name for name, ev in evals.items()
+            if applies(ev, run.key) and not (run.folder / f"eval_{name}.json").exists()]
+
+
+def without_checkpoint(runs: list[Any], spec: dict[str, Any]) -> list[Any]:
+    """The finished runs of ``runs`` that miss an extra evaluation and have no ``last.pt`` to evaluate (a
+    study in a fresh checkout keeps the run records, not the checkpoints): ``bench --retrain`` trains them
+    again."""
+    return [r for r in runs if missing(r, spec) and not (r.folder / CHECKPOINT).exists()]
+
+
 def run_extra_evals(runs: list[Any], spec: dict[str, Any], out: Path, jobs: int) -> list[str]:
     """Evaluate every finished run of ``runs`` that lacks one of the spec's extra evaluations, ``jobs`` at a
-    time; returns "<run key>:<eval name>" for each that failed (its log is in ``out/logs``)."""
+    time; returns "<run key>:<eval name>" for each that failed (its log is in ``out/logs``) or could not run
+    (no checkpoint: named in one line, not attempted)."""
     evals = spec.get("extra_evals") or {}
-    todo = [(r, name) for r in runs for name in evals if applies(evals[name], r.key)
-            and (r.folder / "results.json").exists() and not (r.folder / f"eval_{name}.json").exists()]
+    gone = without_checkpoint(runs, spec)
+    if gone:
+        print(f"bench: no {CHECKPOINT} to evaluate in {len(gone)} finished runs (a checkout keeps a run's record, "
+              f"not its checkpoint): {', '.join(r.key for r in gone)}; bench --retrain trains them again first",
+              flush=True)
+    failed = [f"{r.key}:{name}" for r in gone for name in missing(r, spec)]
+    todo = [(r, name) for r in runs if r not in gone for name in missing(r, spec)]
     if not todo:
-        return []
+        return failed
     print(f"bench: {len(todo)} extra evaluations to run ({jobs} at a time)", flush=True)
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    failed = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = pool.map(lambda t: (t, _evaluate(t[0], t[1], evals[t[1]], log_dir, spec.get("threads"))), todo)
         for i, ((run, name), rc) in enumerate(results, 1):

@@ -45,7 +45,7 @@ class RunLike(Protocol):
     folder: Path
 
 
-def _record_key(objective: str, method: str, fraction: float | None, seed: int) -> tuple[Any, ...]:
+def record_key(objective: str, method: str, fraction: float | None, seed: int) -> tuple[Any, ...]:
     return objective, method, None if fraction is None else round(float(fraction), 9), int(seed)
 
 
@@ -132,13 +132,13 @@ def recorded(out: Path) -> dict[tuple[Any, ...], dict[str, Any]]:
     old = out / "table.json"
     if not old.is_file():
         return {}
-    return {_record_key(rec["objective"], rec["method"], rec["fraction"], rec["seed"]): rec
+    return {record_key(rec["objective"], rec["method"], rec["fraction"], rec["seed"]): rec
             for rec in json.loads(old.read_text()).get("runs", [])}
 
 
 def is_recorded(run: RunLike, previous: dict[tuple[Any, ...], dict[str, Any]]) -> bool:
     """Whether ``run`` has a record in ``previous`` (from :func:`recorded`)."""
-    return _record_key(run.objective, run.method, run.fraction, run.seed) in previous
+    return record_key(run.objective, run.method, run.fraction, run.seed) in previous
 
 
 def collect(runs: Sequence[RunLike], out: Path, extra_evals: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -149,7 +149,7 @@ def collect(runs: Sequence[RunLike], out: Path, extra_evals: dict[str, Any] | No
     for run in runs:
         rec = read_run(run, extra_evals)
         if rec is None:
-            rec = previous.get(_record_key(run.objective, run.method, run.fraction, run.seed))
+            rec = previous.get(record_key(run.objective, run.method, run.fraction, run.seed))
         if rec is not None:
             records.append(rec)
     return records
@@ -196,6 +196,7 @@ def aggregate(per_run: list[dict[str, Any]], spec: dict[str, Any], method_order:
             row["eval_" + name], row["eval_" + name + "_std"] = _stat([r.get("evals", {}).get(name) for r in rs])
         versions = {(r.get("autoattack_info") or {}).get("version") for r in rs if r.get("autoattack") is not None}
         row["autoattack_version"] = (None if not versions else versions.pop() if len(versions) == 1 else "mixed")
+        row["autoattack_seeds"] = sum(r.get("autoattack") is not None for r in rs)  # AutoAttack may lag the runs
         parts = [r.get("time_parts") or {} for r in rs]
         row["time_parts"] = {k: statistics.fmean(p[k] for p in parts if k in p)
                              for k in dict.fromkeys(k for p in parts for k in p)}
@@ -389,7 +390,10 @@ def _row_cells(r: dict[str, Any], ref: str | None, perceptual: bool, names: list
              _fmt(r["pgd"], r["pgd_std"])]
     cells += [_fmt(r.get("eval_" + n), r.get("eval_" + n + "_std")) for n in names]
     fast = r.get("autoattack_version") not in (None, "standard")
-    cells.append(_fmt(r["autoattack"], r["autoattack_std"]) + (f" ({r['autoattack_version']})" if fast else ""))
+    aa_seeds = r.get("autoattack_seeds", r["seeds"])
+    notes = ([r["autoattack_version"]] if fast else []) + (
+        [f"{aa_seeds} of {r['seeds']} seeds"] if r["autoattack"] is not None and aa_seeds < r["seeds"] else [])
+    cells.append(_fmt(r["autoattack"], r["autoattack_std"]) + (f" ({', '.join(notes)})" if notes else ""))
     if perceptual:
         cells += [_fmt(r["ppgd"], r["ppgd_std"]), _fmt(r["lpa"], r["lpa_std"])]
     cost = [] if not with_budget else [

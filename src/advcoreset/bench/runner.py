@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from advcoreset.bench.evals import run_extra_evals
+from advcoreset.bench.evals import run_extra_evals, without_checkpoint
 from advcoreset.bench.plots import plot
 from advcoreset.bench.probe import record_probe
-from advcoreset.bench.report import aggregate, check_targets, collect, is_recorded, markdown, recorded
+from advcoreset.bench.report import aggregate, check_targets, collect, is_recorded, markdown, record_key, recorded
 from advcoreset.bench.spec import ENTRY_KEYS, METHODS, SpecError, entry_seeds, load_spec
 from advcoreset.config import Config, ConfigError
 from advcoreset.config_checks import validate
@@ -44,6 +44,8 @@ Every run is an ordinary ``advcoreset train`` in its own folder, so a killed ben
 stopped: finished runs (``results.json``) are kept, interrupted ones resume from their ``last.pt``. A run
 recorded in the results folder's ``table.json`` counts as finished even without its folder (a committed study
 in a fresh checkout); to run one again, remove its folder and ``table.json`` (rebuilt from the run folders).
+Such a checkout has the records but not the checkpoints, so an extra evaluation added later cannot run:
+``--retrain`` trains those runs again first (old folders kept under ``replaced/``).
 """
 
 
@@ -237,6 +239,36 @@ def report(runs: list[Run], spec: dict[str, Any], out: Path) -> dict[str, Any]:
     return table
 
 
+def retrain(runs: list[Run], spec: dict[str, Any], out: Path) -> list[Run]:
+    """Make the finished ``runs`` that miss an extra evaluation and have no checkpoint unfinished again: each
+    folder (and log) moves to ``out/replaced/<key>`` (the old record is kept there, not lost) and its record
+    leaves ``out/table.json``, so that the next ``run_all`` trains it again and evaluates it; returns them."""
+    stale = without_checkpoint(runs, spec)
+    if not stale:
+        return []
+    keys = {record_key(r.objective, r.method, r.fraction, r.seed) for r in stale}
+    table = out / "table.json"
+    if table.is_file():
+        old = json.loads(table.read_text())
+        old["runs"] = [rec for rec in old.get("runs", [])
+                       if record_key(rec["objective"], rec["method"], rec["fraction"], rec["seed"]) not in keys]
+        table.write_text(json.dumps(old, indent=2, default=str))
+    for r in stale:
+        dest = out / "replaced" / r.key
+        n = 1
+        while dest.exists():  # retrained more than once: every old folder stays
+            n += 1
+            dest = out / "replaced" / f"{r.key}.{n}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        r.folder.replace(dest)
+        log = out / "logs" / (r.key.replace("/", "__") + ".log")
+        if log.exists():
+            log.replace(dest / "train.log")
+    print(f"bench: --retrain: {len(stale)} finished runs to train again for their extra evaluations "
+          f"(old folders in {out / 'replaced'}): {', '.join(r.key for r in stale)}", flush=True)
+    return stale
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The bench command's arguments, for its own parser and for ``advcoreset bench``'s subparser."""
     ap.add_argument("spec", help="benchmark YAML (configs/bench/quick.yaml, configs/bench/full.yaml)")
@@ -244,6 +276,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the spec's, else 1)")
     ap.add_argument("--report", action="store_true", help="only aggregate finished runs")
     ap.add_argument("--only", default=None, help="comma-separated objectives to run (default all)")
+    ap.add_argument("--retrain", action="store_true",
+                    help="train again the finished runs that an extra evaluation needs but whose last.pt is gone "
+                         "(a fresh checkout keeps records, not checkpoints); their old folders move to OUT/replaced/")
     ap.add_argument("--progress", default="auto", choices=["auto", "bar", "line", "none"],
                     help="runs done / total and time left: a bar on a terminal (auto), a line per run, or none")
 
@@ -276,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out, "benchmark results folder")
     failed: list[str] = []
     with run_lock(out):  # one bench per results folder; each run folder is locked by its own child
+        if getattr(args, "retrain", False) and not args.report:
+            retrain([r for r in runs if only is None or r.objective in only], spec, out)
         if not args.report:
             jobs = args.jobs or int(spec.get("jobs", 1))
             failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"), bool(spec.get("probe")), spec, only)
