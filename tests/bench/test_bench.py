@@ -423,6 +423,16 @@ def test_budget_spec_prices_every_row_near_its_budget():
     assert {r.label for r in runs} == {"pgd_linf", "pgd_linf_pool2", "pgd_linf_cached", "pgd_linf_rs2warm",
                                        "pgd_linf_bullet", "pgd_linf_bullet1", "fast", "nfgsm"}
     assert {r.config["objective"]["name"] for r in runs if r.label == "nfgsm"} == {"nfgsm"}
+    # AutoAttack: standard on every seed of each budget's best baseline and best coreset within cost, fast on
+    # seed 0 of the other confirmed rows (and budget 7's RS2 seed 1, already run); no run gets both
+    from advcoreset.bench.evals import applies
+    ev = spec["extra_evals"]
+    std = [r for r in runs if applies(ev["aa_standard"], r.key)]
+    fast = [r for r in runs if applies(ev["aa_fast"], r.key)]
+    assert len(std) == 18 and {(r.budget, r.seed) for r in std} == {(b, s) for b in (2, 4, 7) for s in (0, 1, 2)}
+    assert not {r.key for r in std} & {r.key for r in fast}
+    assert {r.seed for r in fast if r.key != "b7_rs2/rs2-f0.3-s1"} == {0} and len(fast) == 16
+    assert {(r.objective, r.method) for r in std + fast} == three  # every confirmed row, nothing else
 
 
 def test_a_warm_start_on_subsets_is_not_a_full_data_epoch():
