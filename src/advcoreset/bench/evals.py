@@ -129,7 +129,8 @@ def run_extra_evals(runs: list[Any], spec: dict[str, Any], out: Path, jobs: int)
               f"not its checkpoint): {', '.join(r.key for r in gone)}; bench --retrain trains them again first",
               flush=True)
     failed = [f"{r.key}:{name}" for r in gone for name in missing(r, spec)]
-    todo = [(r, name) for r in runs if r not in gone for name in missing(r, spec)]
+    gone_keys = {r.key for r in gone}
+    todo = [(r, name) for r in runs if r.key not in gone_keys for name in missing(r, spec)]
     if not todo:
         return failed
     print(f"bench: {len(todo)} extra evaluations to run ({jobs} at a time)", flush=True)

@@ -395,7 +395,7 @@ def _row_cells(r: dict[str, Any], ref: str | None, perceptual: bool, names: list
              _fmt(r["pgd"], r["pgd_std"])]
     cells += [_fmt(r.get("eval_" + n), r.get("eval_" + n + "_std")) for n in names]
     fast = r.get("autoattack_version") not in (None, "standard")
-    aa_seeds = r.get("autoattack_seeds", r["seeds"])
+    aa_seeds = _metric_seeds(r, "autoattack")
     notes = ([r["autoattack_version"]] if fast else []) + (
         [f"{aa_seeds} of {r['seeds']} seeds"] if r["autoattack"] is not None and aa_seeds < r["seeds"] else [])
     cells.append(_fmt(r["autoattack"], r["autoattack_std"]) + (f" ({', '.join(notes)})" if notes else ""))

@@ -311,12 +311,13 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out, "benchmark results folder")
     failed: list[str] = []
     with run_lock(out):  # one bench per results folder; each run folder is locked by its own child
-        if getattr(args, "retrain", False) and not args.report:
-            retrain([r for r in runs if only is None or r.objective in only], spec, out)
         if not args.report:
+            chosen = [r for r in runs if only is None or r.objective in only]
+            if getattr(args, "retrain", False):
+                retrain(chosen, spec, out)
             jobs = args.jobs or int(spec.get("jobs", 1))
             failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"), bool(spec.get("probe")), spec, only)
-            failed += run_extra_evals([r for r in runs if only is None or r.objective in only], spec, out, jobs)
+            failed += run_extra_evals(chosen, spec, out, jobs)
         table = report(runs, spec, out)
     sys.stdout.write(markdown(table, spec))
     print(f"\nwrote {out / 'table.md'}, {out / 'table.json'} and plots", flush=True)
