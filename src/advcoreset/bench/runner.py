@@ -175,10 +175,10 @@ def _execute(run: Run, log_dir: Path, devices: queue.Queue[str] | None,
 
 
 def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto", probe: bool = False,
-            spec: dict[str, Any] | None = None, only: Collection[str] | None = None) -> list[str]:
+            spec: dict[str, Any] | None = None, chosen: Collection[str] | None = None) -> list[str]:
     """Run what is not finished, ``jobs`` at a time (each with its own CUDA devices where there are
     some), each followed by the ``spec``'s extra evaluations and a fresh table of what has finished (all of
-    ``runs``); returns the keys (and "key:eval") that failed. ``only``: the objectives to run (None: all).
+    ``runs``); returns the keys (and "key:eval") that failed. ``chosen``: the keys of the runs to run (None: all).
     ``progress``: auto, bar, line or none (``advcoreset.progress``): runs done / total and the time left.
     ``probe``: time the machine-speed probe before and after each run's training."""
     # finished: a run folder with results.json, or a record in the committed table.json (a study spread over
@@ -186,7 +186,7 @@ def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto", probe
     previous = recorded(out)
     unfinished = [r for r in runs if not (r.folder / "results.json").exists()]
     elsewhere = [r for r in unfinished if is_recorded(r, previous)]
-    todo = [r for r in unfinished if not is_recorded(r, previous) and (only is None or r.objective in only)]
+    todo = [r for r in unfinished if not is_recorded(r, previous) and (chosen is None or r.key in chosen)]
     groups = device_groups(jobs, max([r.world_size for r in todo], default=1), _visible_cuda()) if todo else None
     devices: queue.Queue[str] | None = None
     if groups is not None:
@@ -316,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, "retrain", False):
                 retrain(chosen, spec, out)
             jobs = args.jobs or int(spec.get("jobs", 1))
-            failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"), bool(spec.get("probe")), spec, only)
+            keys = None if only is None else {r.key for r in chosen}
+            failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"), bool(spec.get("probe")), spec, keys)
             failed += run_extra_evals(chosen, spec, out, jobs)
         table = report(runs, spec, out)
     sys.stdout.write(markdown(table, spec))
