@@ -186,6 +186,19 @@ def test_budget_rows_cost_in_pgd7_epochs_and_the_targets_compare_equal_costs(tmp
     assert all(p.stat().st_size > 10_000 for p in paths)
 
 
+def test_budget_verdict_judges_the_confirmed_rows_and_names_the_unconfirmed_ones():
+    """Known answers: a confirmed coreset that loses to one baseline and a one-seed screening row (n/a) give
+    "not met" naming both; one that beats every baseline meets it; with only n/a rows it is n/a."""
+    def c(coreset: str, baseline: str, ok: bool | None) -> dict:
+        return {"budget": 7, "coreset": coreset, "baseline": baseline, "ok": ok}
+    lost = [c("gm", "full", False), c("gm", "rs2", True), c("craig", "full", None), c("craig", "rs2", None)]
+    assert bench_report.budget_verdict(lost) == "**not met** by gm; not judged, fewer than 2 seeds: craig"
+    won = lost + [c("cached", "full", True), c("cached", "rs2", True)]
+    assert bench_report.budget_verdict(won) == "met by cached; not judged, fewer than 2 seeds: craig"
+    assert bench_report.budget_verdict(lost[2:]) == "n/a (fewer than 2 seeds)"
+    assert bench_report.budget_verdict(lost[:2]) == "**not met** by gm"
+
+
 def _with_autoattack(run, acc: float, version: str):
     res = json.loads((run.folder / "results.json").read_text())
     res["test_autoattack_acc"] = acc

@@ -491,14 +491,24 @@ def budget_lines(table: dict[str, Any], targets: dict[str, Any]) -> list[str]:
         lines.append(f"| {c['budget']:g} | {c['coreset']} | {c['baseline']} | {c['metric']} | {c['margin']:.2f} | "
                      f"{c['spread']:.2f} | {ok} |")
     for b in sorted({c["budget"] for c in checks}):
-        mine = [c for c in checks if c["budget"] == b]
-        winners = sorted({c["coreset"] for c in mine if all(
-            d["ok"] for d in mine if d["coreset"] == c["coreset"])})
-        pending = any(c["ok"] is None for c in mine)
-        verdict = ("n/a (fewer than 2 seeds)" if pending else
-                   f"met by {', '.join(winners)}" if winners else "**not met**")
-        lines.append(f"- budget {b:g}: {verdict}")
+        lines.append(f"- budget {b:g}: {budget_verdict([c for c in checks if c['budget'] == b])}")
     return lines
+
+
+def budget_verdict(checks: list[dict[str, Any]]) -> str:
+    """One budget's verdict from its ``check_budget_targets`` entries: met by the coreset rows that beat every
+    baseline; not met when no judged row does. A row with a check left n/a (fewer than 2 seeds: a screening
+    row never confirmed, or AutoAttack still to come) is named as not judged instead of holding the verdict
+    back."""
+    coresets = sorted({c["coreset"] for c in checks})
+    unjudged = [k for k in coresets if any(c["ok"] is None for c in checks if c["coreset"] == k)]
+    winners = [k for k in coresets if k not in unjudged and all(c["ok"] for c in checks if c["coreset"] == k)]
+    rest = f"; not judged, fewer than 2 seeds: {', '.join(unjudged)}" if unjudged else ""
+    if winners:
+        return f"met by {', '.join(winners)}{rest}"
+    if len(unjudged) == len(coresets):
+        return "n/a (fewer than 2 seeds)"
+    return f"**not met** by {', '.join(k for k in coresets if k not in unjudged)}{rest}"
 
 
 def recommendations(table: dict[str, Any], within: float = 0.1) -> list[dict[str, Any]]:
