@@ -1,5 +1,6 @@
 """GPU check (issue 14, point 7): PGD-AT throughput of PreAct ResNet-18 on 32x32 RGB data, full data against
-a 30% GradMatch coreset with one selection round, written as JSON. Run through ``benchmarks/gpu_check.sh``.
+a 30% GradMatch coreset with one selection round (and the full epoch again in fp32 and at batch 512), written
+as JSON. Run through ``benchmarks/gpu_check.sh``.
 
 Data: CIFAR-10's python batches if ``--cifar-root`` holds them; else Fashion-MNIST padded to 32x32 and
 replicated to 3 channels (written as CIFAR-format batches, so the ordinary ``cifar10`` loader reads them);
@@ -35,6 +36,9 @@ COMMON = [
 ]
 RUNS = {
     "full": ["selection.method=full"],
+    # the same epoch in fp32 (no autocast) and at batch 512: what bf16 and a larger batch buy on this GPU
+    "full_fp32": ["selection.method=full", "amp=false"],
+    "full_batch512": ["selection.method=full", "optim.batch_size=512"],
     # warm_epochs=0: the one epoch is a selection round (PGD-7 pass over all images + GradMatch) and then
     # one epoch on the 30% coreset, so it is measured without repeating the full epoch above
     "coreset": ["selection.method=gradmatch", "selection.fraction=0.3", "selection.warm_epochs=0",
@@ -148,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         round_s = core["selection_attack_seconds"] + core["selection_solver_seconds"]
         report["coreset_epoch_vs_full_epoch"] = core["epoch_seconds"] / full["epoch_seconds"]
         report["selection_round_vs_full_epoch"] = round_s / full["epoch_seconds"]
+    for name, key in (("full_fp32", "fp32_epoch_vs_bf16_epoch"), ("full_batch512", "batch512_epoch_vs_batch128_epoch")):
+        if "epoch_seconds" in full and "epoch_seconds" in runs.get(name, {}):
+            report[key] = runs[name]["epoch_seconds"] / full["epoch_seconds"]
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0 if all("error" not in r for r in runs.values()) else 1
