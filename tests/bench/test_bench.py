@@ -208,7 +208,8 @@ def test_only_runs_some_objectives_and_the_table_keeps_every_finished_run(tmp_pa
     assert set(table["spec"]["objectives"]) == {"pgd_linf", "fast"}
 
 
-def test_retrain_trains_again_a_recorded_run_whose_checkpoint_is_gone_and_keeps_the_old_one(tmp_path, capsys):
+def test_retrain_trains_again_a_recorded_run_whose_checkpoint_is_gone_and_keeps_the_old_one(tmp_path, capsys,
+                                                                                           monkeypatch):
     """A study in a fresh checkout has its run records but no checkpoints. An extra evaluation added later
     cannot run there: the bench says so in one line and attempts nothing; ``--retrain`` moves the old folder
     to ``replaced/`` (its record kept whole), trains the run again and evaluates it. Training on the CPU is
@@ -229,6 +230,18 @@ def test_retrain_trains_again_a_recorded_run_whose_checkpoint_is_gone_and_keeps_
     assert "no last.pt to evaluate in 1 finished runs" in printed.out and "pgd_linf/full-s0" in printed.out
     assert "--retrain" in printed.out and "pgd_linf/full-s0:pgd5" in printed.err
     assert not (out / "logs" / "pgd_linf__full-s0.eval_pgd5.log").exists()  # nothing was attempted
+    # a retrain interrupted before its run lands: the old record stays in the table, and the next --retrain
+    # trains the run that now has only its record
+    table = (out / "table.json").read_text()
+    with monkeypatch.context() as m:
+        m.setattr(runner, "run_all", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            bench.main([str(spec), "--out", str(out), "--retrain"])
+    assert not folder.exists() and (out / "table.json").read_text() == table
+    assert bench.main([str(plain), "--out", str(out), "--report"]) == 0
+    (row,) = json.loads((out / "table.json").read_text())["rows"]
+    assert row["seeds"] == 1 and row["clean"] == old["test_clean_acc"]
+    capsys.readouterr()
     assert bench.main([str(spec), "--out", str(out), "--retrain"]) == 0
     printed = capsys.readouterr()
     assert "--retrain: 1 finished runs to train again" in printed.out and "0 already done, 1 to run" in printed.out

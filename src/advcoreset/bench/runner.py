@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from advcoreset.bench.evals import run_extra_evals, without_checkpoint
+from advcoreset.bench.evals import applies, run_extra_evals, without_checkpoint
 from advcoreset.bench.plots import plot
 from advcoreset.bench.probe import record_probe
-from advcoreset.bench.report import aggregate, check_targets, collect, is_recorded, markdown, record_key, recorded
+from advcoreset.bench.report import aggregate, check_targets, collect, is_recorded, markdown, recorded
 from advcoreset.bench.spec import ENTRY_KEYS, METHODS, SpecError, entry_seeds, load_spec
 from advcoreset.config import Config, ConfigError
 from advcoreset.config_checks import validate
@@ -175,18 +175,22 @@ def _execute(run: Run, log_dir: Path, devices: queue.Queue[str] | None,
 
 
 def run_all(runs: list[Run], out: Path, jobs: int, progress: str = "auto", probe: bool = False,
-            spec: dict[str, Any] | None = None, chosen: Collection[str] | None = None) -> list[str]:
+            spec: dict[str, Any] | None = None, chosen: Collection[str] | None = None,
+            redo: Collection[str] = ()) -> list[str]:
     """Run what is not finished, ``jobs`` at a time (each with its own CUDA devices where there are
     some), each followed by the ``spec``'s extra evaluations and a fresh table of what has finished (all of
     ``runs``); returns the keys (and "key:eval") that failed. ``chosen``: the keys of the runs to run (None: all).
+    ``redo``: keys of runs to train although ``table.json`` records them (:func:`retrain`'s; the old record
+    stays in the table until the new run lands).
     ``progress``: auto, bar, line or none (``advcoreset.progress``): runs done / total and the time left.
     ``probe``: time the machine-speed probe before and after each run's training."""
     # finished: a run folder with results.json, or a record in the committed table.json (a study spread over
     # fresh checkouts keeps its records, not its run folders)
     previous = recorded(out)
     unfinished = [r for r in runs if not (r.folder / "results.json").exists()]
-    elsewhere = [r for r in unfinished if is_recorded(r, previous)]
-    todo = [r for r in unfinished if not is_recorded(r, previous) and (chosen is None or r.key in chosen)]
+    elsewhere = [r for r in unfinished if is_recorded(r, previous) and r.key not in redo]
+    recorded_keys = {r.key for r in elsewhere}
+    todo = [r for r in unfinished if r.key not in recorded_keys and (chosen is None or r.key in chosen)]
     groups = device_groups(jobs, max([r.world_size for r in todo], default=1), _visible_cuda()) if todo else None
     devices: queue.Queue[str] | None = None
     if groups is not None:
@@ -241,19 +245,18 @@ def report(runs: list[Run], spec: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def retrain(runs: list[Run], spec: dict[str, Any], out: Path) -> list[Run]:
     """Make the finished ``runs`` that miss an extra evaluation and have no checkpoint unfinished again: each
-    folder (and log) moves to ``out/replaced/<key>`` (the old record is kept there, not lost) and its record
-    leaves ``out/table.json``, so that the next ``run_all`` trains it again and evaluates it; returns them."""
-    stale = without_checkpoint(runs, spec)
+    folder (and log) moves to ``out/replaced/<key>`` (the old record is kept there, not lost), and a run that
+    has only its record in ``out/table.json`` is named too; returns them, for
+    ``run_all(redo=...)`` to train again and evaluate. ``out/table.json`` is not touched: until a new run lands
+    its old record stays in the table (an interrupted retrain loses nothing)."""
+    previous, evals = recorded(out), (spec.get("extra_evals") or {}).values()
+    # a run with only its record (no folder: a retrain interrupted before its run landed) has no checkpoint either
+    record_only = [r for r in runs if not (r.folder / "results.json").exists() and is_recorded(r, previous)
+                   and any(applies(ev, r.key) for ev in evals)]
+    stale = without_checkpoint(runs, spec) + record_only
     if not stale:
         return []
-    keys = {record_key(r.objective, r.method, r.fraction, r.seed) for r in stale}
-    table = out / "table.json"
-    if table.is_file():
-        old = json.loads(table.read_text())
-        old["runs"] = [rec for rec in old.get("runs", [])
-                       if record_key(rec["objective"], rec["method"], rec["fraction"], rec["seed"]) not in keys]
-        table.write_text(json.dumps(old, indent=2, default=str))
-    for r in stale:
+    for r in stale[:len(stale) - len(record_only)]:
         dest = out / "replaced" / r.key
         n = 1
         while dest.exists():  # retrained more than once: every old folder stays
@@ -313,11 +316,11 @@ def run(args: argparse.Namespace) -> int:
     with run_lock(out):  # one bench per results folder; each run folder is locked by its own child
         if not args.report:
             chosen = [r for r in runs if only is None or r.objective in only]
-            if getattr(args, "retrain", False):
-                retrain(chosen, spec, out)
+            redo = {r.key for r in retrain(chosen, spec, out)} if getattr(args, "retrain", False) else set()
             jobs = args.jobs or int(spec.get("jobs", 1))
             keys = None if only is None else {r.key for r in chosen}
-            failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"), bool(spec.get("probe")), spec, keys)
+            failed = run_all(runs, out, jobs, getattr(args, "progress", "auto"), bool(spec.get("probe")), spec, keys,
+                             redo)
             failed += run_extra_evals(chosen, spec, out, jobs)
         table = report(runs, spec, out)
     sys.stdout.write(markdown(table, spec))
